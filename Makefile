@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make demo   set up everything and run the main job on the embedded defaults (SQLite, local folder)
+#   make test   set up everything and run the whole test suite (what CI runs)
+.PHONY: demo test test-fast lint venv stop status clean
+
+PYTEST_ARGS ?=
+
+venv:
+	@scripts/bootstrap.sh
+
+demo: venv
+	.venv/bin/airloop demo
+
+test: venv
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# Skips the end-to-end tests that start the real scheduler and API server.
+test-fast: venv
+	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	.venv/bin/ruff check .
+
+status: venv
+	.venv/bin/airloop stack status
+
+stop:
+	@[ -x .venv/bin/airloop ] && .venv/bin/airloop stack stop || true
+
+clean: stop
+	rm -rf .airloop

@@ -1,0 +1,164 @@
+"""Ingestion: one batch per data interval (or per ``source_uri``) into the raw zone, atomically.
+
+A batch is read in the format its config declares and stored as ``raw/<model>/<partition>/data.parquet``
+with ``_manifest.json`` (rows, columns, content hash, source URI and hash, data interval, run id).
+Re-ingesting an interval replaces its partition: rows are never duplicated. A file that cannot be read
+in its declared format goes straight to quarantine with a report.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+from airloop import quarantine
+from airloop.config import PipelineConfig
+from airloop.errors import BatchFormatError, BatchNotFoundError
+from airloop.storage import DataRoot, content_hash, frame_to_parquet_bytes, sha256_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "data.parquet"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A data interval as ISO strings (small, serialisable, no Airflow types)."""
+
+    start: str | None
+    end: str | None
+
+
+def landing_uri(cfg: PipelineConfig, root: DataRoot, partition: str) -> str:
+    """Where the feed drops the batch of a partition: ``landing/<model>/<partition>/<file_name>``."""
+    return root.partition_uri("landing", cfg.name, partition) + "/" + cfg.source.file_name
+
+
+def fetch_source(uri: str, max_bytes: int) -> bytes:
+    """Read a batch from any fsspec URI, refusing files over ``max_bytes``."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise BatchNotFoundError(
+            f"no batch at {uri}: the upstream feed has not delivered it yet (the task retries), "
+            "or the source_uri in the run conf is wrong"
+        )
+    size = fs.size(path)
+    if size is not None and size > max_bytes:
+        raise BatchFormatError(f"batch {uri} is {size} bytes, over the configured source.max_bytes of {max_bytes}")
+    return fs.cat_file(path)
+
+
+def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
+    """Parse a batch in its declared format; types are inferred, so wrong types reach the gate intact.
+
+    Timestamp columns are parsed as UTC and stored naive (UTC); a column that does not parse is kept
+    as text so the validation gate reports it.
+
+    :raises BatchFormatError: when the bytes are not a readable file of the declared format
+    """
+    import pandas as pd
+
+    fmt = cfg.source.format
+    if not data:
+        raise BatchFormatError(f"the batch is an empty file (0 bytes), not a {fmt} file with a header")
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(io.BytesIO(data), low_memory=False)
+        elif fmt == "parquet":
+            df = pd.read_parquet(io.BytesIO(data))
+        else:
+            df = pd.read_json(io.BytesIO(data), lines=True)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BatchFormatError(f"the batch is not a readable {fmt} file: {type(e).__name__}: {first}") from e
+    if len(df.columns) == 1 and len(cfg.data_schema.columns) > 1 and fmt == "csv":
+        # A binary or otherwise foreign file often parses as a single garbage column: say so plainly.
+        raise BatchFormatError(
+            f"the batch is not a readable csv file: one column {str(df.columns[0])[:40]!r} found, "
+            f"{len(cfg.data_schema.columns)} declared"
+        )
+    for col in cfg.data_schema.timestamp_columns:
+        if col in df.columns and not pd.api.types.is_datetime64_any_dtype(df[col]):
+            try:
+                df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601").dt.tz_localize(None)
+            except (ValueError, TypeError):
+                log.warning("column %s does not parse as timestamps; kept as text for the gate", col)
+        elif col in df.columns and getattr(df[col].dt, "tz", None) is not None:
+            df[col] = df[col].dt.tz_convert("UTC").dt.tz_localize(None)
+    return df
+
+
+def _parquet_bytes(df: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:
+    """Parquet bytes of ``df``; object columns of mixed types are stored as text (kept for the gate)."""
+    import pyarrow as pa
+
+    try:
+        return frame_to_parquet_bytes(df), df
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        fixed = df.copy()
+        for c in fixed.select_dtypes(include="object").columns:
+            fixed[c] = fixed[c].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        return frame_to_parquet_bytes(fixed), fixed
+
+
+def ingest_batch(
+    cfg: PipelineConfig,
+    root: DataRoot,
+    *,
+    partition: str,
+    interval: Interval,
+    run_id: str,
+    source_uri: str | None = None,
+) -> dict[str, Any]:
+    """Read one batch and write its raw partition; return the manifest.
+
+    :param cfg: the model's pipeline config
+    :param root: the data root
+    :param partition: partition key (``ds=YYYY-MM-DD`` or ``run=<id>``)
+    :param interval: the run's data interval
+    :param run_id: the Airflow run id (recorded in the manifest)
+    :param source_uri: read from here instead of the landing file of the partition
+    :raises BatchNotFoundError: nothing has landed yet (retryable)
+    :raises BatchFormatError: unreadable batch; it is quarantined with a report first
+    """
+    src = source_uri or landing_uri(cfg, root, partition)
+    data = fetch_source(src, cfg.source.max_bytes)
+    base_manifest: dict[str, Any] = {
+        "model": cfg.name,
+        "partition": partition,
+        "data_interval": {"start": interval.start, "end": interval.end},
+        "source_uri": src,
+        "source_sha256": sha256_bytes(data),
+        "source_bytes": len(data),
+        "source_format": cfg.source.format,
+        "run_id": run_id,
+    }
+    try:
+        df = read_batch(data, cfg)
+    except BatchFormatError as e:
+        q_uri = quarantine.quarantine_unreadable(cfg, root, partition, data, base_manifest, str(e))
+        raise BatchFormatError(
+            f"Batch {cfg.name}/{partition} from {src} could not be read: {e}. It is in quarantine at {q_uri} "
+            f"(source file, report.html). Next: ask the producer for a valid {cfg.source.format} file and re-run "
+            f"the interval, or `airloop quarantine reject {cfg.name} {partition} --reason ...`."
+        ) from e
+
+    payload, df = _parquet_bytes(df)
+    manifest = {
+        **base_manifest,
+        "rows": len(df),
+        "columns": [{"name": str(c), "dtype": str(t)} for c, t in df.dtypes.items()],
+        "content_hash": content_hash(df),
+        "data_file": DATA_FILE,
+    }
+    raw_uri = root.partition_uri("raw", cfg.name, partition)
+    root.write_partition(raw_uri, {DATA_FILE: payload}, manifest)
+    log.info("ingested %s rows of %s/%s from %s into %s", len(df), cfg.name, partition, src, raw_uri)
+    return {**manifest, "uri": raw_uri}

@@ -1,0 +1,242 @@
+"""The quarantine zone: batches that failed the gate, kept whole with their validation result and report.
+
+``quarantine/<model>/<partition>/`` holds the batch (``data.parquet``, or ``source.bin`` when the file
+could not be read at all), ``_manifest.json`` (the ingest manifest plus why it was quarantined),
+``validation.json`` and ``report.html``. A decision by on-call (``released``, ``rejected``) or a later
+good run of the same interval (``superseded``) is written as ``_decision.json`` beside them: nothing in
+quarantine is ever deleted by the pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from airloop.config import PipelineConfig
+from airloop.errors import BatchValidationError, QuarantineError
+from airloop.storage import MANIFEST, DataRoot, read_parquet_bytes
+from airloop.validation import (
+    ValidationOutcome,
+    failure_message,
+    failure_outcome,
+    render_html_report,
+    validate_frame,
+)
+
+log = logging.getLogger(__name__)
+
+DECISION = "_decision.json"
+REPORT = "report.html"
+RESULT = "validation.json"
+
+
+@dataclass(frozen=True)
+class QuarantinedBatch:
+    model: str
+    partition: str
+    uri: str
+    status: str  # quarantined | released | rejected | superseded
+    stage: str  # ingest (unreadable) | validation
+    reason: str
+    failures: list[str]
+    rows: int | None
+    run_id: str | None
+    decision: dict[str, Any] | None
+
+    @property
+    def report_uri(self) -> str:
+        return f"{self.uri}/{REPORT}"
+
+
+def _report_context(manifest: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    keys = ("model", "partition", "source_uri", "source_sha256", "rows", "content_hash", "run_id")
+    ctx = {k: manifest[k] for k in keys if manifest.get(k) is not None}
+    di = manifest.get("data_interval") or {}
+    if di.get("start"):
+        ctx["data_interval"] = f"{di.get('start')} .. {di.get('end')}"
+    ctx.update(extra)
+    return ctx
+
+
+def _write_quarantine(
+    cfg: PipelineConfig,
+    root: DataRoot,
+    partition: str,
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    outcome: ValidationOutcome,
+    stage: str,
+) -> str:
+    q_uri = root.partition_uri("quarantine", cfg.name, partition)
+    q_manifest = {
+        **manifest,
+        "quarantine": {
+            "stage": stage,
+            "reason": "unreadable batch" if stage == "ingest" else "failed validation",
+            "failures": outcome.summary()["failures"],
+            "run_id": manifest.get("run_id"),
+        },
+    }
+    report = render_html_report(cfg, partition, outcome, _report_context(manifest, quarantine=q_uri))
+    root.write_partition(
+        q_uri,
+        {
+            **files,
+            RESULT: json.dumps(outcome.to_json(), indent=2, default=str).encode(),
+            REPORT: report.encode(),
+        },
+        q_manifest,
+    )
+    log.warning("quarantined %s/%s at %s: %s", cfg.name, partition, q_uri, "; ".join(outcome.summary()["failures"]))
+    return q_uri
+
+
+def quarantine_unreadable(
+    cfg: PipelineConfig, root: DataRoot, partition: str, data: bytes, manifest: dict[str, Any], error: str
+) -> str:
+    """Keep a batch that could not be parsed (its bytes as received) with a report; return its URI."""
+    outcome = failure_outcome(
+        cfg.validation.suite, f"readable_as_{cfg.source.format}", error, bytes=len(data)
+    )
+    return _write_quarantine(cfg, root, partition, {"source.bin": data}, manifest, outcome, stage="ingest")
+
+
+def write_validation_report(
+    cfg: PipelineConfig, root: DataRoot, partition: str, outcome: ValidationOutcome, manifest: dict[str, Any]
+) -> str:
+    """Store the validation result and report of a batch under ``reports/``; return the report URI."""
+    base = root.partition_uri("reports", cfg.name, partition)
+    root.write_json_atomic(f"{base}/{RESULT}", outcome.to_json())
+    report_uri = f"{base}/validation.html"
+    root.write_bytes_atomic(report_uri, render_html_report(cfg, partition, outcome, _report_context(manifest)).encode())
+    return report_uri
+
+
+def validate_partition(cfg: PipelineConfig, root: DataRoot, partition: str) -> dict[str, Any]:
+    """The gate: validate the raw partition; publish it, or move it to quarantine and raise.
+
+    :returns: the manifest plus ``validation`` (summary) and ``report_uri`` when the batch passes
+    :raises BatchValidationError: when it fails; the batch is then in quarantine with its report
+    """
+    raw_uri = root.partition_uri("raw", cfg.name, partition)
+    manifest = root.read_json(f"{raw_uri}/{MANIFEST}")
+    df = read_parquet_bytes(root.read_bytes(f"{raw_uri}/{manifest.get('data_file', 'data.parquet')}"))
+    outcome = validate_frame(cfg, df)
+    report_uri = write_validation_report(cfg, root, partition, outcome, manifest)
+    if not outcome.success:
+        files = {manifest.get("data_file", "data.parquet"): root.read_bytes(f"{raw_uri}/{manifest.get('data_file', 'data.parquet')}")}
+        q_uri = _write_quarantine(cfg, root, partition, files, manifest, outcome, stage="validation")
+        root.remove(raw_uri)  # the batch now lives in quarantine only: never trained on
+        raise BatchValidationError(
+            failure_message(cfg, partition, outcome, q_uri), summary=outcome.summary(), quarantine_uri=q_uri
+        )
+    _supersede(cfg, root, partition, manifest.get("run_id"))
+    return {**manifest, "uri": raw_uri, "validation": outcome.summary(), "report_uri": report_uri}
+
+
+def _decide(root: DataRoot, q_uri: str, decision: str, by: str, **extra: Any) -> dict[str, Any]:
+    record = {
+        "decision": decision,
+        "by": by,
+        # An audit timestamp of a person's action, not pipeline logic.
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
+    root.write_json_atomic(f"{q_uri}/{DECISION}", record)
+    return record
+
+
+def _supersede(cfg: PipelineConfig, root: DataRoot, partition: str, run_id: str | None) -> None:
+    q_uri = root.partition_uri("quarantine", cfg.name, partition)
+    if root.exists(f"{q_uri}/{MANIFEST}") and not root.exists(f"{q_uri}/{DECISION}"):
+        _decide(root, q_uri, "superseded", by=run_id or "pipeline", reason="a later run of the interval passed the gate")
+
+
+def _entry(root: DataRoot, model: str, q_uri: str) -> QuarantinedBatch:
+    m = root.read_json(f"{q_uri}/{MANIFEST}")
+    q = m.get("quarantine", {})
+    decision = root.read_json(f"{q_uri}/{DECISION}") if root.exists(f"{q_uri}/{DECISION}") else None
+    return QuarantinedBatch(
+        model=model,
+        partition=m.get("partition", q_uri.rsplit("/", 1)[-1]),
+        uri=q_uri,
+        status=decision["decision"] if decision else "quarantined",
+        stage=q.get("stage", "?"),
+        reason=q.get("reason", "?"),
+        failures=list(q.get("failures", [])),
+        rows=m.get("rows"),
+        run_id=m.get("run_id"),
+        decision=decision,
+    )
+
+
+def list_quarantined(root: DataRoot, models: list[str], *, include_decided: bool = True) -> list[QuarantinedBatch]:
+    """Every quarantined batch of the given models, oldest partition first."""
+    out = []
+    for model in models:
+        for q_uri in root.list_partitions("quarantine", model):
+            e = _entry(root, model, q_uri)
+            if include_decided or e.status == "quarantined":
+                out.append(e)
+    return out
+
+
+def get_quarantined(root: DataRoot, model: str, partition: str) -> QuarantinedBatch:
+    q_uri = root.partition_uri("quarantine", model, partition)
+    if not root.exists(f"{q_uri}/{MANIFEST}"):
+        known = [e.partition for e in list_quarantined(root, [model])]
+        raise QuarantineError(f"no quarantined batch {model}/{partition}; quarantined partitions: {known or 'none'}")
+    return _entry(root, model, q_uri)
+
+
+def reject(root: DataRoot, model: str, partition: str, *, reason: str, by: str | None = None) -> dict[str, Any]:
+    """Mark a quarantined batch as rejected for good (it stays on disk, and is never trained on)."""
+    e = get_quarantined(root, model, partition)
+    if e.status != "quarantined":
+        raise QuarantineError(f"{model}/{partition} is already {e.status}: {e.decision}")
+    if not reason.strip():
+        raise QuarantineError("a rejection needs a reason (--reason), for the next person who looks")
+    return _decide(root, e.uri, "rejected", by=by or getpass.getuser(), reason=reason)
+
+
+def release(cfg: PipelineConfig, root: DataRoot, partition: str, *, by: str) -> dict[str, Any]:
+    """Re-validate a quarantined batch with the current suite; if it passes, publish it to ``raw/``.
+
+    :returns: the published manifest (as :func:`validate_partition` returns it)
+    :raises QuarantineError: unknown, already decided, or unreadable batch
+    :raises BatchValidationError: it still fails; it stays in quarantine with a fresh report
+    """
+    e = get_quarantined(root, cfg.name, partition)
+    if e.status != "quarantined":
+        raise QuarantineError(f"{cfg.name}/{partition} is {e.status}, not quarantined: {e.decision}")
+    manifest = root.read_json(f"{e.uri}/{MANIFEST}")
+    data_file = manifest.get("data_file")
+    if e.stage == "ingest" or not data_file:
+        raise QuarantineError(
+            f"{cfg.name}/{partition} could not be read as {cfg.source.format}; there is nothing to re-validate. "
+            f"Get a valid file from the producer and re-run the interval (or trigger {cfg.dag_id('ingest')} "
+            f"with source_uri), then reject this one."
+        )
+    data = root.read_bytes(f"{e.uri}/{data_file}")
+    outcome = validate_frame(cfg, read_parquet_bytes(data))
+    if not outcome.success:
+        # Refresh the report in place so on-call sees the current verdict.
+        root.write_json_atomic(f"{e.uri}/{RESULT}", outcome.to_json())
+        root.write_bytes_atomic(
+            f"{e.uri}/{REPORT}",
+            render_html_report(cfg, partition, outcome, _report_context(manifest, quarantine=e.uri)).encode(),
+        )
+        raise BatchValidationError(
+            failure_message(cfg, partition, outcome, e.uri), summary=outcome.summary(), quarantine_uri=e.uri
+        )
+    published = {k: v for k, v in manifest.items() if k != "quarantine"}
+    published["released_from_quarantine"] = {"by": by, "uri": e.uri}
+    raw_uri = root.partition_uri("raw", cfg.name, partition)
+    root.write_partition(raw_uri, {data_file: data}, published)
+    report_uri = write_validation_report(cfg, root, partition, outcome, published)
+    _decide(root, e.uri, "released", by=by, raw_uri=raw_uri)
+    return {**published, "uri": raw_uri, "validation": outcome.summary(), "report_uri": report_uri}

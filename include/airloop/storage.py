@@ -1,0 +1,223 @@
+"""The data root: one folder or fsspec URI holding every zone, partitioned by model and data interval.
+
+Layout (``ARCHITECTURE.md``)::
+
+    <root>/<zone>/<model>/<partition>/...     zone in landing, raw, quarantine, features, predictions, reports
+                                              partition is ds=YYYY-MM-DD (data interval start) or run=<run id>
+
+Writes are atomic: a partition is built in a hidden temporary folder next to its final place and renamed
+into place, so a crash mid-task leaves at most a ``.tmp-*`` folder that readers ignore, never half a
+partition. On object stores, where rename is a copy, ``_manifest.json`` is written last and marks a
+complete partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ZONES = ("landing", "raw", "quarantine", "features", "predictions", "reports")
+MANIFEST = "_manifest.json"
+_TMP_PREFIX = ".tmp-"
+_SAFE_KEY = re.compile(r"[^A-Za-z0-9_.=+-]")
+
+
+def repo_root() -> Path | None:
+    """The checkout this package runs from, if it runs from one (editable install)."""
+    candidate = Path(__file__).resolve().parents[2]
+    return candidate if (candidate / "pyproject.toml").is_file() else None
+
+
+def state_dir() -> Path:
+    """The ignored local state folder: ``AIRLOOP_HOME``, else ``<checkout>/.airloop``."""
+    env = os.environ.get("AIRLOOP_HOME")
+    if env:
+        return Path(env).resolve()
+    root = repo_root()
+    return (root / ".airloop") if root else Path.home() / ".airloop"
+
+
+def default_data_root_uri() -> str:
+    return os.environ.get("AIRLOOP_DATA_ROOT") or str(state_dir() / "data")
+
+
+def partition_key(data_interval_start: Any = None, run_id: str | None = None) -> str:
+    """``ds=YYYY-MM-DD`` for a run with a data interval, else ``run=<run id>`` (made path-safe)."""
+    if data_interval_start is not None:
+        return f"ds={data_interval_start.date().isoformat() if hasattr(data_interval_start, 'date') else data_interval_start}"
+    if not run_id:
+        raise ValueError("a partition needs a data interval start or a run id")
+    return "run=" + _SAFE_KEY.sub("_", run_id)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A hash of a frame's content (column names, dtypes and values), independent of file encoding."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
+    if len(df):
+        h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+class DataRoot:
+    """A data root on any fsspec filesystem (a local folder by default).
+
+    :param uri: a local path or an fsspec URI such as ``s3://bucket/airloop``
+    """
+
+    def __init__(self, uri: str | os.PathLike[str]):
+        self.uri = str(uri).rstrip("/")
+        self.fs, self._base = fsspec.core.url_to_fs(self.uri)
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if self.is_local:
+            self.uri = str(Path(self._base).resolve())
+            self._base = self.uri
+
+    @classmethod
+    def from_env(cls) -> DataRoot:
+        return cls(default_data_root_uri())
+
+    def __repr__(self) -> str:
+        return f"DataRoot({self.uri!r})"
+
+    # -- paths -------------------------------------------------------------------------------------
+    def partition_uri(self, zone: str, model: str, key: str) -> str:
+        if zone not in ZONES:
+            raise ValueError(f"unknown zone {zone!r}; zones are {ZONES}")
+        return f"{self.uri}/{zone}/{model}/{key}"
+
+    def _path(self, uri: str) -> str:
+        """The filesystem path of a URI inside (or outside) this root."""
+        if self.is_local:
+            return str(Path(uri.removeprefix("file://")).resolve())
+        return self.fs._strip_protocol(uri)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        return bool(self.fs.exists(self._path(uri)))
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self.fs.cat_file(self._path(uri))
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def list_partitions(self, zone: str, model: str) -> list[str]:
+        """Complete partitions (those with a manifest) of one zone and model, sorted by key."""
+        base = self._path(f"{self.uri}/{zone}/{model}")
+        if not self.fs.exists(base):
+            return []
+        out = []
+        for entry in sorted(self.fs.ls(base, detail=False)):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(".") or not self.fs.exists(f"{entry}/{MANIFEST}"):
+                continue
+            out.append(f"{self.uri}/{zone}/{model}/{name}")
+        return out
+
+    # -- atomic writing ----------------------------------------------------------------------------
+    def write_bytes_atomic(self, uri: str, data: bytes) -> None:
+        """Write one file so that readers see the old content or the new, never part of it."""
+        path = self._path(uri)
+        parent, name = path.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/{_TMP_PREFIX}{name}-{uuid.uuid4().hex}"
+        self.fs.pipe_file(tmp, data)
+        if self.is_local:
+            os.replace(tmp, path)
+        else:
+            self.fs.mv(tmp, path)
+
+    def write_json_atomic(self, uri: str, obj: Any) -> None:
+        self.write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    @contextlib.contextmanager
+    def atomic_dir(self, uri: str) -> Iterator[str]:
+        """Build a folder at a temporary URI, then swap it in for ``uri`` (replacing what was there).
+
+        Yields the temporary URI to write into. On an exception the temporary folder is removed and
+        ``uri`` is left as it was.
+        """
+        path = self._path(uri)
+        parent, name = path.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/{_TMP_PREFIX}{name}-{uuid.uuid4().hex}"
+        self.fs.makedirs(tmp, exist_ok=True)
+        try:
+            yield tmp if self.is_local else f"{self.fs.unstrip_protocol(tmp)}"
+        except BaseException:
+            self.fs.rm(tmp, recursive=True)
+            raise
+        self._swap_in(tmp, path)
+
+    def _swap_in(self, tmp: str, path: str) -> None:
+        parent, name = path.rsplit("/", 1)
+        old = f"{parent}/{_TMP_PREFIX}old-{name}-{uuid.uuid4().hex}"
+        had_old = self.fs.exists(path)
+        if had_old:
+            self.fs.mv(path, old, recursive=True)
+        self.fs.mv(tmp, path, recursive=True)
+        if had_old:
+            self.fs.rm(old, recursive=True)
+
+    def move_dir(self, src_uri: str, dst_uri: str) -> None:
+        """Move a partition folder (replacing the destination); a rename on local disks."""
+        src, dst = self._path(src_uri), self._path(dst_uri)
+        self.fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+        self._swap_in(src, dst)
+
+    def remove(self, uri: str) -> None:
+        path = self._path(uri)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def write_partition(self, uri: str, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+        """Write a whole partition atomically: ``files`` first, the manifest last."""
+        with self.atomic_dir(uri) as tmp:
+            for fname, data in files.items():
+                self.fs.pipe_file(f"{self._path(tmp)}/{fname}", data)
+            self.fs.pipe_file(
+                f"{self._path(tmp)}/{MANIFEST}",
+                json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
+            )
+
+    def file_uri(self, uri: str) -> str:
+        """A URI other tools can open: ``file://`` for local paths, the fsspec URI otherwise."""
+        return f"file://{self._path(uri)}" if self.is_local else uri
+
+
+def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def read_parquet_bytes(data: bytes) -> pd.DataFrame:
+    import io
+
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(data))

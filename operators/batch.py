@@ -1,0 +1,183 @@
+"""Operators for one batch of a model: ingest it, validate it (the gate), release it from quarantine.
+
+Each is a thin adapter: it works out the partition of the run's data interval, calls the domain function
+in ``airloop``, pushes small metadata to XCom, and emits the ``<model>.validated`` Asset event with URIs,
+hashes and counts in its ``extra``. Data problems (an unreadable or invalid batch) fail the task without
+retries; anything else (a file not landed yet, a storage hiccup) is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from airloop_airflow.assets import model_asset
+from airloop_airflow.links import REPORT_URL_KEY, ValidationReportLink, report_url
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airloop.config import PipelineConfig
+    from airloop.storage import DataRoot
+
+
+@contextlib.contextmanager
+def data_problems_fail_fast() -> Iterator[None]:
+    """Turn data problems into non-retryable failures; let everything else retry."""
+    from airloop.errors import DataProblem
+
+    try:
+        yield
+    except DataProblem as e:
+        raise AirflowFailException(str(e)) from e
+
+
+def _partition(context: Context) -> str:
+    from airloop.storage import partition_key
+
+    return partition_key(context.get("data_interval_start"), context["run_id"])
+
+
+def _report_link(root: DataRoot, uri: str) -> str:
+    """A UI link for a report under a local data root; the URI itself for object storage."""
+    if root.is_local and uri.startswith(root.uri + "/"):
+        return report_url(uri[len(root.uri) + 1 :])
+    return uri
+
+
+def _event_extra(result: dict[str, Any]) -> dict[str, Any]:
+    """What downstream DAGs need to find the batch: URIs, hashes and counts, never data."""
+    keys = ("uri", "partition", "rows", "content_hash", "source_uri", "source_sha256", "data_interval", "report_uri")
+    extra = {k: result.get(k) for k in keys}
+    extra["validation"] = {k: result["validation"][k] for k in ("suite", "evaluated", "failed")}
+    return extra
+
+
+class _ModelOperator(BaseOperator):
+    """Base for operators bound to one model's pipeline config (looked up by name at run time)."""
+
+    template_fields: Sequence[str] = ("model",)
+
+    def __init__(self, *, model: str, data_root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.data_root = data_root
+
+    def pipeline(self) -> PipelineConfig:
+        from airloop.config import get_pipeline
+
+        return get_pipeline(self.model)
+
+    def root(self) -> DataRoot:
+        from airloop.storage import DataRoot, default_data_root_uri
+
+        return DataRoot(self.data_root or default_data_root_uri())
+
+
+class BatchIngestOperator(_ModelOperator):
+    """Read the batch of the run's data interval (or ``source_uri``) into the raw zone, atomically.
+
+    :param model: the model name (templated)
+    :param source_uri: read this URI instead of the interval's landing file, e.g. one handed in by a
+        webhook through the run conf (templated)
+    :param data_root: data root URI; defaults to ``AIRLOOP_DATA_ROOT``
+    """
+
+    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "source_uri")
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, source_uri: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source_uri = source_uri
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airloop.ingest import Interval, ingest_batch
+
+        cfg, root, partition = self.pipeline(), self.root(), _partition(context)
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
+        interval = Interval(start.isoformat() if start else None, end.isoformat() if end else None)
+        src = self.source_uri or None
+        self.log.info("Ingesting %s/%s from %s into %s", cfg.name, partition, src or "the landing area", root.uri)
+        with data_problems_fail_fast():
+            manifest = ingest_batch(cfg, root, partition=partition, interval=interval, run_id=context["run_id"], source_uri=src)
+        self.log.info("Raw partition %s: %s rows, content %s", manifest["uri"], manifest["rows"], manifest["content_hash"])
+        return {k: manifest[k] for k in ("uri", "partition", "rows", "content_hash", "source_uri")}
+
+
+class BatchValidationOperator(_ModelOperator):
+    """The gate: run the model's expectation suite on the run's raw partition.
+
+    Pass: emits an event on ``<model>.validated`` whose ``extra`` holds the partition URI, content hash,
+    row count and validation summary. Fail: the batch is moved to quarantine with ``validation.json`` and
+    ``report.html``, the task fails (no retry) with every failed expectation in its message, and no event
+    is emitted, so nothing downstream runs.
+    """
+
+    operator_extra_links = (ValidationReportLink(),)
+    ui_color = "#fff4e5"
+
+    def __init__(self, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        kwargs.setdefault("outlets", [model_asset(model, "validated")])
+        super().__init__(**kwargs)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airloop.errors import BatchValidationError
+        from airloop.quarantine import validate_partition
+
+        cfg, root, partition = self.pipeline(), self.root(), _partition(context)
+        with data_problems_fail_fast():
+            try:
+                result = validate_partition(cfg, root, partition)
+            except BatchValidationError as e:
+                context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, f"{e.quarantine_uri}/report.html"))
+                raise
+        context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, result["report_uri"]))
+        extra = _event_extra(result)
+        context["outlet_events"][model_asset(cfg.name, "validated")].extra = extra
+        self.log.info(
+            "Batch %s/%s passed %s expectations; published %s", cfg.name, partition,
+            result["validation"]["evaluated"], cfg.asset_name("validated"),
+        )
+        return extra
+
+
+class QuarantineReleaseOperator(_ModelOperator):
+    """Re-validate a quarantined batch with the current suite and, if it passes, publish it.
+
+    :param partition: the quarantined partition, e.g. ``ds=2013-01-08`` (templated; usually from conf)
+    """
+
+    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "partition")
+    operator_extra_links = (ValidationReportLink(),)
+
+    def __init__(self, *, partition: str, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        kwargs.setdefault("outlets", [model_asset(model, "validated")])
+        super().__init__(**kwargs)
+        self.partition = partition
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airloop.errors import BatchValidationError, QuarantineError
+        from airloop.quarantine import release
+
+        cfg, root = self.pipeline(), self.root()
+        partition = self.partition if "=" in self.partition else f"ds={self.partition}"
+        by = f"{context['dag'].dag_id}/{context['run_id']}"
+        try:
+            result = release(cfg, root, partition, by=by)
+        except BatchValidationError as e:
+            context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, f"{e.quarantine_uri}/report.html"))
+            raise AirflowFailException(f"Not released, still failing:\n{e}") from e
+        except QuarantineError as e:
+            raise AirflowFailException(str(e)) from e
+        context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, result["report_uri"]))
+        extra = {**_event_extra(result), "released_by": by}
+        context["outlet_events"][model_asset(cfg.name, "validated")].extra = extra
+        self.log.info("Released %s/%s from quarantine and published it", cfg.name, partition)
+        return extra
+

@@ -1,0 +1,352 @@
+"""``airloop``: the project's command line.
+
+    airloop demo                      set up, replay real flights, run them through the real scheduler
+    airloop init | settings apply     prepare the Airflow home / apply airflow_settings.yaml
+    airloop stack start|stop|status   the local Airflow (API server + UI, scheduler, DAG processor, triggerer)
+    airloop replay                    land days of nycflights13 in the landing area
+    airloop quarantine list|show|release|reject
+    airloop airflow ...               any Airflow CLI command against the local stack
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from airloop_airflow import stack
+
+DEMO_MODEL = "flight_delays"
+DEMO_START = dt.date(2013, 1, 1)
+
+
+def _settings(args: argparse.Namespace) -> stack.StackSettings:
+    from airloop.storage import state_dir
+
+    return stack.StackSettings.load(
+        args.state_dir or state_dir(), port=getattr(args, "port", None), database_url=getattr(args, "database_url", None)
+    )
+
+
+def _use_stack_env(s: stack.StackSettings) -> None:
+    """Make domain calls in this process see the same data root as the stack's tasks."""
+    os.environ["AIRLOOP_HOME"] = s.state_dir
+    os.environ["AIRLOOP_DATA_ROOT"] = s.data_root
+
+
+def _api(s: stack.StackSettings) -> Any:
+    from airloop_airflow.api_client import AirflowApi
+
+    password = stack.admin_password(s)
+    if not password or not stack.health(s):
+        raise stack.StackError(f"the local stack is not running at {s.base_url}; start it with `airloop stack start`")
+    return AirflowApi(s.base_url, "admin", password)
+
+
+def _print_login(s: stack.StackSettings) -> None:
+    print(f"\nAirflow UI:  {s.base_url}   (user: admin, password: {stack.admin_password(s) or '<created on first start>'})")
+    print(f"             the password is kept in {s.airflow_home / 'simple_auth_manager_passwords.json.generated'}")
+    print(f"Data root:   {s.data_root}")
+    print(f"Logs:        {Path(s.state_dir) / 'logs'} (components), {s.airflow_home / 'logs'} (tasks)")
+    print("Stop with:   make stop   (or .venv/bin/airloop stack stop)")
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    t = time.monotonic()
+    stack.init(s)
+    print(f"Airflow home ready at {s.airflow_home} on {stack._safe_url(s.db_url)} ({time.monotonic() - t:.1f} s)")
+    return 0
+
+
+def cmd_settings_apply(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    stack.write_airflow_cfg(s)
+    proc = stack.subprocess.run(
+        [sys.executable, "-m", "airloop_airflow.settings", str(args.file)], env=s.env(), text=True, capture_output=True
+    )
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
+    return proc.returncode
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if args.action == "start":
+        if not (s.airflow_home / "airflow.cfg").is_file():
+            stack.init(s)
+        else:
+            s.save()
+            stack.write_airflow_cfg(s)
+        t = time.monotonic()
+        stack.start(s)
+        print(f"Local stack healthy in {time.monotonic() - t:.1f} s")
+        _print_login(s)
+    elif args.action == "stop":
+        stopped = stack.stop(s)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    else:
+        running = stack.running_components(s)
+        h = stack.health(s)
+        for c in stack.COMPONENTS:
+            print(f"{c:14s} {f'running (pid {running[c]})' if c in running else 'stopped'}")
+        print(f"health: {json.dumps(h) if h else 'API server not reachable at ' + s.base_url}")
+        if running:
+            _print_login(s)
+        return 0 if h else 1
+    return 0
+
+
+def _parse_corruptions(items: list[str]) -> dict[dt.date, str]:
+    out = {}
+    for item in items or []:
+        day, _, kind = item.partition(":")
+        out[dt.date.fromisoformat(day)] = kind
+    return out
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from airloop.config import get_pipeline
+    from airloop.sources import nycflights13
+    from airloop.storage import DataRoot
+
+    s = _settings(args)
+    _use_stack_env(s)
+    cfg = get_pipeline(args.model)
+    days = [args.start + dt.timedelta(days=i) for i in range(args.days)]
+    uris = nycflights13.replay_days(
+        DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name, corruptions=_parse_corruptions(args.corrupt)
+    )
+    print(f"landed {len(uris)} daily batches: {uris[0]} .. {uris[-1]}")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from airloop import quarantine
+    from airloop.config import get_pipeline, load_all_pipelines
+    from airloop.storage import DataRoot
+
+    s = _settings(args)
+    _use_stack_env(s)
+    root = DataRoot(s.data_root)
+    if args.action == "list":
+        models = [args.model] if args.model else [c.name for c in load_all_pipelines()]
+        entries = quarantine.list_quarantined(root, models, include_decided=args.all)
+        if not entries:
+            print("no batches in quarantine" + ("" if args.all else " awaiting a decision (--all shows decided ones)"))
+        for e in entries:
+            print(f"{e.model}/{e.partition}  {e.status:11s} {e.stage:10s} rows={e.rows}  run={e.run_id}")
+            for f in e.failures[:5]:
+                print(f"    - {f[:200]}")
+            print(f"    report: {root.file_uri(e.report_uri)}")
+        return 0
+    partition = args.partition if "=" in args.partition else f"ds={args.partition}"
+    if args.action == "show":
+        e = quarantine.get_quarantined(root, args.model, partition)
+        print(json.dumps({**e.__dict__, "report": root.file_uri(e.report_uri)}, indent=2, default=str))
+        return 0
+    if args.action == "reject":
+        record = quarantine.reject(root, args.model, partition, reason=args.reason)
+        print(f"rejected {args.model}/{partition}: {json.dumps(record)}")
+        return 0
+    # release: through the model's release DAG, so the Asset event is emitted by Airflow
+    cfg = get_pipeline(args.model)
+    quarantine.get_quarantined(root, cfg.name, partition)  # clear error now if there is no such batch
+    api = _api(s)
+    dag_id = cfg.dag_id("release")
+    api.unpause(dag_id)
+    run = api.trigger(dag_id, {"partition": partition})
+    print(f"triggered {dag_id} run {run['dag_run_id']}: {s.base_url}/dags/{dag_id}/runs/{run['dag_run_id']}")
+    if args.wait:
+        state = _wait_runs(api, dag_id, {run["dag_run_id"]}, timeout_s=600)[run["dag_run_id"]]
+        print(f"release {state}")
+        return 0 if state == "success" else 1
+    return 0
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    return stack.run_airflow(s, *args.args, check=False).returncode
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    env = s.env()
+    for k in ("AIRFLOW_HOME", "AIRLOOP_HOME", "AIRLOOP_DATA_ROOT"):
+        print(f"export {k}={env[k]}")
+    return 0
+
+
+TERMINAL = {"success", "failed"}
+
+
+def _wait_runs(api: Any, dag_id: str, run_ids: set[str] | None, timeout_s: float, expect: int | None = None) -> dict[str, str]:
+    """Poll until the given runs (or ``expect`` runs of the DAG) are finished; return run_id -> state."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        runs = {r["dag_run_id"]: r["state"] for r in api.dag_runs(dag_id)}
+        if run_ids is not None:
+            runs = {k: v for k, v in runs.items() if k in run_ids}
+        done = {k: v for k, v in runs.items() if v in TERMINAL}
+        line = f"  {dag_id}: {len(done)}/{expect or len(run_ids or runs)} runs finished " + json.dumps(
+            {s: sum(1 for v in runs.values() if v == s) for s in sorted(set(runs.values()))}
+        )
+        if line != last:
+            print(line, flush=True)
+            last = line
+        target = expect if expect is not None else len(run_ids or ())
+        if len(done) >= target and (run_ids is None or set(done) >= run_ids):
+            return runs
+        if time.monotonic() > deadline:
+            raise stack.StackError(f"runs of {dag_id} did not finish within {timeout_s:.0f} s: {runs}")
+        time.sleep(3.0)
+
+
+def trigger_interval_run(api: Any, dag_id: str, day: dt.date) -> str:
+    """Start the run of one daily data interval (idempotent: an existing run of that interval is reused).
+
+    Backfills would do the same, but Airflow refuses to create them on SQLite while the scheduler runs;
+    a run with an explicit data interval works on every metadata database.
+    """
+    from airloop_airflow.api_client import ApiError
+
+    run_id = f"replay__{day.isoformat()}"
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+    try:
+        api.post(f"/api/v2/dags/{dag_id}/dagRuns", {
+            "dag_run_id": run_id,
+            "logical_date": start.isoformat(),
+            "data_interval_start": start.isoformat(),
+            "data_interval_end": (start + dt.timedelta(days=1)).isoformat(),
+            "conf": {},
+            "note": "replayed interval of nycflights13",
+        })
+    except ApiError as e:
+        if e.status != 409:  # 409: this interval already has a run
+            raise
+    return run_id
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Set up, replay real days (one deliberately broken), run them through the real scheduler."""
+    from airloop.config import get_pipeline
+    from airloop.sources import nycflights13
+    from airloop.storage import DataRoot
+
+    t0 = time.monotonic()
+    s = _settings(args)
+    _use_stack_env(s)
+    cfg = get_pipeline(DEMO_MODEL)
+    print(f"[1/5] Airflow home at {s.airflow_home} ({stack._safe_url(s.db_url)})", flush=True)
+    stack.init(s)
+    days = [DEMO_START + dt.timedelta(days=i) for i in range(args.days + 1)]
+    bad_day = days[-1]
+    print(f"[2/5] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
+          "(distance in metres, an impossible month) that the gate must stop", flush=True)
+    nycflights13.replay_days(DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name,
+                             corruptions={bad_day: "out_of_range"})
+    print(f"[3/5] Starting the local stack on {s.base_url}", flush=True)
+    stack.start(s)
+    api = _api(s)
+    dag_id = cfg.dag_id("ingest")
+    api.wait_for_dag(dag_id)
+    api.wait_for_dag(cfg.dag_id("release"))
+    api.unpause(dag_id)
+    print(f"[4/5] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
+    run_ids = {trigger_interval_run(api, dag_id, day) for day in days}
+    runs = _wait_runs(api, dag_id, run_ids, timeout_s=args.timeout)
+    print(f"[5/5] Done in {time.monotonic() - t0:.0f} s", flush=True)
+    ok = sum(1 for v in runs.values() if v == "success")
+    failed = sorted(k for k, v in runs.items() if v == "failed")
+    print(f"\n{dag_id}: {ok} successful runs, {len(failed)} failed: {failed}")
+    args.action, args.model, args.all = "list", DEMO_MODEL, False
+    cmd_quarantine(args)
+    print(f"\nIn the UI: Dags > {dag_id} shows the runs; the failed run's validate_batch task has the "
+          "extra link 'Validation report'; Browse > Airloop quarantine lists quarantined batches.")
+    _print_login(s)
+    # Success means: every real day published, and exactly the broken day stopped at the gate.
+    return 0 if ok == args.days and failed == [f"replay__{bad_day.isoformat()}"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="airloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--state-dir", help="local state folder (default: $AIRLOOP_HOME or <checkout>/.airloop)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def stack_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--port", type=int, help="loopback port of the API server and UI (default 8080; also uses port+1, port+2)")
+        sp.add_argument("--database-url", help="SQLAlchemy URL of the metadata database (default: SQLite in the state folder)")
+
+    sp = sub.add_parser("demo", help="set up everything and run the main job on the embedded defaults")
+    stack_opts(sp)
+    sp.add_argument("--days", type=int, default=7, help="real days to replay (one broken day follows them)")
+    sp.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the runs")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("init", help="prepare the Airflow home, migrate the database, apply airflow_settings.yaml")
+    stack_opts(sp)
+    sp.set_defaults(func=cmd_init)
+
+    sp = sub.add_parser("settings", help="apply airflow_settings.yaml (connections, pools, variables) idempotently")
+    sp.add_argument("action", choices=["apply"])
+    sp.add_argument("--file", type=Path, default=Path(stack._repo_root() / "airflow_settings.yaml"))
+    sp.set_defaults(func=cmd_settings_apply)
+
+    sp = sub.add_parser("stack", help="start, stop or inspect the local Airflow stack")
+    sp.add_argument("action", choices=["start", "stop", "status"])
+    stack_opts(sp)
+    sp.set_defaults(func=cmd_stack)
+
+    sp = sub.add_parser("replay", help="land days of real nycflights13 flights as daily batches")
+    sp.add_argument("--model", default=DEMO_MODEL)
+    sp.add_argument("--start", type=dt.date.fromisoformat, default=DEMO_START)
+    sp.add_argument("--days", type=int, default=7)
+    sp.add_argument("--corrupt", action="append", metavar="DATE:KIND",
+                    help="break one day on purpose: null_column, missing_column, out_of_range, wrong_types, empty_file, not_csv")
+    sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("quarantine", help="list, inspect, release or reject quarantined batches")
+    qsub = sp.add_subparsers(dest="action", required=True)
+    q = qsub.add_parser("list", help="batches in quarantine")
+    q.add_argument("--model")
+    q.add_argument("--all", action="store_true", help="include released, rejected and superseded batches")
+    for name, helptext in (("show", "one batch as JSON"), ("release", "re-validate and publish (runs <model>__release)"),
+                           ("reject", "give up on a batch; it is kept, never trained on")):
+        q = qsub.add_parser(name, help=helptext)
+        q.add_argument("model")
+        q.add_argument("partition", help="e.g. ds=2013-01-08 (or just 2013-01-08)")
+        if name == "reject":
+            q.add_argument("--reason", required=True)
+        if name == "release":
+            q.add_argument("--wait", action="store_true", help="wait for the release run and exit non-zero if it fails")
+    sp.set_defaults(func=cmd_quarantine)
+
+    sp = sub.add_parser("airflow", help="run an Airflow CLI command against the local stack")
+    sp.add_argument("args", nargs=argparse.REMAINDER)
+    sp.set_defaults(func=cmd_airflow)
+
+    sp = sub.add_parser("env", help="print the environment that points the Airflow CLI at the local stack")
+    sp.set_defaults(func=cmd_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from airloop.errors import AirloopError
+
+    try:
+        return int(args.func(args) or 0)
+    except (AirloopError, stack.StackError) as e:
+        print(f"airloop: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Build every model's DAGs from its pipeline config: ``<model>__<verb>``.
+
+Called by the one DAG file ``dags/airloop_pipelines.py``. Building a DAG reads only the (small, shipped)
+pipeline configs; no heavy module is imported, no database or connection is touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+
+from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
+
+if TYPE_CHECKING:
+    from airloop.config import PipelineConfig
+
+
+def _start(d: dt.date) -> dt.datetime:
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC)
+
+
+def default_args(cfg: PipelineConfig) -> dict[str, Any]:
+    """Owner and retry policy from the config: transient failures retry with exponential backoff."""
+    return {
+        "owner": cfg.owner,
+        "retries": cfg.retries.retries,
+        "retry_delay": dt.timedelta(seconds=cfg.retries.retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": dt.timedelta(seconds=cfg.retries.max_retry_delay_seconds),
+    }
+
+
+def _ingest_doc(cfg: PipelineConfig) -> str:
+    return f"""
+# {cfg.name}: ingest and validate one batch
+
+{cfg.description.strip()}
+
+**What it does.** Each run takes the batch of its data interval (schedule `{cfg.schedule.cron}`,
+timezone {cfg.schedule.timezone}) from `landing/{cfg.name}/ds=<date>/{cfg.source.file_name}`, or the URI
+given as `source_uri` in the run conf (webhooks use this), and writes it atomically to
+`raw/{cfg.name}/ds=<date>/` with a manifest (rows, columns, content hash, source URI). Re-running an
+interval replaces its partition.
+
+**The gate.** `validate_batch` runs the Great Expectations suite `{cfg.validation.suite}` plus the schema
+checks from the config. Pass: the batch is published as an event on Asset `{cfg.asset_name('validated')}`
+(the feature DAG's trigger). Fail: the batch moves to `quarantine/{cfg.name}/ds=<date>/` with
+`validation.json` and `report.html`; the task fails without retries, listing every failed expectation.
+
+**On call** (task failed):
+* `validate_batch` failed: open **Validation report** (extra link on the task) to see what failed.
+  Fix upstream and clear the run, or `airloop quarantine release {cfg.name} ds=<date>` after fixing the
+  suite, or `airloop quarantine reject {cfg.name} ds=<date> --reason "..."`.
+* `ingest_batch` failed with "could not be read": the file is not valid `{cfg.source.format}`; it is kept
+  in quarantine as received. Ask the producer for a new file and re-run.
+* `ingest_batch` failed with "no batch at": the feed is late; the task already retried with backoff.
+
+Run conf: `source_uri` (optional, any fsspec URI).
+"""
+
+
+def build_ingest_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__ingest``: ingest the interval's batch, then gate it."""
+    with DAG(
+        dag_id=cfg.dag_id("ingest"),
+        description=f"Ingest and validate one {cfg.name} batch per data interval",
+        schedule=CronDataIntervalTimetable(cfg.schedule.cron, timezone=cfg.schedule.timezone),
+        start_date=_start(cfg.schedule.start_date),
+        end_date=_start(cfg.schedule.end_date) if cfg.schedule.end_date else None,
+        catchup=cfg.schedule.catchup,
+        max_active_runs=2,
+        tags=["airloop", cfg.name, "ingest", *cfg.tags],
+        default_args=default_args(cfg),
+        doc_md=_ingest_doc(cfg),
+        params={
+            "source_uri": Param(
+                None,
+                type=["null", "string"],
+                description="Read the batch from this URI instead of the interval's landing file",
+            )
+        },
+    ) as dag:
+        ingest = BatchIngestOperator(
+            task_id="ingest_batch",
+            model=cfg.name,
+            source_uri="{{ params.source_uri or '' }}",
+            doc_md="Read the batch and write its raw partition atomically, with a manifest.",
+        )
+        validate = BatchValidationOperator(
+            task_id="validate_batch",
+            model=cfg.name,
+            doc_md="The Great Expectations gate: publish the batch, or quarantine it with its report.",
+        )
+        ingest >> validate
+    return dag
+
+
+def build_release_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__release``: on-call re-validates a quarantined batch and publishes it if it now passes."""
+    with DAG(
+        dag_id=cfg.dag_id("release"),
+        description=f"Release a quarantined {cfg.name} batch (re-validate, then publish)",
+        schedule=None,
+        start_date=_start(cfg.schedule.start_date),
+        catchup=False,
+        tags=["airloop", cfg.name, "quarantine", "on-call"],
+        default_args={**default_args(cfg), "retries": 0},
+        doc_md=f"""
+# {cfg.name}: release a quarantined batch
+
+Trigger with conf `{{"partition": "ds=2013-01-08"}}` (or run `airloop quarantine release {cfg.name} ds=2013-01-08`).
+The batch in `quarantine/{cfg.name}/<partition>/` is validated again with the current suite. If it passes it
+is written to `raw/` and published on `{cfg.asset_name('validated')}`, and the quarantine entry is marked
+`released`; if it still fails, the task fails with the failed expectations and the report is refreshed.
+To give up on a batch instead: `airloop quarantine reject {cfg.name} <partition> --reason "..."`.
+""",
+        params={"partition": Param(type="string", description="quarantined partition, e.g. ds=2013-01-08")},
+    ) as dag:
+        QuarantineReleaseOperator(task_id="release_batch", model=cfg.name, partition="{{ params.partition }}")
+    return dag
+
+
+def build_pipeline_dags() -> dict[str, DAG]:
+    """Every DAG of every pipeline config, by dag_id."""
+    from airloop.config import load_all_pipelines
+
+    dags: dict[str, DAG] = {}
+    for cfg in load_all_pipelines():
+        for builder in (build_ingest_dag, build_release_dag):
+            dag = builder(cfg)
+            dags[dag.dag_id] = dag
+    return dags

@@ -1,0 +1,30 @@
+"""Extra links shown on task instances in the Airflow UI."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow.sdk import BaseOperatorLink, BaseXCom
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+#: XCom key under which a task pushes the address of its validation report.
+REPORT_URL_KEY = "validation_report_url"
+#: The plugin's route that serves reports from the data root (see ``plugins/airloop_plugin.py``).
+REPORTS_ROUTE = "/airloop/files"
+
+
+def report_url(relative_path: str) -> str:
+    """The UI address of a file under the data root, as served by the airloop plugin."""
+    return f"{REPORTS_ROUTE}/{relative_path.lstrip('/')}"
+
+
+class ValidationReportLink(BaseOperatorLink):
+    """"Validation report": the HTML report of the batch this task validated (or quarantined)."""
+
+    name = "Validation report"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return BaseXCom.get_value(ti_key=ti_key, key=REPORT_URL_KEY) or ""

@@ -1,0 +1,307 @@
+"""The local stack: an Airflow home under the state folder, and its processes on a loopback port.
+
+``init`` writes ``airflow.cfg`` (SQLite by default, PostgreSQL when a database URL is given), migrates the
+metadata database and applies ``airflow_settings.yaml``. ``start`` runs the API server (UI + REST +
+execution API), scheduler (LocalExecutor), DAG processor and triggerer as background processes with
+their logs and pids under the state folder; ``stop`` ends them.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+DEFAULT_PORT = 8080
+
+
+class StackError(RuntimeError):
+    """The local stack could not be set up, started or reached; the message says what to do."""
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class StackSettings:
+    """Where the local stack lives and how it is reached; persisted in ``<state>/stack.json``."""
+
+    state_dir: str
+    port: int = DEFAULT_PORT
+    database_url: str = ""
+    parallelism: int = 4
+
+    @property
+    def airflow_home(self) -> Path:
+        return Path(self.state_dir) / "airflow"
+
+    @property
+    def data_root(self) -> str:
+        return os.environ.get("AIRLOOP_DATA_ROOT") or str(Path(self.state_dir) / "data")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.airflow_home / 'airflow.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.state_dir) / "run"
+
+    @classmethod
+    def load(cls, state_dir: str | Path, *, port: int | None = None, database_url: str | None = None) -> StackSettings:
+        """Settings from flags, then environment (``AIRLOOP_PORT``, ``AIRLOOP_DATABASE_URL``), then the
+        saved ``stack.json``, then defaults."""
+        state = Path(state_dir).resolve()
+        saved: dict[str, Any] = {}
+        f = state / "stack.json"
+        if f.is_file():
+            saved = json.loads(f.read_text())
+        env_port = os.environ.get("AIRLOOP_PORT")
+        return cls(
+            state_dir=str(state),
+            port=int(port or env_port or saved.get("port") or DEFAULT_PORT),
+            database_url=database_url if database_url is not None else os.environ.get("AIRLOOP_DATABASE_URL", saved.get("database_url", "")),
+            parallelism=int(saved.get("parallelism", 4)),
+        )
+
+    def save(self) -> None:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.state_dir) / "stack.json").write_text(json.dumps(asdict(self), indent=2))
+
+    def env(self) -> dict[str, str]:
+        """Environment for every Airflow process (and for ``airloop airflow ...``)."""
+        env = dict(os.environ)
+        env.update(
+            AIRFLOW_HOME=str(self.airflow_home),
+            AIRLOOP_HOME=self.state_dir,
+            AIRLOOP_DATA_ROOT=self.data_root,
+            SPARK_LOCAL_IP="127.0.0.1",
+            GX_ANALYTICS_ENABLED="False",
+            NO_PROXY="127.0.0.1,localhost",
+        )
+        # Settings from airflow.cfg must win over whatever the calling shell exported.
+        for key in [k for k in env if k.startswith("AIRFLOW__")]:
+            env.pop(key)
+        return env
+
+
+def write_airflow_cfg(s: StackSettings) -> Path:
+    """Write ``airflow.cfg`` for this stack, keeping generated secrets across rewrites."""
+    home = s.airflow_home
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "airflow.cfg"
+    old = configparser.ConfigParser(interpolation=None)
+    if path.is_file():
+        old.read(path)
+
+    def keep(section: str, key: str, make: Any) -> str:
+        return old.get(section, key, fallback="") or make()
+
+    repo = _repo_root()
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg["core"] = {
+        "dags_folder": str(repo / "dags"),
+        "plugins_folder": str(repo / "plugins"),
+        "executor": "LocalExecutor",
+        "parallelism": str(s.parallelism),
+        "max_active_tasks_per_dag": str(s.parallelism),
+        "load_examples": "False",
+        "dags_are_paused_at_creation": "True",
+        "fernet_key": keep("core", "fernet_key", _fernet_key),
+        "simple_auth_manager_users": "admin:admin",
+        "simple_auth_manager_passwords_file": str(home / "simple_auth_manager_passwords.json.generated"),
+    }
+    cfg["database"] = {"sql_alchemy_conn": s.db_url}
+    cfg["api"] = {
+        "host": "127.0.0.1",
+        "port": str(s.port),
+        # Workers reach the execution API at base_url + /execution/: it must follow the port.
+        "base_url": s.base_url,
+        "workers": "1",
+    }
+    cfg["api_auth"] = {"jwt_secret": keep("api_auth", "jwt_secret", lambda: secrets.token_urlsafe(32))}
+    cfg["logging"] = {
+        "base_log_folder": str(home / "logs"),
+        "worker_log_server_port": str(s.port + 1),
+        "trigger_log_server_port": str(s.port + 2),
+    }
+    cfg["dag_processor"] = {"refresh_interval": "30", "min_file_process_interval": "30"}
+    cfg["scheduler"] = {"task_instance_heartbeat_timeout": "120"}
+    with path.open("w") as fh:
+        fh.write("# Written by `airloop init`; edit via airloop's options, not by hand.\n")
+        cfg.write(fh)
+    return path
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def run_airflow(s: StackSettings, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run an ``airflow`` CLI command against this stack's home."""
+    return subprocess.run(
+        [_bin("airflow"), *args], env=s.env(), check=check, text=True,
+        capture_output=capture, cwd=_repo_root(),
+    )
+
+
+def init(s: StackSettings, settings_file: Path | None = None) -> None:
+    """Prepare the Airflow home, migrate the database and apply ``airflow_settings.yaml``."""
+    s.save()
+    write_airflow_cfg(s)
+    Path(s.data_root).mkdir(parents=True, exist_ok=True) if "://" not in s.data_root else None
+    proc = run_airflow(s, "db", "migrate", check=False, capture=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise StackError(f"`airflow db migrate` failed on {_safe_url(s.db_url)}:\n{tail}")
+    settings_file = settings_file or _repo_root() / "airflow_settings.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "airloop_airflow.settings", str(settings_file)],
+        env=s.env(), text=True, capture_output=True, cwd=_repo_root(),
+    )
+    if proc.returncode != 0:
+        raise StackError(f"applying {settings_file} failed:\n{proc.stderr.strip()[-2000:]}")
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def _pid_file(s: StackSettings, component: str) -> Path:
+    return s.run_dir / f"{component}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def running_components(s: StackSettings) -> dict[str, int]:
+    out = {}
+    for c in COMPONENTS:
+        f = _pid_file(s, c)
+        if f.is_file():
+            pid = int(f.read_text().strip() or 0)
+            if pid and _alive(pid):
+                out[c] = pid
+    return out
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def health(s: StackSettings, timeout: float = 3.0) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"{s.base_url}/api/v2/monitor/health", timeout=timeout) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def start(s: StackSettings, wait_s: float = 120.0) -> None:
+    """Start every component not already running, then wait until the API server and scheduler are healthy."""
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    logs = Path(s.state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running = running_components(s)
+    if "api-server" not in running:
+        for port in (s.port, s.port + 1, s.port + 2):
+            if not _port_free(port):
+                raise StackError(
+                    f"port {port} on 127.0.0.1 is taken by another program; start on another port with "
+                    f"`airloop stack start --port N` (uses N, N+1 and N+2)"
+                )
+    for component in COMPONENTS:
+        if component in running:
+            continue
+        args = [_bin("airflow"), component]
+        if component == "api-server":
+            args += ["--host", "127.0.0.1", "--port", str(s.port)]
+        with (logs / f"{component}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                args, env=s.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=_repo_root(),
+            )
+        _pid_file(s, component).write_text(str(proc.pid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        h = health(s)
+        if h and h.get("scheduler", {}).get("status") == "healthy" and h.get("metadatabase", {}).get("status") == "healthy":
+            return
+        dead = [c for c in COMPONENTS if c not in running_components(s)]
+        if dead:
+            raise StackError(f"{', '.join(dead)} exited during start; see {logs}/<component>.log")
+        time.sleep(1.0)
+    raise StackError(f"the stack did not become healthy within {wait_s:.0f} s; see {logs}/")
+
+
+def stop(s: StackSettings, grace_s: float = 30.0) -> list[str]:
+    """Stop every running component (SIGTERM to its process group, SIGKILL after ``grace_s``)."""
+    running = running_components(s)
+    for pid in running.values():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in running.values()):
+        time.sleep(0.5)
+    for pid in running.values():
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for c in COMPONENTS:
+        _pid_file(s, c).unlink(missing_ok=True)
+    return sorted(running)
+
+
+def admin_password(s: StackSettings) -> str | None:
+    f = s.airflow_home / "simple_auth_manager_passwords.json.generated"
+    if f.is_file():
+        return json.loads(f.read_text()).get("admin")
+    return None

@@ -1,0 +1,96 @@
+"""airloop's Airflow plugin: what must be a plugin, and nothing else.
+
+* A FastAPI app mounted on the API server at ``/airloop``: the quarantine page and read-only access to
+  validation reports under the data root (the "Validation report" extra link points here). Every route
+  needs a logged-in Airflow user (the UI's session cookie or a bearer token).
+* A "Quarantine" entry in the UI's navigation.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+from airflow.api_fastapi.core_api.security import get_user
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+
+# Only these zones of the data root are served, and only these file types.
+SERVED_ZONES = ("reports", "quarantine")
+SERVED_SUFFIXES = {".html": "text/html", ".json": "application/json"}
+
+app = FastAPI(title="airloop", description="Quarantine and validation reports of airloop pipelines")
+
+
+def _data_root() -> Path:
+    from airloop.storage import default_data_root_uri
+
+    uri = default_data_root_uri()
+    if "://" in uri and not uri.startswith("file://"):
+        raise HTTPException(501, f"the data root {uri} is object storage; open reports there directly")
+    return Path(uri.removeprefix("file://")).resolve()
+
+
+@app.get("/files/{path:path}", dependencies=[Depends(get_user)])
+def read_file(path: str) -> FileResponse:
+    """A report or result file from ``reports/`` or ``quarantine/`` of the data root."""
+    root = _data_root()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or target.relative_to(root).parts[:1] not in [(z,) for z in SERVED_ZONES]:
+        raise HTTPException(403, f"only files under {', '.join(SERVED_ZONES)}/ of the data root are served")
+    media = SERVED_SUFFIXES.get(target.suffix)
+    if media is None:
+        raise HTTPException(403, f"only {', '.join(SERVED_SUFFIXES)} files are served, not {target.suffix or 'this file'}")
+    if not target.is_file():
+        raise HTTPException(404, f"no such report: {path}")
+    return FileResponse(target, media_type=media)
+
+
+@app.get("/quarantine", response_class=HTMLResponse, dependencies=[Depends(get_user)])
+def quarantine_page() -> str:
+    """Every quarantined batch of every model, with its failures and a link to its report."""
+    from airloop.config import load_all_pipelines
+    from airloop.quarantine import list_quarantined
+    from airloop.storage import DataRoot
+
+    root = DataRoot(str(_data_root()))
+    entries = list_quarantined(root, [c.name for c in load_all_pipelines()])
+    e = html.escape
+    rows = []
+    for q in entries:
+        rel = q.report_uri[len(root.uri) + 1 :]
+        failures = "".join(f"<li>{e(f[:300])}</li>" for f in q.failures[:8])
+        decided = f"<br><small>{e(str(q.decision))}</small>" if q.decision else ""
+        rows.append(
+            f"<tr><td>{e(q.model)}</td><td>{e(q.partition)}</td><td>{e(q.status)}{decided}</td><td>{e(q.stage)}</td>"
+            f"<td><ul>{failures}</ul></td><td><a href='files/{e(rel)}' target='_blank'>report</a></td></tr>"
+        )
+    body = "".join(rows) or "<tr><td colspan=6>No quarantined batches.</td></tr>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>airloop quarantine</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem}} table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}}</style></head>
+<body><h1>Quarantined batches</h1>
+<p>Data root: <code>{e(root.uri)}</code>. Release (re-validate and publish): <code>airloop quarantine release MODEL PARTITION</code>;
+reject: <code>airloop quarantine reject MODEL PARTITION --reason "..."</code>.</p>
+<table><tr><th>model</th><th>partition</th><th>status</th><th>stage</th><th>failures</th><th>report</th></tr>{body}</table>
+</body></html>"""
+
+
+class AirloopPlugin(AirflowPlugin):
+    name = "airloop"
+    fastapi_apps = [{"app": app, "url_prefix": "/airloop", "name": "airloop"}]
+    external_views = [
+        {
+            "name": "Quarantine",
+            "href": "/airloop/quarantine",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "airloop-quarantine",
+        }
+    ]
+
+
+# Keep the environment Airflow gives tasks free of GX telemetry when reports are rendered here.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
