@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from airloop.config import PIPELINES_DIR, load_all_pipelines, load_pipeline_config
 from airloop.errors import ConfigError
@@ -31,7 +32,7 @@ def test_shipped_config_loads_with_types():
     assert cfg.suite_path.is_file()
     # leakage columns are label sources only
     assert not set(cfg.features) & set(cfg.data_schema.leakage_columns)
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "other"  # type: ignore[misc]
 
 

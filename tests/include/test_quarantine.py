@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from airloop import quarantine
-from airloop.errors import BatchValidationError, QuarantineError
+from airloop.errors import BatchFormatError, BatchValidationError, QuarantineError
 from airloop.ingest import Interval, ingest_batch
 from airloop.sources import nycflights13
 from airloop.storage import MANIFEST
@@ -82,7 +82,7 @@ def test_release_revalidates_and_publishes(data_root, cfg):
 
 
 def test_unreadable_batch_cannot_be_released(data_root, cfg):
-    with pytest.raises(Exception):
+    with pytest.raises(BatchFormatError):
         _ingest(data_root, cfg, corrupt="empty_file")
     with pytest.raises(QuarantineError, match="nothing to re-validate"):
         quarantine.release(cfg, data_root, PART, by="t")
