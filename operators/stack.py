@@ -94,7 +94,6 @@ class StackSettings:
             AIRLOOP_DATA_ROOT=self.data_root,
             SPARK_LOCAL_IP="127.0.0.1",
             GX_ANALYTICS_ENABLED="False",
-            TQDM_DISABLE="1",  # GX draws progress bars into task logs otherwise
             NO_PROXY="127.0.0.1,localhost",
         )
         # Settings from airflow.cfg must win over whatever the calling shell exported.

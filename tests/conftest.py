@@ -21,7 +21,6 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="airloop-tests-"))
 os.environ["AIRLOOP_HOME"] = str(_SESSION_DIR / "state")
 os.environ["AIRLOOP_DATA_ROOT"] = str(_SESSION_DIR / "state" / "data")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 
 from airloop_airflow import stack  # noqa: E402  (no Airflow import inside)

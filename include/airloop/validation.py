@@ -204,6 +204,7 @@ def validate_frame(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
     expectations = schema_expectations(cfg) + list(suite_dict["expectations"])
 
     ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}  # keep task logs readable
     asset = ctx.data_sources.add_pandas("airloop").add_dataframe_asset(cfg.name)
     batch_def = asset.add_batch_definition_whole_dataframe("batch")
     suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
