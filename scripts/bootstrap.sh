@@ -25,8 +25,11 @@ mkdir -p "$cache"
     start=$(date +%s)
     rm -rf "$venv"
     "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pip==26.3"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pip==26.3" 2>&1 \
+      | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    # (the filter drops a harmless warning about local package-index folders some machines configure)
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 \
+      | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     touch "$venv/.airloop-complete"
     echo "bootstrap: environment ready in $(( $(date +%s) - start )) s"
   fi
