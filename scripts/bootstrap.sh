@@ -40,5 +40,7 @@ if [ -e .venv ] && [ ! -L .venv ]; then
   rm -rf .venv
 fi
 ln -sfn "$venv" .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 
+# (setuptools warns about every editable install with mapped package folders; nothing to act on)
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
+  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 echo "bootstrap: .venv -> $venv"
