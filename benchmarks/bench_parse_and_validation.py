@@ -13,6 +13,7 @@ Run:  .venv/bin/python benchmarks/bench_parse_and_validation.py [--repeat N]
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
@@ -127,7 +128,8 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 
 def bench_validation(repeat: int) -> list[dict]:
     from airloop.config import get_pipeline
-    from airloop.sources.nycflights13 import load_flights_with_weather
+    from airloop.ingest import read_batch
+    from airloop.sources.nycflights13 import corrupt, day_frame, load_flights_with_weather
     from airloop.validation import validate_frame
 
     cfg = get_pipeline("flight_delays")
@@ -142,6 +144,8 @@ def bench_validation(repeat: int) -> list[dict]:
         "one day (2013-01-02)": year[(year.month == 1) & (year.day == 2)],
         "one month (2013-01)": year[year.month == 1],
         "full year": year,
+        # a failing batch too, so agreement is shown on a FAIL verdict as well
+        "one day, out of range": read_batch(corrupt(day_frame(dt.date(2013, 1, 2)), "out_of_range"), cfg),
     }
     validate_frame(cfg, slices["one day (2013-01-02)"])  # warm GX's own lazy imports once
     rows = []
@@ -169,9 +173,9 @@ def main() -> None:
     print(f"\n(b) Validation gate, best of {args.repeat}: Great Expectations vs the same checks in vectorised pandas")
     gx_import, *rows = bench_validation(args.repeat)
     print(f"great_expectations import: {gx_import['gx_import_s']:.2f} s (once per task process)")
-    print(f"{'slice':22s} {'rows':>8s} {'checks':>6s} {'GX s':>8s} {'pandas s':>9s} {'GX/pandas':>10s} {'verdicts agree':>15s}")
+    print(f"{'slice':24s} {'rows':>8s} {'checks':>6s} {'GX s':>8s} {'pandas s':>9s} {'GX/pandas':>10s} {'verdicts agree':>15s}")
     for r in rows:
-        print(f"{r['slice']:22s} {r['rows']:>8d} {r['checks']:>6d} {r['gx_s']:>8.3f} {r['pandas_s']:>9.3f} "
+        print(f"{r['slice']:24s} {r['rows']:>8d} {r['checks']:>6d} {r['gx_s']:>8.3f} {r['pandas_s']:>9.3f} "
               f"{r['ratio']:>10.1f} {str(r['agree']) + (' (pass)' if r['gx_pass'] else ' (fail)'):>15s}")
     if not all(r["agree"] for r in rows):
         raise SystemExit("the pandas baseline and GX disagree: the baseline is not checking the same thing")

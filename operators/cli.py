@@ -268,8 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{dag_id}: {ok} successful runs, {len(failed)} failed: {failed}")
     args.action, args.model, args.all = "list", DEMO_MODEL, False
     cmd_quarantine(args)
-    print(f"\nIn the UI: Dags > {dag_id} shows the runs; the failed run's validate_batch task has the "
-          "extra link 'Validation report'; Browse > Airloop quarantine lists quarantined batches.")
+    print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
+          "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches.")
     _print_login(s)
     # Success means: every real day published, and exactly the broken day stopped at the gate.
     return 0 if ok == args.days and failed == [f"replay__{bad_day.isoformat()}"] else 1
