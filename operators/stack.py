@@ -168,15 +168,9 @@ def run_airflow(s: StackSettings, *args: str, check: bool = True, capture: bool 
     )
 
 
-def init(s: StackSettings, settings_file: Path | None = None) -> None:
-    """Prepare the Airflow home, migrate the database and apply ``airflow_settings.yaml``."""
-    s.save()
-    write_airflow_cfg(s)
-    Path(s.data_root).mkdir(parents=True, exist_ok=True) if "://" not in s.data_root else None
-    proc = run_airflow(s, "db", "migrate", check=False, capture=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise StackError(f"`airflow db migrate` failed on {_safe_url(s.db_url)}:\n{tail}")
+def apply_settings(s: StackSettings, settings_file: Path | None = None) -> str:
+    """Apply ``airflow_settings.yaml`` to this stack's metadata database (in a process of its own, so the
+    stack's ``AIRFLOW_HOME`` is the one Airflow configures itself from); return what was applied."""
     settings_file = settings_file or _repo_root() / "airflow_settings.yaml"
     proc = subprocess.run(
         [sys.executable, "-m", "airloop_airflow.settings", str(settings_file)],
@@ -184,6 +178,20 @@ def init(s: StackSettings, settings_file: Path | None = None) -> None:
     )
     if proc.returncode != 0:
         raise StackError(f"applying {settings_file} failed:\n{proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip()
+
+
+def init(s: StackSettings, settings_file: Path | None = None) -> None:
+    """Prepare the Airflow home, migrate the database and apply ``airflow_settings.yaml``."""
+    s.save()
+    write_airflow_cfg(s)
+    if "://" not in s.data_root:
+        Path(s.data_root).mkdir(parents=True, exist_ok=True)
+    proc = run_airflow(s, "db", "migrate", check=False, capture=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise StackError(f"`airflow db migrate` failed on {_safe_url(s.db_url)}:\n{tail}")
+    apply_settings(s, settings_file)
 
 
 def _safe_url(url: str) -> str:
