@@ -72,10 +72,15 @@ class _ModelOperator(BaseOperator):
 
         return get_pipeline(self.model)
 
-    def root(self) -> DataRoot:
-        from airloop.storage import DataRoot, default_data_root_uri
+    def root_uri(self) -> str:
+        from airloop.storage import default_data_root_uri
 
-        return DataRoot(self.data_root or default_data_root_uri())
+        return self.data_root or default_data_root_uri()
+
+    def root(self) -> DataRoot:
+        from airloop.storage import DataRoot
+
+        return DataRoot(self.root_uri())
 
 
 class BatchIngestOperator(_ModelOperator):

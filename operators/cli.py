@@ -51,6 +51,7 @@ def _api(s: stack.StackSettings) -> Any:
 def _print_login(s: stack.StackSettings) -> None:
     print(f"\nAirflow UI:  {s.base_url}   (user: admin, password: {stack.admin_password(s) or '<created on first start>'})")
     print(f"             the password is kept in {s.airflow_home / 'simple_auth_manager_passwords.json.generated'}")
+    print(f"MLflow UI:   {s.mlflow_url}   (models, runs, lineage tags)")
     print(f"Data root:   {s.data_root}")
     print(f"Logs:        {Path(s.state_dir) / 'logs'} (components), {s.airflow_home / 'logs'} (tasks)")
     print("Stop with:   make stop   (or .venv/bin/airloop stack stop)")

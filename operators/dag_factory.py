@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
+from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
+from airloop_airflow.features import FeatureJobOperator
+from airloop_airflow.training import ChampionChallengerGateOperator, TrainModelOperator
 
 if TYPE_CHECKING:
     from airloop.config import PipelineConfig
@@ -122,13 +125,85 @@ To give up on a batch instead: `airloop quarantine reject {cfg.name} <partition>
     return dag
 
 
+def build_features_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__features``: Spark features for each newly validated partition."""
+    with DAG(
+        dag_id=cfg.dag_id("features"),
+        description=f"Spark features for validated {cfg.name} partitions",
+        schedule=[model_asset(cfg.name, "validated")],
+        start_date=_start(cfg.schedule.start_date),
+        catchup=False,
+        max_active_runs=1,
+        tags=["airloop", cfg.name, "features", "spark"],
+        default_args=default_args(cfg),
+        doc_md=f"""
+# {cfg.name}: features
+
+Runs when `{cfg.asset_name('validated')}` has new events: the PySpark job
+`include/airloop/spark/build_features.py` (through the `spark_default` connection: `local[2]` locally, a
+`spark://` or `k8s://` master in production) reads exactly the partitions those events announce, applies
+the feature definitions shared with serving (`airloop.features.compute_features`), and replaces
+`features/{cfg.name}/<partition>/` atomically. Publishes `{cfg.asset_name('features')}` with the
+partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
+
+**On call**: a failed Spark job is retried; its driver log is in the task log. Rebuild a partition with a
+manual run and conf `partitions`.
+""",
+    ) as dag:
+        FeatureJobOperator(task_id="build_features", model=cfg.name, pool="spark")
+    return dag
+
+
+def build_train_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__train``: train (GPU pod or local process), register once, gate."""
+    with DAG(
+        dag_id=cfg.dag_id("train"),
+        description=f"Train, register and gate a {cfg.name} model",
+        schedule=[model_asset(cfg.name, "features")],
+        start_date=_start(cfg.schedule.start_date),
+        catchup=False,
+        max_active_runs=1,
+        tags=["airloop", cfg.name, "training", "mlflow"],
+        default_args=default_args(cfg),
+        params={
+            "reason": Param("schedule", enum=["schedule", "drift", "manual"], description="why this training runs"),
+            "drift": Param(None, type=["null", "object"], description="drift context, when drift triggered it"),
+        },
+        doc_md=f"""
+# {cfg.name}: train, register, gate
+
+Runs when new features land on `{cfg.asset_name('features')}` (and as the retraining DAG: conf `reason`
+= `schedule` | `drift` | `manual`, `drift` = the drift context).
+
+1. `train_model`: `python -m airloop.training.train` on the latest {cfg.training.window_days} feature
+   partitions: in a Kubernetes pod on a GPU node (`{cfg.training.image}`, {cfg.training.gpus} GPU) when the
+   connection `{cfg.training.kubernetes_conn_id}` exists, else as a local process (the log says which).
+   Logs to MLflow with lineage tags and registers exactly one version per DAG run (retries reuse it).
+2. `gate_challenger`: scores the new version and `@champion` on the same holdout days. Passes when
+   {cfg.gate.metric} >= {cfg.gate.min_metric} and at most {cfg.gate.max_regression} behind the champion:
+   alias `challenger` (or `champion` if there is none yet) and an event on `{cfg.asset_name('challenger')}`.
+
+**On call**: `gate_challenger` failed = the model was not good enough; its message gives both scores and
+aliases are unchanged (nothing to undo). `train_model` pending for long = no GPU node: check the pod's
+events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.name.replace('_', '-')}`).
+""",
+    ) as dag:
+        train = TrainModelOperator(
+            task_id="train_model", model=cfg.name, pool="training",
+            reason="{{ params.reason }}", drift="{{ params.drift | tojson }}",
+        )
+        gate = ChampionChallengerGateOperator(task_id="gate_challenger", model=cfg.name, retries=0)
+        train >> gate
+    return dag
+
+
 def build_pipeline_dags() -> dict[str, DAG]:
     """Every DAG of every pipeline config, by dag_id."""
     from airloop.config import load_all_pipelines
 
     dags: dict[str, DAG] = {}
     for cfg in load_all_pipelines():
-        for builder in (build_ingest_dag, build_release_dag):
+        for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag):
             dag = builder(cfg)
             dags[dag.dag_id] = dag
     return dags

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 DEFAULT_PORT = 8080
 
 
@@ -42,6 +42,7 @@ class StackSettings:
     state_dir: str
     port: int = DEFAULT_PORT
     database_url: str = ""
+    mlflow_database_url: str = ""
     parallelism: int = 4
 
     @property
@@ -61,6 +62,19 @@ class StackSettings:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def mlflow_port(self) -> int:
+        return self.port + 3
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def mlflow_db_url(self) -> str:
+        """MLflow's backend store: its own database (its Alembic tables would clash with Airflow's)."""
+        return self.mlflow_database_url or f"sqlite:///{Path(self.state_dir) / 'mlflow' / 'mlflow.db'}"
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.state_dir) / "run"
 
@@ -78,6 +92,7 @@ class StackSettings:
             state_dir=str(state),
             port=int(port or env_port or saved.get("port") or DEFAULT_PORT),
             database_url=database_url if database_url is not None else os.environ.get("AIRLOOP_DATABASE_URL", saved.get("database_url", "")),
+            mlflow_database_url=os.environ.get("AIRLOOP_MLFLOW_DATABASE_URL", saved.get("mlflow_database_url", "")),
             parallelism=int(saved.get("parallelism", 4)),
         )
 
@@ -94,6 +109,9 @@ class StackSettings:
             AIRLOOP_DATA_ROOT=self.data_root,
             SPARK_LOCAL_IP="127.0.0.1",
             GX_ANALYTICS_ENABLED="False",
+            MLFLOW_TRACKING_URI=self.mlflow_url,
+            # spark-submit and python -m ... must resolve to this environment in task processes
+            PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             NO_PROXY="127.0.0.1,localhost",
         )
         # Settings from airflow.cfg must win over whatever the calling shell exported.
@@ -249,6 +267,14 @@ def health(s: StackSettings, timeout: float = 3.0) -> dict[str, Any] | None:
         return None
 
 
+def mlflow_healthy(s: StackSettings, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{s.mlflow_url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def start(s: StackSettings, wait_s: float = 120.0) -> None:
     """Start every component not already running, then wait until the API server and scheduler are healthy."""
     s.run_dir.mkdir(parents=True, exist_ok=True)
@@ -256,16 +282,22 @@ def start(s: StackSettings, wait_s: float = 120.0) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     running = running_components(s)
     if "api-server" not in running:
-        for port in (s.port, s.port + 1, s.port + 2):
+        for port in (s.port, s.port + 1, s.port + 2, s.mlflow_port):
             if not _port_free(port):
                 raise StackError(
                     f"port {port} on 127.0.0.1 is taken by another program; start on another port with "
-                    f"`airloop stack start --port N` (uses N, N+1 and N+2)"
+                    f"`airloop stack start --port N` (uses N to N+3)"
                 )
     for component in COMPONENTS:
         if component in running:
             continue
-        args = [_bin("airflow"), component]
+        if component == "mlflow":
+            Path(s.state_dir, "mlflow").mkdir(parents=True, exist_ok=True)
+            args = [_bin("mlflow"), "server", "--backend-store-uri", s.mlflow_db_url,
+                    "--artifacts-destination", f"{s.data_root}/mlflow-artifacts", "--serve-artifacts",
+                    "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1"]
+        else:
+            args = [_bin("airflow"), component]
         if component == "api-server":
             args += ["--host", "127.0.0.1", "--port", str(s.port)]
         with (logs / f"{component}.log").open("ab") as log:
@@ -277,7 +309,8 @@ def start(s: StackSettings, wait_s: float = 120.0) -> None:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         h = health(s)
-        if h and h.get("scheduler", {}).get("status") == "healthy" and h.get("metadatabase", {}).get("status") == "healthy":
+        if (h and h.get("scheduler", {}).get("status") == "healthy" and h.get("metadatabase", {}).get("status") == "healthy"
+                and mlflow_healthy(s)):
             return
         dead = [c for c in COMPONENTS if c not in running_components(s)]
         if dead:

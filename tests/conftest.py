@@ -27,8 +27,12 @@ from airloop_airflow import stack  # noqa: E402  (no Airflow import inside)
 
 TEST_PORT = int(os.environ.get("AIRLOOP_TEST_PORT", "18480"))
 SETTINGS = stack.StackSettings(
-    state_dir=os.environ["AIRLOOP_HOME"], port=TEST_PORT, database_url=os.environ.get("AIRLOOP_DATABASE_URL", "")
+    state_dir=os.environ["AIRLOOP_HOME"], port=TEST_PORT, database_url=os.environ.get("AIRLOOP_DATABASE_URL", ""),
+    mlflow_database_url=os.environ.get("AIRLOOP_MLFLOW_DATABASE_URL", ""),
 )
+# Tasks run in this process (dag.test) talk to the MLflow store directly; the stack's server uses it too.
+(_SESSION_DIR / "state" / "mlflow").mkdir(parents=True, exist_ok=True)
+os.environ["MLFLOW_TRACKING_URI"] = SETTINGS.mlflow_db_url
 stack.write_airflow_cfg(SETTINGS)
 for _k in [k for k in os.environ if k.startswith("AIRFLOW__")]:
     del os.environ[_k]
@@ -36,7 +40,8 @@ os.environ["AIRFLOW_HOME"] = str(SETTINGS.airflow_home)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"airloop: AIRFLOW_HOME={SETTINGS.airflow_home}", f"airloop: metadata db={stack._safe_url(SETTINGS.db_url)}"]
+    return [f"airloop: AIRFLOW_HOME={SETTINGS.airflow_home}", f"airloop: metadata db={stack._safe_url(SETTINGS.db_url)}",
+            f"airloop: mlflow store={stack._safe_url(SETTINGS.mlflow_db_url)}"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,6 +61,16 @@ def airflow_db() -> stack.StackSettings:
     """The session's metadata database, migrated, with airflow_settings.yaml applied."""
     stack.init(SETTINGS)
     return SETTINGS
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole test session."""
+    from airloop.spark.build_features import build_session
+
+    session = build_session("airloop-tests")
+    yield session
+    session.stop()
 
 
 @pytest.fixture()
@@ -78,3 +93,26 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300)
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=REPO,
     )
+
+
+FEATURE_DAYS = 21  # three weeks of January 2013
+
+
+@pytest.fixture(scope="session")
+def feature_root(spark, cfg):
+    """Three weeks of real days ingested and turned into features (shared by training and gate tests)."""
+    import datetime as dt
+
+    from airloop.ingest import Interval, ingest_batch
+    from airloop.sources import nycflights13
+    from airloop.spark.build_features import run
+    from airloop.storage import DataRoot
+
+    root = DataRoot(_SESSION_DIR / "features-root")
+    days = [dt.date(2013, 1, 1) + dt.timedelta(days=i) for i in range(FEATURE_DAYS)]
+    nycflights13.replay_days(root, cfg.name, days, file_name=cfg.source.file_name)
+    parts = tuple(f"ds={d}" for d in days)
+    for p in parts:
+        ingest_batch(cfg, root, partition=p, interval=Interval(None, None), run_id="fixture")
+    run(cfg.name, root.uri, list(parts), spark=spark)
+    return root, parts

@@ -106,6 +106,34 @@ class RetryConfig(_Frozen):
     max_retry_delay_seconds: int = Field(default=900, gt=0)
 
 
+class TolerationConfig(_Frozen):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class TrainingConfig(_Frozen):
+    """How and where training runs: a Kubernetes GPU pod, or a local process when no cluster is set up."""
+
+    window_days: int = Field(default=28, ge=2, description="most recent feature partitions per training run")
+    min_partitions: int = Field(default=5, ge=2)
+    max_epochs: int = Field(default=40, ge=1)
+    seed: int = 13
+    image: str = "ghcr.io/airloop/train:0.1.0"
+    namespace: str = "ml-training"
+    kubernetes_conn_id: str = "kubernetes_default"
+    gpus: int = Field(default=1, ge=0)
+    cpu: str = "4"
+    memory: str = "16Gi"
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: tuple[TolerationConfig, ...] = (TolerationConfig(key="nvidia.com/gpu", effect="NoSchedule"),)
+    mlflow_tracking_uri: str = "http://mlflow.mlflow.svc.cluster.local:5000"
+    mlflow_secret: str = "mlflow-credentials"
+    startup_timeout_seconds: int = Field(default=900, ge=60, description="long enough for a GPU node to scale up")
+    service_account: str = "airloop-training"
+
+
 class GateConfig(_Frozen):
     """Champion/challenger thresholds (used by the training stage)."""
 
@@ -150,6 +178,7 @@ class PipelineConfig(_Frozen):
     validation: ValidationConfig
     retries: RetryConfig = RetryConfig()
     features: tuple[str, ...] = ()
+    training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()
     drift: DriftConfig = DriftConfig()

@@ -211,7 +211,8 @@ def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
     import io
 
     buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
+    # microsecond timestamps: Spark cannot read Parquet's nanosecond timestamps
+    df.to_parquet(buf, index=False, coerce_timestamps="us", allow_truncated_timestamps=False)
     return buf.getvalue()
 
 

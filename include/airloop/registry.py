@@ -1,0 +1,140 @@
+"""Model registry rules: the champion/challenger gate and the alias history.
+
+Aliases (never the deprecated stages): ``champion`` serves, ``challenger`` passed the gate and waits for
+its canary, ``previous`` is the champion a promotion replaced. MLflow keeps only the current alias
+targets, so every change is also appended to ``reports/<model>/alias_history.jsonl`` in the data root
+(who, when, why, which version it replaced): :func:`alias_at` answers "which version served at time T".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from airloop.config import PipelineConfig
+from airloop.storage import DataRoot
+
+log = logging.getLogger(__name__)
+
+#: Metrics where lower is better; every other gate metric is higher-is-better.
+LOWER_IS_BETTER = {"rmse", "mae", "log_loss", "brier"}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    metric: str
+    challenger_version: str
+    challenger_score: float
+    champion_version: str | None
+    champion_score: float | None
+    reason: str
+    aliases_set: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def history_uri(root: DataRoot, model: str) -> str:
+    return f"{root.uri}/reports/{model}/alias_history.jsonl"
+
+
+def read_history(root: DataRoot, model: str) -> list[dict[str, Any]]:
+    uri = history_uri(root, model)
+    if not root.exists(uri):
+        return []
+    return [json.loads(line) for line in root.read_bytes(uri).decode().splitlines() if line.strip()]
+
+
+def current_alias(client: Any, model: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(client: Any, root: DataRoot, model: str, alias: str, version: str, *, by: str, why: str) -> dict[str, Any]:
+    """Point ``alias`` at ``version`` and record the change; a no-op (not recorded) if it already does."""
+    before = current_alias(client, model, alias)
+    if before == str(version):
+        return {}
+    client.set_registered_model_alias(model, alias, str(version))
+    record = {
+        "model": model, "alias": alias, "version": str(version), "replaced": before, "by": by, "why": why,
+        # when the change happened: an audit timestamp, not pipeline logic
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+    }
+    lines = read_history(root, model) + [record]
+    root.write_bytes_atomic(history_uri(root, model), "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines).encode())
+    log.info("alias %s@%s: v%s -> v%s (%s)", model, alias, before, version, why)
+    return record
+
+
+def alias_at(history: list[dict[str, Any]], alias: str, when: dt.datetime) -> str | None:
+    """The version ``alias`` pointed at, at time ``when`` (None before its first assignment)."""
+    version = None
+    for r in sorted(history, key=lambda r: r["at"]):
+        if r["alias"] != alias:
+            continue
+        if dt.datetime.fromisoformat(r["at"]) <= when:
+            version = r.get("version")
+    return version
+
+
+def score_model(model_uri: str, raw_df: Any, cfg: PipelineConfig) -> float:
+    """The gate metric of a registered model on raw rows (the pyfunc applies the feature transform)."""
+    import mlflow
+
+    from airloop.features import SOURCE_COLUMNS, label
+    from airloop.training.train import metrics_for
+
+    y = label(raw_df, cfg.task.label.source_column, cfg.task.label.positive_above)
+    rows = raw_df[y.notna()].reset_index(drop=True)
+    preds = mlflow.pyfunc.load_model(model_uri).predict(rows[SOURCE_COLUMNS])["prediction"]
+    metrics = metrics_for(cfg.task.type, y[y.notna()].to_numpy(), preds.to_numpy())
+    if cfg.gate.metric not in metrics:
+        raise ValueError(f"gate.metric {cfg.gate.metric!r} is not computed for {cfg.task.type}: {sorted(metrics)}")
+    return metrics[cfg.gate.metric]
+
+
+def decide(cfg: PipelineConfig, challenger: float, champion: float | None) -> tuple[bool, str]:
+    """Apply the thresholds: an absolute floor, and at most ``max_regression`` behind the champion."""
+    g = cfg.gate
+    lower = g.metric in LOWER_IS_BETTER
+    meets_floor = challenger <= g.min_metric if lower else challenger >= g.min_metric
+    floor_txt = f"{g.metric} {challenger:.4f} {'<=' if lower else '>='} {g.min_metric} required"
+    if not meets_floor:
+        return False, f"below the absolute threshold: {floor_txt}"
+    if champion is None:
+        return True, f"no champion yet; {floor_txt}: met"
+    gap = (challenger - champion) if lower else (champion - challenger)
+    if gap > g.max_regression:
+        return False, (f"{g.metric} {challenger:.4f} is {gap:.4f} behind the champion's {champion:.4f} "
+                       f"(at most {g.max_regression} allowed)")
+    return True, f"{g.metric} {challenger:.4f} vs champion {champion:.4f} (allowed gap {g.max_regression})"
+
+
+def run_gate(cfg: PipelineConfig, client: Any, root: DataRoot, version: str, holdout_raw: Any, *, by: str) -> GateDecision:
+    """Score the new version and the current champion on the same holdout rows, then set aliases.
+
+    Pass with a champion: ``challenger`` -> version. Pass without one: the version becomes ``champion``
+    (the first passing model). Fail: aliases stay as they are.
+    """
+    champ_version = current_alias(client, cfg.name, "champion")
+    if champ_version == str(version):
+        return GateDecision(True, cfg.gate.metric, str(version), float("nan"), champ_version, None,
+                            "this version is already the champion", ())
+    new_score = score_model(f"models:/{cfg.name}/{version}", holdout_raw, cfg)
+    champ_score = score_model(f"models:/{cfg.name}@champion", holdout_raw, cfg) if champ_version else None
+    passed, reason = decide(cfg, new_score, champ_score)
+    aliases: tuple[str, ...] = ()
+    if passed:
+        alias = "challenger" if champ_version else "champion"
+        set_alias(client, root, cfg.name, alias, str(version), by=by, why=f"gate passed: {reason}")
+        aliases = (alias,)
+    return GateDecision(passed, cfg.gate.metric, str(version), new_score, champ_version, champ_score, reason, aliases)

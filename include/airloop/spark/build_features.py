@@ -1,0 +1,136 @@
+"""Spark job: features for validated raw partitions, written atomically per partition.
+
+Run by ``spark-submit`` (the feature DAG submits it through the ``spark_default`` connection)::
+
+    spark-submit include/airloop/spark/build_features.py --model flight_delays \
+        --data-root /path/to/data --partitions ds=2013-01-01,ds=2013-01-02
+
+Airflow-free: it imports only ``airloop`` and PySpark. One Spark session per job; each partition is read
+from ``raw/<model>/<partition>/data.parquet``, mapped through :func:`airloop.features.compute_features`
+(the function serving uses) with ``mapInPandas``, and written to ``features/<model>/<partition>/`` via a
+temporary folder that replaces the old partition in one rename, with a ``_manifest.json`` written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("airloop.spark.build_features")
+
+
+def spark_schema(label_name: str):
+    from pyspark.sql import types as T
+
+    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+
+    fields = [T.StructField(c, T.DoubleType()) for c in NUMERIC_FEATURES]
+    fields += [T.StructField(c, T.StringType()) for c in CATEGORICAL_FEATURES]
+    fields += [T.StructField("time_hour", T.TimestampNTZType()), T.StructField(label_name, T.DoubleType())]
+    return T.StructType(fields)
+
+
+def make_mapper(cfg):
+    """The per-batch function Spark runs: shared features plus the label."""
+    label_cfg = cfg.task.label
+
+    def mapper(batches):
+        from airloop.features import FEATURE_COLUMNS, compute_features, label
+
+        for pdf in batches:
+            out = compute_features(pdf)[[*FEATURE_COLUMNS, "time_hour"]]
+            out[cfg.task.target] = label(pdf, label_cfg.source_column, label_cfg.positive_above)
+            yield out
+
+    return mapper
+
+
+def build_session(app_name: str):
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers must import airloop: run them on the driver's interpreter unless told otherwise
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.sql.shuffle.partitions", os.environ.get("AIRLOOP_SPARK_SHUFFLE_PARTITIONS", "4"))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if not os.environ.get("SPARK_MASTER") and "spark.master" not in " ".join(sys.argv):
+        builder = builder.master(os.environ.get("AIRLOOP_SPARK_MASTER", "local[2]"))
+    return builder.getOrCreate()
+
+
+def run(model: str, data_root: str, partitions: list[str], spark=None) -> list[dict]:
+    """Build the feature partitions; return their manifests. Reuses ``spark`` when given (tests)."""
+    from airloop.config import get_pipeline
+    from airloop.features import feature_version
+    from airloop.storage import MANIFEST, DataRoot
+
+    cfg = get_pipeline(model)
+    root = DataRoot(data_root)
+    own = spark is None
+    spark = spark or build_session(f"airloop-features-{model}")
+    schema = spark_schema(cfg.task.target)
+    mapper = make_mapper(cfg)
+    version = feature_version()
+    manifests = []
+    try:
+        for part in partitions:
+            t = time.monotonic()
+            raw_uri = root.partition_uri("raw", model, part)
+            raw_manifest = root.read_json(f"{raw_uri}/{MANIFEST}")
+            df = spark.read.parquet(f"{raw_uri}/{raw_manifest.get('data_file', 'data.parquet')}")
+            feats = df.mapInPandas(mapper, schema=schema)
+            out_uri = root.partition_uri("features", model, part)
+            with root.atomic_dir(out_uri) as tmp:
+                feats.coalesce(1).write.mode("overwrite").parquet(f"{tmp}/data")
+                written = spark.read.parquet(f"{tmp}/data")
+                rows = written.count()
+                labelled = written.filter(written[cfg.task.target].isNotNull()).count()
+                manifest = {
+                    "model": model,
+                    "partition": part,
+                    "rows": rows,
+                    "labelled_rows": labelled,
+                    "source_uri": raw_uri,
+                    "source_content_hash": raw_manifest.get("content_hash"),
+                    "feature_version": version,
+                    "data_interval": raw_manifest.get("data_interval"),
+                    "columns": [f.name for f in schema.fields],
+                }
+                root.fs.pipe_file(f"{root._path(tmp)}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode())
+            manifests.append({**manifest, "uri": out_uri})
+            log.info("features %s/%s: %d rows in %.1f s -> %s", model, part, rows, time.monotonic() - t, out_uri)
+    finally:
+        if own:
+            spark.stop()
+    return manifests
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Build feature partitions from validated raw partitions")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--partitions", required=True, help="comma-separated partition keys, e.g. ds=2013-01-01")
+    ap.add_argument("--result-file", help="write the manifests here as JSON (read back by the Airflow task)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parts = [p for p in args.partitions.split(",") if p]
+    manifests = run(args.model, args.data_root, parts)
+    if args.result_file:
+        with open(args.result_file, "w") as fh:
+            json.dump(manifests, fh)
+    print(json.dumps({"partitions": len(manifests), "rows": sum(m["rows"] for m in manifests)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

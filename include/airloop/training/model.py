@@ -1,0 +1,124 @@
+"""The model: a preprocessor (fitted on the training window) and a small PyTorch MLP, packaged as one
+MLflow pyfunc that takes raw request rows and applies the shared feature transform itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+OTHER = "__other__"
+
+
+@dataclass
+class Preprocessor:
+    """Standardise numeric features (missing -> mean, plus a missing flag) and one-hot categoricals
+    (values seen fewer than ``min_count`` times in training map to ``__other__``)."""
+
+    numeric: list[str]
+    categorical: list[str]
+    min_count: int = 20
+    means: dict[str, float] = field(default_factory=dict)
+    stds: dict[str, float] = field(default_factory=dict)
+    flag_missing: list[str] = field(default_factory=list)
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+
+    def fit(self, df: pd.DataFrame) -> Preprocessor:
+        for c in self.numeric:
+            col = df[c].astype("float64")
+            self.means[c] = float(col.mean()) if col.notna().any() else 0.0
+            std = float(col.std()) if col.notna().sum() > 1 else 1.0
+            self.stds[c] = std if std > 1e-9 else 1.0
+            if col.isna().any():
+                self.flag_missing.append(c)
+        for c in self.categorical:
+            counts = df[c].fillna(OTHER).astype(str).value_counts()
+            self.vocab[c] = sorted(v for v, n in counts.items() if n >= self.min_count and v != OTHER) + [OTHER]
+        return self
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + len(self.flag_missing) + sum(len(v) for v in self.vocab.values())
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        import numpy as np
+
+        n = len(df)
+        out = np.zeros((n, self.width), dtype=np.float32)
+        j = 0
+        for c in self.numeric:
+            col = df[c].to_numpy(dtype="float64", na_value=np.nan)
+            out[:, j] = np.where(np.isnan(col), 0.0, (col - self.means[c]) / self.stds[c])
+            j += 1
+        for c in self.flag_missing:
+            out[:, j] = np.isnan(df[c].to_numpy(dtype="float64", na_value=np.nan))
+            j += 1
+        for c in self.categorical:
+            vocab = self.vocab[c]
+            index = {v: i for i, v in enumerate(vocab)}
+            other = index[OTHER]
+            codes = np.fromiter((index.get(v, other) if isinstance(v, str) else other for v in df[c]), dtype=np.int64, count=n)
+            out[np.arange(n), j + codes] = 1.0
+            j += len(vocab)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessor:
+        return cls(**json.loads(text))
+
+
+def build_mlp(width: int, hidden: tuple[int, ...] = (64, 32), dropout: float = 0.1) -> Any:
+    import torch.nn as nn
+
+    layers: list[nn.Module] = []
+    prev = width
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
+        prev = h
+    layers.append(nn.Linear(prev, 1))
+    return nn.Sequential(*layers)
+
+
+def make_pyfunc_class():
+    """The pyfunc class, built lazily so importing this module needs neither MLflow nor torch."""
+    import mlflow.pyfunc
+
+    class AirloopPyfunc(mlflow.pyfunc.PythonModel):
+        """Raw rows in, predictions out: shared features -> preprocessor -> MLP (-> sigmoid)."""
+
+        def load_context(self, context):
+            import torch
+
+            from airloop.training.model import Preprocessor, build_mlp
+
+            meta = json.loads(open(context.artifacts["meta"]).read())
+            self.task = meta["task"]
+            self.pre = Preprocessor.from_json(open(context.artifacts["preprocessor"]).read())
+            self.net = build_mlp(self.pre.width, tuple(meta["hidden"]), meta["dropout"])
+            self.net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
+            self.net.eval()
+
+        def predict(self, context, model_input, params=None):
+            import numpy as np
+            import pandas as pd
+            import torch
+
+            from airloop.features import compute_features
+
+            df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+            x = torch.from_numpy(self.pre.transform(compute_features(df)))
+            with torch.no_grad():
+                out = self.net(x).squeeze(1)
+                if self.task == "binary_classification":
+                    out = torch.sigmoid(out)
+            return pd.DataFrame({"prediction": out.numpy().astype(np.float64)})
+
+    return AirloopPyfunc

@@ -1,0 +1,343 @@
+"""Training entrypoint: ``python -m airloop.training.train`` (the same command in a Kubernetes pod and locally).
+
+Reads a window of feature partitions, trains a PyTorch MLP for the config's task with early stopping on a
+time-ordered validation split, logs everything to MLflow (parameters, per-epoch metrics, the model as a
+pyfunc with signature, input example and feature transform, a reference sample for drift checks, lineage
+tags) and registers exactly one model version per training run key, even when the task is retried.
+
+Deterministic: fixed seed, deterministic kernels, batches sliced from tensors in a seeded order. CUDA when
+present (pinned memory, bf16 autocast), the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("airloop.training")
+
+RUN_KEY_TAG = "airloop_run_key"
+REFERENCE_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    model: str
+    data_root: str
+    partitions: tuple[str, ...]
+    run_key: str
+    tracking_uri: str
+    lineage: dict[str, str] = field(default_factory=dict)
+    seed: int = 13
+    max_epochs: int = 40
+    patience: int = 5
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.1
+    val_fraction: float = 0.15
+    holdout_fraction: float = 0.2
+    device: str = "auto"
+
+
+def load_partitions(root: Any, zone: str, model: str, partitions: tuple[str, ...]):
+    """Concatenate the given partitions of a zone (features: ``data/``; raw: ``data.parquet``)."""
+    import pandas as pd
+
+    from airloop.storage import MANIFEST
+
+    frames = []
+    for p in partitions:
+        uri = root.partition_uri(zone, model, p)
+        m = root.read_json(f"{uri}/{MANIFEST}")
+        path = f"{uri}/data" if zone == "features" else f"{uri}/{m.get('data_file', 'data.parquet')}"
+        df = pd.read_parquet(root._path(path)) if root.is_local else pd.read_parquet(path)
+        df["_partition"] = p
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_partitions(partitions: tuple[str, ...], holdout_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The last partitions (by key, i.e. by date) are the holdout; the rest is for training."""
+    parts = tuple(sorted(partitions))
+    if len(parts) < 2:
+        raise ValueError(f"training needs at least 2 partitions (got {len(parts)}): one for the holdout")
+    k = max(1, round(len(parts) * holdout_fraction))
+    return parts[:-k], parts[-k:]
+
+
+def metrics_for(task: str, y_true, y_pred) -> dict[str, float]:
+    import numpy as np
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if task == "binary_classification":
+        p = np.clip(y_pred, 1e-7, 1 - 1e-7)
+        return {
+            "roc_auc": float(skm.roc_auc_score(y_true, p)) if len(set(y_true)) > 1 else float("nan"),
+            "log_loss": float(skm.log_loss(y_true, p, labels=[0, 1])),
+            "accuracy": float(((p >= 0.5) == (y_true >= 0.5)).mean()),
+            "brier": float(np.mean((p - y_true) ** 2)),
+            "positive_rate": float(y_true.mean()),
+        }
+    err = y_pred - y_true
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def _device(choice: str):
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def fit(req: TrainRequest, task: str, train_df, val_df, target: str, on_epoch=None) -> dict[str, Any]:
+    """Train with early stopping on the validation loss; return the net, preprocessor and history."""
+    import numpy as np
+    import torch
+
+    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from airloop.training.model import Preprocessor, build_mlp
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(req.seed)
+    np.random.seed(req.seed)
+    torch.use_deterministic_algorithms(True)
+    device = _device(req.device)
+    pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES).fit(train_df)
+    pin = device.type == "cuda"
+
+    def tensors(df):
+        x = torch.from_numpy(pre.transform(df))
+        y = torch.from_numpy(df[target].to_numpy(dtype=np.float32))
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+
+    xt, yt = tensors(train_df)
+    xv, yv = tensors(val_df)
+    net = build_mlp(pre.width, req.hidden, req.dropout).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=req.learning_rate)
+    loss_fn = torch.nn.BCEWithLogitsLoss() if task == "binary_classification" else torch.nn.MSELoss()
+    gen = torch.Generator(device="cpu").manual_seed(req.seed)
+    amp = device.type == "cuda"
+    best = (math.inf, None, -1)
+    history = []
+    seen, t0 = 0, time.perf_counter()
+    for epoch in range(req.max_epochs):
+        net.train()
+        order = torch.randperm(len(xt), generator=gen).to(device)
+        total = 0.0
+        for start in range(0, len(order), req.batch_size):
+            idx = order[start : start + req.batch_size]
+            xb, yb = xt[idx], yt[idx]
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(xb).squeeze(1)
+            loss = loss_fn(out.float(), yb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        net.eval()
+        with torch.no_grad():
+            vo = net(xv).squeeze(1).float()
+            val_loss = float(loss_fn(vo, yv))
+            vp = torch.sigmoid(vo) if task == "binary_classification" else vo
+        row = {"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
+               **{f"val_{k}": v for k, v in metrics_for(task, yv.cpu().numpy(), vp.cpu().numpy()).items()}}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if val_loss < best[0] - 1e-6:
+            best = (val_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, epoch)
+        elif epoch - best[2] >= req.patience:
+            break
+    elapsed = time.perf_counter() - t0
+    net.load_state_dict(best[1])
+    net.to("cpu").eval()
+    return {"net": net, "pre": pre, "history": history, "best_epoch": best[2], "device": device.type,
+            "samples_per_s": seen / elapsed if elapsed else float("nan"), "train_seconds": elapsed}
+
+
+def predict(net, pre, df, task: str):
+    import torch
+
+    with torch.no_grad():
+        out = net(torch.from_numpy(pre.transform(df))).squeeze(1)
+        return (torch.sigmoid(out) if task == "binary_classification" else out).numpy()
+
+
+def _ensure_experiment(client, name: str, artifact_root: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def find_registered(client, model: str, run_key: str):
+    """The model version already registered for this training run key, if any (retry safety)."""
+    found = client.search_model_versions(f"name = '{model}' and tags.{RUN_KEY_TAG} = '{run_key}'")
+    return sorted(found, key=lambda v: int(v.version))[0] if found else None
+
+
+def train(req: TrainRequest) -> dict[str, Any]:
+    """Train, log and register; return a small JSON-safe result (the task's XCom)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from airloop.config import get_pipeline
+    from airloop.features import FEATURE_COLUMNS, SOURCE_COLUMNS, feature_version
+    from airloop.storage import DataRoot
+    from airloop.training.model import make_pyfunc_class
+
+    cfg = get_pipeline(req.model)
+    root = DataRoot(req.data_root)
+    mlflow.set_tracking_uri(req.tracking_uri)
+    client = MlflowClient(req.tracking_uri)
+    task, target = cfg.task.type, cfg.task.target
+
+    existing = find_registered(client, cfg.name, req.run_key) if _registered_model_exists(client, cfg.name) else None
+    if existing is not None:
+        log.info("run key %s already registered as %s v%s; not training again", req.run_key, cfg.name, existing.version)
+        return json.loads(client.get_run(existing.run_id).data.tags.get("airloop_result", "{}")) or {
+            "model": cfg.name, "version": existing.version, "run_id": existing.run_id}
+
+    train_parts, holdout_parts = split_partitions(req.partitions, req.holdout_fraction)
+    feats = load_partitions(root, "features", cfg.name, train_parts)
+    feats = feats[feats[target].notna()].sort_values(["time_hour", "_partition"], kind="stable").reset_index(drop=True)
+    n_val = max(1, int(len(feats) * req.val_fraction))
+    train_df, val_df = feats.iloc[:-n_val], feats.iloc[-n_val:]
+    holdout_feats = load_partitions(root, "features", cfg.name, holdout_parts)
+    holdout_feats = holdout_feats[holdout_feats[target].notna()]
+
+    artifact_root = None if req.tracking_uri.startswith(("http://", "https://", "databricks")) else \
+        f"{root.file_uri(root.uri + '/mlflow-artifacts')}/{cfg.name}"
+    exp_id = _ensure_experiment(client, f"airloop-{cfg.name}", artifact_root)
+    tags = {**req.lineage, RUN_KEY_TAG: req.run_key, "airloop.model": cfg.name,
+            "airloop.feature_version": feature_version(),
+            "airloop.train_partitions": ",".join(train_parts), "airloop.holdout_partitions": ",".join(holdout_parts)}
+    for p in req.partitions:
+        m = root.read_json(f"{root.partition_uri('features', cfg.name, p)}/_manifest.json")
+        tags[f"airloop.partition.{p}"] = str(m.get("source_content_hash"))
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{req.run_key}", tags=tags) as run:
+        mlflow.log_params({
+            "task": task, "target": target, "seed": req.seed, "max_epochs": req.max_epochs, "patience": req.patience,
+            "batch_size": req.batch_size, "learning_rate": req.learning_rate, "hidden": list(req.hidden),
+            "dropout": req.dropout, "train_rows": len(train_df), "val_rows": len(val_df),
+            "holdout_rows": len(holdout_feats), "partitions": len(req.partitions),
+        })
+        result = fit(req, task, train_df, val_df, target,
+                     on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
+        net, pre = result["net"], result["pre"]
+        hold = metrics_for(task, holdout_feats[target], predict(net, pre, holdout_feats, task))
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in hold.items() if not math.isnan(v)})
+        mlflow.log_metrics({"samples_per_s": result["samples_per_s"], "best_epoch": result["best_epoch"]})
+        mlflow.set_tag("airloop.device", result["device"])
+
+        raw = load_partitions(root, "raw", cfg.name, holdout_parts[:1])
+        # the signature keeps the batch schema's types: ints where the pipeline declares int (never null
+        # after the gate), doubles where it declares float (nullable)
+        example = raw[SOURCE_COLUMNS].dropna().head(5).reset_index(drop=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            import torch
+
+            paths = {"weights": f"{tmp}/weights.pt", "preprocessor": f"{tmp}/preprocessor.json", "meta": f"{tmp}/meta.json"}
+            torch.save(net.state_dict(), paths["weights"])
+            Path(paths["preprocessor"]).write_text(pre.to_json())
+            Path(paths["meta"]).write_text(json.dumps({"task": task, "hidden": list(req.hidden), "dropout": req.dropout,
+                                                       "feature_version": feature_version()}))
+            pyfunc = make_pyfunc_class()()
+            pyfunc.load_context(type("Ctx", (), {"artifacts": paths})())
+            signature = infer_signature(example, pyfunc.predict(None, example))
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=pyfunc, artifacts=paths, signature=signature, input_example=example,
+                code_paths=[str(Path(__file__).resolve().parents[1])],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pandas<3"],
+            )
+            ref = train_df.sample(n=min(REFERENCE_ROWS, len(train_df)), random_state=req.seed)[[*FEATURE_COLUMNS, target]]
+            ref_path = f"{tmp}/reference_sample.parquet"
+            ref.to_parquet(ref_path, index=False)
+            mlflow.log_artifact(ref_path, artifact_path="reference")
+
+        version = register_once(client, cfg.name, info.model_uri, run.info.run_id, req.run_key)
+        out = {
+            "model": cfg.name, "version": str(version.version), "run_id": run.info.run_id,
+            "model_uri": f"models:/{cfg.name}/{version.version}", "metrics": {k: v for k, v in hold.items() if not math.isnan(v)},
+            "holdout_partitions": list(holdout_parts), "train_partitions": list(train_parts),
+            "device": result["device"], "samples_per_s": round(result["samples_per_s"], 1),
+            "best_epoch": result["best_epoch"], "experiment_id": exp_id,
+        }
+        client.set_tag(run.info.run_id, "airloop_result", json.dumps(out))
+    log.info("trained %s v%s on %s (holdout %s)", cfg.name, version.version, result["device"], hold)
+    return out
+
+
+def _registered_model_exists(client, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def register_once(client, name: str, source: str, run_id: str, run_key: str):
+    """Create the model version for this run key, or return the one a previous try created."""
+    from mlflow.exceptions import MlflowException
+
+    if not _registered_model_exists(client, name):
+        try:
+            client.create_registered_model(name, description=f"airloop model {name}")
+        except MlflowException:
+            pass  # created concurrently
+    existing = find_registered(client, name, run_key)
+    if existing is not None:
+        return existing
+    return client.create_model_version(name, source=source, run_id=run_id, tags={RUN_KEY_TAG: run_key})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Train, log to MLflow and register one model version")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--partitions", required=True, help="comma-separated feature partitions, e.g. ds=2013-01-01,...")
+    ap.add_argument("--run-key", required=True, help="one model version per key (use <dag_id>/<run_id>)")
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""))
+    ap.add_argument("--lineage", default="{}", help="JSON object of lineage tags")
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--max-epochs", type=int, default=40)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--result-file", default="", help="write the result JSON here (/airflow/xcom/return.json in a pod)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.tracking_uri:
+        ap.error("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    req = TrainRequest(
+        model=args.model, data_root=args.data_root, partitions=tuple(p for p in args.partitions.split(",") if p),
+        run_key=args.run_key, tracking_uri=args.tracking_uri, lineage=json.loads(args.lineage), seed=args.seed,
+        max_epochs=args.max_epochs, device=args.device,
+    )
+    out = train(req)
+    if args.result_file:
+        Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.result_file).write_text(json.dumps(out))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The feature job operator: submits ``include/airloop/spark/build_features.py`` with SparkSubmitOperator.
+
+The Spark provider's module imports the Kubernetes client, which must not load while DAG files are
+parsed; so this operator is light at parse time and builds the ``SparkSubmitOperator`` inside
+``execute``, then runs it in the same task. The master comes from the ``spark_default`` connection:
+``local[2]`` locally (``airflow_settings.yaml``), ``spark://...`` or ``k8s://...`` in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowSkipException
+
+from airloop_airflow.assets import model_asset
+from airloop_airflow.batch import _ModelOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+JOB = Path(__file__).resolve().parents[1] / "include" / "airloop" / "spark" / "build_features.py"
+
+
+def validated_partitions(context: Context, model: str) -> list[str]:
+    """Partitions announced by the ``<model>.validated`` events that triggered this run, oldest first;
+    or ``partitions`` from the run conf (a manual rebuild)."""
+    conf = (context.get("dag_run").conf if context.get("dag_run") else None) or {}
+    if conf.get("partitions"):
+        return sorted(set(conf["partitions"]))
+    parts: set[str] = set()
+    events = context.get("triggering_asset_events") or {}
+    for asset, evs in events.items():
+        if getattr(asset, "name", "") == f"{model}.validated":
+            parts.update(e.extra["partition"] for e in evs if e.extra and e.extra.get("partition"))
+    return sorted(parts)
+
+
+class FeatureJobOperator(_ModelOperator):
+    """Build feature partitions for the validated partitions of this run with Spark.
+
+    :param conn_id: Spark connection (templated); ``spark_default``
+    :param spark_conf: extra Spark configuration
+    """
+
+    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "conn_id")
+    ui_color = "#fdf0e8"
+
+    def __init__(self, *, conn_id: str = "spark_default", spark_conf: dict[str, str] | None = None, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        kwargs.setdefault("outlets", [model_asset(model, "features")])
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.spark_conf = spark_conf or {}
+
+    def spark_submit_operator(self, partitions: list[str], result_file: str) -> Any:
+        from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+        return SparkSubmitOperator(
+            task_id=f"{self.task_id}__spark_submit",
+            conn_id=self.conn_id,
+            application=str(JOB),
+            name=f"airloop-features-{self.model}",
+            application_args=["--model", self.model, "--data-root", self.root().uri,
+                              "--partitions", ",".join(partitions), "--result-file", result_file],
+            conf={
+                "spark.sql.shuffle.partitions": "4",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.ui.enabled": "false",
+                "spark.pyspark.python": sys.executable,
+                "spark.pyspark.driver.python": sys.executable,
+                **self.spark_conf,
+            },
+            env_vars={"SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+                      "AIRLOOP_DATA_ROOT": self.root().uri},
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        cfg = self.pipeline()
+        partitions = validated_partitions(context, cfg.name)
+        if not partitions:
+            raise AirflowSkipException("no validated partitions in the triggering events or the run conf")
+        # spark-submit is found on PATH: make it the one beside this interpreter
+        bin_dir = str(Path(sys.executable).parent)
+        if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        self.log.info("Building features of %s for %d partition(s): %s", cfg.name, len(partitions), partitions)
+        with tempfile.TemporaryDirectory() as tmp:
+            result_file = f"{tmp}/result.json"
+            self.spark_submit_operator(partitions, result_file).execute(context)
+            manifests = json.loads(Path(result_file).read_text())
+        extra = {
+            "partitions": [m["partition"] for m in manifests],
+            "uris": [m["uri"] for m in manifests],
+            "rows": sum(m["rows"] for m in manifests),
+            "labelled_rows": sum(m["labelled_rows"] for m in manifests),
+            "feature_version": manifests[0]["feature_version"],
+            "source_content_hashes": {m["partition"]: m["source_content_hash"] for m in manifests},
+        }
+        context["outlet_events"][model_asset(cfg.name, "features")].extra = extra
+        return extra

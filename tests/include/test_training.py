@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from airloop.training.train import TrainRequest, find_registered, split_partitions, train
+
+pytestmark = pytest.mark.unit
+
+
+def _req(root, parts, key, uri, **kw):
+    return TrainRequest(model="flight_delays", data_root=root.uri, partitions=parts, run_key=key, tracking_uri=uri,
+                        lineage={"airloop.dag_id": "test"}, **kw)
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def two_runs(feature_root, tracking):
+    root, parts = feature_root
+    a = train(_req(root, parts, "test/run-a", tracking))
+    b = train(_req(root, parts, "test/run-b", tracking))
+    return a, b
+
+
+def test_holdout_is_the_latest_days():
+    train_p, hold_p = split_partitions(tuple(f"ds=2013-01-{d:02d}" for d in range(10, 0, -1)), 0.2)
+    assert hold_p == ("ds=2013-01-09", "ds=2013-01-10") and train_p[-1] == "ds=2013-01-08"
+    with pytest.raises(ValueError, match="at least 2 partitions"):
+        split_partitions(("ds=2013-01-01",), 0.2)
+
+
+def test_training_is_deterministic(two_runs, feature_root):
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    a, b = two_runs
+    assert a["version"] != b["version"]
+    assert a["metrics"] == b["metrics"]
+    assert a["best_epoch"] == b["best_epoch"]
+    ma, mb = (mlflow.pyfunc.load_model(r["model_uri"]) for r in (a, b))
+    example = pd.DataFrame(ma.input_example)
+    np.testing.assert_array_equal(ma.predict(example)["prediction"], mb.predict(example)["prediction"])
+
+
+def test_logged_run_has_lineage_signature_and_reference(two_runs, tracking, feature_root):
+    from mlflow import MlflowClient
+
+    a, _ = two_runs
+    client = MlflowClient(tracking)
+    run = client.get_run(a["run_id"])
+    tags = run.data.tags
+    assert tags["airloop_run_key"] == "test/run-a" and tags["airloop.model"] == "flight_delays"
+    assert tags["airloop.feature_version"] and tags["airloop.holdout_partitions"].count("ds=") == len(a["holdout_partitions"])
+    root, parts = feature_root
+    assert tags[f"airloop.partition.{parts[0]}"].startswith("sha256:")
+    assert {"train_loss", "val_loss", "val_roc_auc", "holdout_roc_auc"} <= set(run.data.metrics)
+    # one value per epoch, and training went on past the best epoch (early stopping) or hit the cap
+    assert len(client.get_metric_history(a["run_id"], "val_loss")) >= a["best_epoch"] + 1
+    arts = {f.path for f in client.list_artifacts(a["run_id"], "reference")}
+    assert "reference/reference_sample.parquet" in arts
+    import mlflow
+
+    info = mlflow.models.get_model_info(a["model_uri"])
+    assert info.signature is not None and "carrier" in info.signature.inputs.input_names()
+    assert 0.6 < a["metrics"]["roc_auc"] < 0.9 and not math.isnan(a["metrics"]["log_loss"])
+
+
+def test_retry_registers_no_second_version(two_runs, feature_root, tracking):
+    from mlflow import MlflowClient
+
+    root, parts = feature_root
+    a, _ = two_runs
+    again = train(_req(root, parts, "test/run-a", tracking))  # a retried task: same run key
+    assert again["version"] == a["version"]
+    client = MlflowClient(tracking)
+    assert len(client.search_model_versions("name = 'flight_delays' and tags.airloop_run_key = 'test/run-a'")) == 1
+    assert str(find_registered(client, "flight_delays", "test/run-a").version) == a["version"]
+
+
+def test_entrypoint_runs_as_a_command(feature_root, tracking, tmp_path):
+    """The exact command the pod runs (`python -m airloop.training.train ...`), as a local process."""
+    import json
+    import subprocess
+    import sys
+
+    root, parts = feature_root
+    result = tmp_path / "return.json"
+    proc = subprocess.run([sys.executable, "-m", "airloop.training.train", "--model", "flight_delays",
+                           "--data-root", root.uri, "--partitions", ",".join(parts), "--run-key", "test/run-a",
+                           "--tracking-uri", tracking, "--result-file", str(result)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(Path(result).read_text())["version"]
