@@ -206,6 +206,42 @@ def _wait_runs(api: Any, dag_id: str, run_ids: set[str] | None, timeout_s: float
         time.sleep(3.0)
 
 
+def _wait_idle(api: Any, dag_ids: list[str], timeout_s: float, settle_s: float = 20.0) -> None:
+    """Wait until the asset-triggered DAGs have no queued or running runs for ``settle_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        states = {d: [r["state"] for r in api.dag_runs(d)] for d in dag_ids}
+        busy = any(st in ("queued", "running") for v in states.values() for st in v)
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settle_s:
+            for d, v in states.items():
+                print(f"  {d}: {len(v)} runs " + json.dumps({x: v.count(x) for x in sorted(set(v))}), flush=True)
+            return
+        time.sleep(3.0)
+    raise stack.StackError(f"{dag_ids} still busy after {timeout_s:.0f} s")
+
+
+def _print_models(s: stack.StackSettings, model: str) -> dict[str, str]:
+    """Print the registered versions and aliases of a model; return alias -> version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(s.mlflow_url)
+    try:
+        rm = client.get_registered_model(model)
+    except MlflowException:
+        print(f"\nMLflow: no registered model {model!r} yet")
+        return {}
+    aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
+    versions = client.search_model_versions(f"name = '{model}'")
+    print(f"\nMLflow model {model}: {len(versions)} version(s); aliases {aliases or 'none'}  ({s.mlflow_url}/#/models/{model})")
+    return aliases
+
+
 def trigger_interval_run(api: Any, dag_id: str, day: dt.date) -> str:
     """Start the run of one daily data interval (idempotent: an existing run of that interval is reused).
 
@@ -254,22 +290,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     api = _api(s)
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
-    api.wait_for_dag(cfg.dag_id("release"))
-    api.unpause(dag_id)
+    for verb in ("release", "features", "train"):
+        api.wait_for_dag(cfg.dag_id(verb))
+    for verb in ("ingest", "features", "train"):
+        api.unpause(cfg.dag_id(verb))
     print(f"[4/5] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
     run_ids = {trigger_interval_run(api, dag_id, day) for day in days}
     runs = _wait_runs(api, dag_id, run_ids, timeout_s=args.timeout)
-    print(f"[5/5] Done in {time.monotonic() - t0:.0f} s", flush=True)
+    print("[5/5] Features (Spark) and training (local process, MLflow) follow on the validated days", flush=True)
+    _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=args.timeout)
+    print(f"Done in {time.monotonic() - t0:.0f} s", flush=True)
     ok = sum(1 for v in runs.values() if v == "success")
     failed = sorted(k for k, v in runs.items() if v == "failed")
     print(f"\n{dag_id}: {ok} successful runs, {len(failed)} failed: {failed}")
     args.action, args.model, args.all = "list", DEMO_MODEL, False
     cmd_quarantine(args)
+    aliases = _print_models(s, cfg.name)
     print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
           "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches.")
     _print_login(s)
-    # Success means: every real day published, and exactly the broken day stopped at the gate.
-    return 0 if ok == args.days and failed == [f"replay__{bad_day.isoformat()}"] else 1
+    # Success means: every real day published, exactly the broken day stopped at the gate, and a
+    # model trained on the published days registered and made champion.
+    return 0 if ok == args.days and failed == [f"replay__{bad_day.isoformat()}"] and "champion" in aliases else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,12 +28,18 @@ JOB = Path(__file__).resolve().parents[1] / "include" / "airloop" / "spark" / "b
 
 
 def validated_partitions(context: Context, model: str) -> list[str]:
-    """Partitions announced by the ``<model>.validated`` events that triggered this run, oldest first;
-    or ``partitions`` from the run conf (a manual rebuild)."""
+    """Partitions to build, oldest first: ``partitions`` from the run conf (a manual rebuild), else those
+    announced by the triggering ``<model>.validated`` events plus any validated partition whose features
+    are missing or stale (events that arrive during a run are folded into one later run by Airflow, so
+    the events alone could leave a partition behind)."""
+    from airloop.catalog import stale_feature_partitions
+    from airloop.features import feature_version
+    from airloop.storage import DataRoot, default_data_root_uri
+
     conf = (context.get("dag_run").conf if context.get("dag_run") else None) or {}
     if conf.get("partitions"):
         return sorted(set(conf["partitions"]))
-    parts: set[str] = set()
+    parts: set[str] = set(stale_feature_partitions(DataRoot(default_data_root_uri()), model, feature_version()))
     events = context.get("triggering_asset_events") or {}
     for asset, evs in events.items():
         if getattr(asset, "name", "") == f"{model}.validated":

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import _ModelOperator
@@ -182,9 +182,10 @@ class TrainModelOperator(_ModelOperator):
         cfg = self.pipeline()
         partitions = training_window(self.root(), cfg)
         if len(partitions) < cfg.training.min_partitions:
-            raise AirflowFailException(
+            # not an error: an asset-triggered run early in a model's life simply has too little data yet
+            raise AirflowSkipException(
                 f"{cfg.name}: only {len(partitions)} feature partition(s) available, training needs "
-                f"{cfg.training.min_partitions} (training.min_partitions). Ingest more days first."
+                f"{cfg.training.min_partitions} (training.min_partitions); skipping until more days arrive."
             )
         if self.use_kubernetes(cfg):
             self.log.info("Training mode: Kubernetes pod in namespace %s on image %s with %s GPU(s)",

@@ -110,7 +110,8 @@ def write_validation_report(
 ) -> str:
     """Store the validation result and report of a batch under ``reports/``; return the report URI."""
     base = root.partition_uri("reports", cfg.name, partition)
-    root.write_json_atomic(f"{base}/{RESULT}", outcome.to_json())
+    # the content hash ties the verdict to the exact data it was given (see airloop.catalog)
+    root.write_json_atomic(f"{base}/{RESULT}", {**outcome.to_json(), "content_hash": manifest.get("content_hash")})
     report_uri = f"{base}/validation.html"
     root.write_bytes_atomic(report_uri, render_html_report(cfg, partition, outcome, _report_context(manifest)).encode())
     return report_uri

@@ -75,16 +75,26 @@ class Preprocessor:
         return cls(**json.loads(text))
 
 
-def build_mlp(width: int, hidden: tuple[int, ...] = (64, 32), dropout: float = 0.1) -> Any:
+def build_mlp(width: int, hidden: tuple[int, ...] = (32,), dropout: float = 0.1) -> Any:
+    """Wide and deep: a linear part on the inputs plus an MLP for interactions, summed into one logit."""
     import torch.nn as nn
 
-    layers: list[nn.Module] = []
-    prev = width
-    for h in hidden:
-        layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
-        prev = h
-    layers.append(nn.Linear(prev, 1))
-    return nn.Sequential(*layers)
+    class WideDeep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = []
+            prev = width
+            for h in hidden:
+                layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
+                prev = h
+            layers.append(nn.Linear(prev, 1))
+            self.deep = nn.Sequential(*layers)
+            self.wide = nn.Linear(width, 1)
+
+        def forward(self, x):
+            return self.wide(x) + self.deep(x)
+
+    return WideDeep()
 
 
 def make_pyfunc_class():

@@ -41,9 +41,11 @@ class TrainRequest:
     max_epochs: int = 40
     patience: int = 5
     batch_size: int = 1024
-    learning_rate: float = 2e-3
-    hidden: tuple[int, ...] = (64, 32)
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-2
+    hidden: tuple[int, ...] = (32,)
     dropout: float = 0.1
+    refit: bool = True
     val_fraction: float = 0.15
     holdout_fraction: float = 0.2
     device: str = "auto"
@@ -103,71 +105,88 @@ def _device(choice: str):
 
 
 def fit(req: TrainRequest, task: str, train_df, val_df, target: str, on_epoch=None) -> dict[str, Any]:
-    """Train with early stopping on the validation loss; return the net, preprocessor and history."""
+    """Train with early stopping on the validation loss, then (``refit``) train again from the same seed
+    on train + validation for the best number of epochs, so the most recent days are learnt too.
+
+    :returns: the net, the preprocessor, the per-epoch history and throughput figures
+    """
     import numpy as np
+    import pandas as pd
     import torch
 
     from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
     from airloop.training.model import Preprocessor, build_mlp
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.manual_seed(req.seed)
-    np.random.seed(req.seed)
     torch.use_deterministic_algorithms(True)
     device = _device(req.device)
-    pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES).fit(train_df)
     pin = device.type == "cuda"
+    amp = device.type == "cuda"
+    loss_fn = torch.nn.BCEWithLogitsLoss() if task == "binary_classification" else torch.nn.MSELoss()
 
-    def tensors(df):
+    def tensors(pre, df):
         x = torch.from_numpy(pre.transform(df))
         y = torch.from_numpy(df[target].to_numpy(dtype=np.float32))
         if pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
 
-    xt, yt = tensors(train_df)
-    xv, yv = tensors(val_df)
-    net = build_mlp(pre.width, req.hidden, req.dropout).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=req.learning_rate)
-    loss_fn = torch.nn.BCEWithLogitsLoss() if task == "binary_classification" else torch.nn.MSELoss()
-    gen = torch.Generator(device="cpu").manual_seed(req.seed)
-    amp = device.type == "cuda"
-    best = (math.inf, None, -1)
-    history = []
-    seen, t0 = 0, time.perf_counter()
-    for epoch in range(req.max_epochs):
-        net.train()
-        order = torch.randperm(len(xt), generator=gen).to(device)
-        total = 0.0
-        for start in range(0, len(order), req.batch_size):
-            idx = order[start : start + req.batch_size]
-            xb, yb = xt[idx], yt[idx]
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                out = net(xb).squeeze(1)
-            loss = loss_fn(out.float(), yb)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        net.eval()
-        with torch.no_grad():
-            vo = net(xv).squeeze(1).float()
-            val_loss = float(loss_fn(vo, yv))
-            vp = torch.sigmoid(vo) if task == "binary_classification" else vo
-        row = {"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
-               **{f"val_{k}": v for k, v in metrics_for(task, yv.cpu().numpy(), vp.cpu().numpy()).items()}}
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-        if val_loss < best[0] - 1e-6:
-            best = (val_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, epoch)
-        elif epoch - best[2] >= req.patience:
-            break
-    elapsed = time.perf_counter() - t0
-    net.load_state_dict(best[1])
+    def run(pre, xt, yt, epochs: int, val=None, record=None):
+        torch.manual_seed(req.seed)
+        np.random.seed(req.seed)
+        net = build_mlp(pre.width, req.hidden, req.dropout).to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=req.learning_rate, weight_decay=req.weight_decay)
+        gen = torch.Generator(device="cpu").manual_seed(req.seed)
+        best = (math.inf, None, -1)
+        seen, t0 = 0, time.perf_counter()
+        for epoch in range(epochs):
+            net.train()
+            order = torch.randperm(len(xt), generator=gen).to(device)
+            total = 0.0
+            for start in range(0, len(order), req.batch_size):
+                idx = order[start : start + req.batch_size]  # batches are slices of the tensors
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = net(xt[idx]).squeeze(1)
+                loss = loss_fn(out.float(), yt[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            if val is None:
+                continue
+            xv, yv = val
+            net.eval()
+            with torch.no_grad():
+                vo = net(xv).squeeze(1).float()
+                val_loss = float(loss_fn(vo, yv))
+                vp = torch.sigmoid(vo) if task == "binary_classification" else vo
+            row = {"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
+                   **{f"val_{k}": v for k, v in metrics_for(task, yv.cpu().numpy(), vp.cpu().numpy()).items()}}
+            record.append(row)
+            if on_epoch:
+                on_epoch(row)
+            if val_loss < best[0] - 1e-6:
+                best = (val_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, epoch)
+            elif epoch - best[2] >= req.patience:
+                break
+        return net, best, seen, time.perf_counter() - t0
+
+    history: list[dict[str, Any]] = []
+    pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES).fit(train_df)
+    xt, yt = tensors(pre, train_df)
+    net, best, seen, elapsed = run(pre, xt, yt, req.max_epochs, val=tensors(pre, val_df), record=history)
+    best_epoch = best[2]
+    if req.refit:
+        full = pd.concat([train_df, val_df], ignore_index=True)
+        pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES).fit(full)
+        xf, yf = tensors(pre, full)
+        net, _, seen2, elapsed2 = run(pre, xf, yf, best_epoch + 1)
+        seen, elapsed = seen + seen2, elapsed + elapsed2
+    else:
+        net.load_state_dict(best[1])
     net.to("cpu").eval()
-    return {"net": net, "pre": pre, "history": history, "best_epoch": best[2], "device": device.type,
+    return {"net": net, "pre": pre, "history": history, "best_epoch": best_epoch, "device": device.type,
             "samples_per_s": seen / elapsed if elapsed else float("nan"), "train_seconds": elapsed}
 
 
@@ -272,7 +291,7 @@ def train(req: TrainRequest) -> dict[str, Any]:
             ref.to_parquet(ref_path, index=False)
             mlflow.log_artifact(ref_path, artifact_path="reference")
 
-        version = register_once(client, cfg.name, info.model_uri, run.info.run_id, req.run_key)
+        version = register_once(client, cfg.name, info.model_uri, run.info.run_id, req.run_key, model_id=info.model_id)
         out = {
             "model": cfg.name, "version": str(version.version), "run_id": run.info.run_id,
             "model_uri": f"models:/{cfg.name}/{version.version}", "metrics": {k: v for k, v in hold.items() if not math.isnan(v)},
@@ -295,7 +314,7 @@ def _registered_model_exists(client, name: str) -> bool:
         return False
 
 
-def register_once(client, name: str, source: str, run_id: str, run_key: str):
+def register_once(client, name: str, source: str, run_id: str, run_key: str, model_id: str | None = None):
     """Create the model version for this run key, or return the one a previous try created."""
     from mlflow.exceptions import MlflowException
 
@@ -307,7 +326,8 @@ def register_once(client, name: str, source: str, run_id: str, run_key: str):
     existing = find_registered(client, name, run_key)
     if existing is not None:
         return existing
-    return client.create_model_version(name, source=source, run_id=run_id, tags={RUN_KEY_TAG: run_key})
+    # model_id: a tracking server requires it to resolve a models:/m-... source (a database store does not)
+    return client.create_model_version(name, source=source, run_id=run_id, tags={RUN_KEY_TAG: run_key}, model_id=model_id)
 
 
 def main(argv: list[str] | None = None) -> int:
