@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="set up everything and run the main job on the embedded defaults")
     stack_opts(sp)
-    sp.add_argument("--days", type=int, default=7, help="real days to replay (one broken day follows them)")
+    sp.add_argument("--days", type=int, default=21, help="real days to replay (one broken day follows them)")
     sp.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the runs")
     sp.set_defaults(func=cmd_demo)
 
