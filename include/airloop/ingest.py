@@ -90,8 +90,12 @@ def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
                 df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601").dt.tz_localize(None)
             except (ValueError, TypeError):
                 log.warning("column %s does not parse as timestamps; kept as text for the gate", col)
+                continue
         elif col in df.columns and getattr(df[col].dt, "tz", None) is not None:
             df[col] = df[col].dt.tz_convert("UTC").dt.tz_localize(None)
+        if col in df.columns:
+            # microseconds, as Parquet stores them for Spark: the content hash is of what is stored
+            df[col] = df[col].astype("datetime64[us]")
     return df
 
 
