@@ -23,7 +23,15 @@ os.environ["AIRLOOP_DATA_ROOT"] = str(_SESSION_DIR / "state" / "data")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 
+import airloop  # noqa: E402
 from airloop_airflow import stack  # noqa: E402  (no Airflow import inside)
+
+# The cached environment is shared by checkouts; make sure it runs this checkout's code.
+if not Path(airloop.__file__).resolve().is_relative_to(REPO):
+    raise RuntimeError(
+        f"the environment imports airloop from {Path(airloop.__file__).parent}, not from {REPO}: "
+        "run `make venv` (or `make test`) in this checkout to re-point it"
+    )
 
 TEST_PORT = int(os.environ.get("AIRLOOP_TEST_PORT", "18480"))
 SETTINGS = stack.StackSettings(

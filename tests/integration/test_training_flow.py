@@ -66,6 +66,9 @@ def test_first_model_becomes_champion_with_lineage(flow, cfg):
     for p in result["train_partitions"] + result["holdout_partitions"]:
         raw = root.read_json(f"{root.partition_uri('raw', cfg.name, p)}/_manifest.json")
         assert tags[f"airloop.partition.{p}"] == raw["content_hash"]
+        assert tags[f"airloop.validation.{p}"].startswith("passed 69/69 (suite flight_delays")
+        assert raw["content_hash"] in tags[f"airloop.validation.{p}"]
+    assert tags["airloop.feature_version"]
     # exactly one version for this DAG run
     key = f"flight_delays__train/{tr.run_id}"
     assert len(client.search_model_versions(f"name = '{cfg.name}' and tags.airloop_run_key = '{key}'")) == 1

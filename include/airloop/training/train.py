@@ -251,6 +251,14 @@ def train(req: TrainRequest) -> dict[str, Any]:
     for p in req.partitions:
         m = root.read_json(f"{root.partition_uri('features', cfg.name, p)}/_manifest.json")
         tags[f"airloop.partition.{p}"] = str(m.get("source_content_hash"))
+        result_uri = f"{root.partition_uri('reports', cfg.name, p)}/validation.json"
+        if root.exists(result_uri):  # the gate's verdict on exactly this content
+            v = root.read_json(result_uri)
+            st = v.get("statistics", {})
+            tags[f"airloop.validation.{p}"] = (
+                f"{'passed' if v.get('success') else 'FAILED'} {st.get('successful_expectations')}/"
+                f"{st.get('evaluated_expectations')} (suite {v.get('suite')}, content {v.get('content_hash')})"
+            )
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{req.run_key}", tags=tags) as run:
         mlflow.log_params({
             "task": task, "target": target, "seed": req.seed, "max_epochs": req.max_epochs, "patience": req.patience,
