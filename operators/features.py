@@ -27,24 +27,28 @@ if TYPE_CHECKING:
 JOB = Path(__file__).resolve().parents[1] / "include" / "airloop" / "spark" / "build_features.py"
 
 
-def validated_partitions(context: Context, model: str) -> list[str]:
+def partitions_to_build(context: Context, model: str, data_root: str) -> list[str]:
     """Partitions to build, oldest first: ``partitions`` from the run conf (a manual rebuild), else those
     announced by the triggering ``<model>.validated`` events plus any validated partition whose features
     are missing or stale (events that arrive during a run are folded into one later run by Airflow, so
-    the events alone could leave a partition behind)."""
-    from airloop.catalog import stale_feature_partitions
+    the events alone could leave a partition behind). Only partitions that passed the gate for their
+    current content are ever returned (a batch re-ingested and quarantined since its event is dropped).
+    """
+    from airloop.catalog import stale_feature_partitions, validated_partitions
     from airloop.features import feature_version
-    from airloop.storage import DataRoot, default_data_root_uri
+    from airloop.storage import DataRoot
 
+    root = DataRoot(data_root)
+    valid = set(validated_partitions(root, model))
     conf = (context.get("dag_run").conf if context.get("dag_run") else None) or {}
     if conf.get("partitions"):
-        return sorted(set(conf["partitions"]))
-    parts: set[str] = set(stale_feature_partitions(DataRoot(default_data_root_uri()), model, feature_version()))
-    events = context.get("triggering_asset_events") or {}
-    for asset, evs in events.items():
-        if getattr(asset, "name", "") == f"{model}.validated":
-            parts.update(e.extra["partition"] for e in evs if e.extra and e.extra.get("partition"))
-    return sorted(parts)
+        wanted = set(conf["partitions"])
+    else:
+        wanted = set(stale_feature_partitions(root, model, feature_version()))
+        for asset, evs in (context.get("triggering_asset_events") or {}).items():
+            if getattr(asset, "name", "") == f"{model}.validated":
+                wanted.update(e.extra["partition"] for e in evs if e.extra and e.extra.get("partition"))
+    return sorted(wanted & valid)
 
 
 class FeatureJobOperator(_ModelOperator):
@@ -88,9 +92,9 @@ class FeatureJobOperator(_ModelOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         cfg = self.pipeline()
-        partitions = validated_partitions(context, cfg.name)
+        partitions = partitions_to_build(context, cfg.name, self.root_uri())
         if not partitions:
-            raise AirflowSkipException("no validated partitions in the triggering events or the run conf")
+            raise AirflowSkipException("nothing to build: no validated partition is new or stale")
         # spark-submit is found on PATH: make it the one beside this interpreter
         bin_dir = str(Path(sys.executable).parent)
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):

@@ -42,3 +42,22 @@ def test_stale_features(data_root, cfg):
     data_root.write_partition(data_root.partition_uri("features", cfg.name, "ds=2013-03-04"), {}, fm)
     assert stale_feature_partitions(data_root, cfg.name, "v1") == []
     assert stale_feature_partitions(data_root, cfg.name, "v2") == ["ds=2013-03-04"]  # feature code changed
+
+
+def test_feature_planning_keeps_only_validated_partitions(data_root, cfg):
+    """What the feature task builds: conf or events, intersected with what passed the gate."""
+    from types import SimpleNamespace
+
+    from airloop_airflow.features import partitions_to_build
+
+    day = dt.date(2013, 3, 5)
+    nycflights13.replay_days(data_root, cfg.name, [day], file_name=cfg.source.file_name)
+    ingest_batch(cfg, data_root, partition="ds=2013-03-05", interval=Interval(None, None), run_id="r")
+    validate_partition(cfg, data_root, "ds=2013-03-05")
+    asset = type("AssetKey", (), {"name": "flight_delays.validated"})()  # hashable, like an Asset
+    events = {asset: [SimpleNamespace(extra={"partition": "ds=2013-03-05"}),
+                      SimpleNamespace(extra={"partition": "ds=2013-03-09"})]}  # 03-09: quarantined since
+    ctx = {"dag_run": SimpleNamespace(conf={}), "triggering_asset_events": events}
+    assert partitions_to_build(ctx, cfg.name, data_root.uri) == ["ds=2013-03-05"]
+    ctx = {"dag_run": SimpleNamespace(conf={"partitions": ["ds=2013-03-05", "ds=2013-03-09"]})}
+    assert partitions_to_build(ctx, cfg.name, data_root.uri) == ["ds=2013-03-05"]
