@@ -1,0 +1,244 @@
+"""The model server: MLflow's scoring protocol in front of ``@champion`` and ``@challenger``.
+
+* ``POST /invocations`` (JSON ``dataframe_split`` / ``dataframe_records`` / ``instances`` / ``inputs``,
+  or CSV), ``GET /ping``, ``/health``, ``/version``, ``/metrics`` (Prometheus text format).
+* Traffic split by ``challenger_weight``: sticky per ``X-Request-Key`` header (a hash of the key), random
+  otherwise. If the challenger fails on a request, the client gets the champion's answer and the failure
+  is counted against the challenger.
+* Bad requests get a 4xx that says why (415, 400, 413) and never count against a variant.
+* Every prediction is appended to the durable prediction log before the response is sent.
+
+Run: ``python -m airloop.serving.server --model flight_delays --port 8090`` (tracking URI from
+``MLFLOW_TRACKING_URI``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from airloop.serving.prediction_log import PredictionLog
+from airloop.serving.protocol import RequestError, parse_request
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PREDICTION_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class Variant:
+    name: str  # champion | challenger
+    version: str
+    model: Any  # anything with .predict(DataFrame) -> DataFrame with a "prediction" column
+
+
+@dataclass
+class Metrics:
+    """Per-variant counters and histograms, rendered in the Prometheus text format."""
+
+    counters: dict[tuple[str, str], float] = field(default_factory=dict)
+    hist: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inc(self, name: str, variant: str, by: float = 1.0) -> None:
+        with self.lock:
+            self.counters[(name, variant)] = self.counters.get((name, variant), 0.0) + by
+
+    def observe(self, name: str, variant: str, value: float, buckets: tuple[float, ...]) -> None:
+        with self.lock:
+            h = self.hist.setdefault((name, variant), [0.0] * (len(buckets) + 2))
+            for i, b in enumerate(buckets):
+                if value <= b:
+                    h[i] += 1
+            h[-2] += value  # sum
+            h[-1] += 1  # count
+
+    def render(self) -> str:
+        lines = []
+        with self.lock:
+            for (name, variant), v in sorted(self.counters.items()):
+                lines.append(f'airloop_{name}_total{{variant="{variant}"}} {v}')
+            for (name, variant), h in sorted(self.hist.items()):
+                buckets = LATENCY_BUCKETS if name == "request_latency_seconds" else PREDICTION_BUCKETS
+                for b, c in zip(buckets, h, strict=False):
+                    lines.append(f'airloop_{name}_bucket{{variant="{variant}",le="{b}"}} {c}')
+                lines.append(f'airloop_{name}_bucket{{variant="{variant}",le="+Inf"}} {h[-1]}')
+                lines.append(f'airloop_{name}_sum{{variant="{variant}"}} {h[-2]}')
+                lines.append(f'airloop_{name}_count{{variant="{variant}"}} {h[-1]}')
+        return "\n".join(lines) + "\n"
+
+
+def choose_variant(request_key: str | None, weight: float, rng: random.Random) -> str:
+    """``challenger`` with probability ``weight``: by a hash of the key (sticky), or at random."""
+    if weight <= 0:
+        return "champion"
+    if request_key:
+        u = int.from_bytes(hashlib.sha256(request_key.encode()).digest()[:8], "big") / 2**64
+    else:
+        u = rng.random()
+    return "challenger" if u < weight else "champion"
+
+
+class ModelService:
+    """The serving logic, independent of the HTTP framework (and so testable without a socket)."""
+
+    def __init__(self, model_name: str, champion: Variant, challenger: Variant | None, weight: float,
+                 log: PredictionLog | None, max_body: int = 4 * 1024 * 1024, seed: int | None = None):
+        self.model_name = model_name
+        self.variants = {"champion": champion, **({"challenger": challenger} if challenger else {})}
+        self.weight = weight if challenger else 0.0
+        self.log = log
+        self.max_body = max_body
+        self.metrics = Metrics()
+        self.rng = random.Random(seed)
+
+    def set_weight(self, weight: float) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError("weight must be within [0, 1]")
+        self.weight = weight if "challenger" in self.variants else 0.0
+
+    def invoke(self, body: bytes, content_type: str, request_key: str | None = None) -> tuple[int, dict[str, Any]]:
+        """One scoring request: (status, JSON response)."""
+        t0 = time.perf_counter()
+        try:
+            df = parse_request(body, content_type, self.max_body)
+        except RequestError as e:
+            self.metrics.inc("client_errors", "none")
+            return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
+        chosen = choose_variant(request_key, self.weight, self.rng)
+        served, preds = chosen, None
+        try:
+            preds = self._predict(chosen, df)
+        except RequestError as e:  # the request does not fit the model's schema: the client's fault
+            self.metrics.inc("client_errors", chosen)
+            return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
+        except Exception:  # the variant failed
+            self.metrics.inc("server_errors", chosen)
+            if chosen == "challenger":
+                served = "champion"
+                try:
+                    preds = self._predict("champion", df)
+                except RequestError as e:
+                    self.metrics.inc("client_errors", "champion")
+                    return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
+                except Exception:
+                    self.metrics.inc("server_errors", "champion")
+                    return 500, {"error_code": "INTERNAL_ERROR", "message": "both variants failed on this request"}
+            else:
+                return 500, {"error_code": "INTERNAL_ERROR", "message": "the champion failed on this request"}
+        elapsed = time.perf_counter() - t0
+        v = self.variants[served]
+        self.metrics.inc("requests", served)
+        self.metrics.observe("request_latency_seconds", served, elapsed, LATENCY_BUCKETS)
+        for p in preds:
+            self.metrics.observe("prediction", served, float(p), PREDICTION_BUCKETS)
+        request_id = uuid.uuid4().hex
+        if self.log is not None:
+            now = dt.datetime.now(dt.UTC).isoformat()
+            rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+            self.log.append([
+                {"request_id": request_id, "row": i, "timestamp": now, "variant": served, "version": v.version,
+                 "inputs": rows[i], "output": float(preds[i]), "request_key": request_key}
+                for i in range(len(preds))
+            ])
+        return 200, {"predictions": [float(p) for p in preds], "variant": served, "version": v.version,
+                     "request_id": request_id}
+
+    def _predict(self, variant: str, df: Any) -> list[float]:
+        from airloop.features import SOURCE_COLUMNS
+
+        missing = [c for c in SOURCE_COLUMNS if c not in df.columns]
+        if missing:
+            raise RequestError(400, f"missing input columns {missing}; the model needs {SOURCE_COLUMNS}")
+        try:
+            out = self.variants[variant].model.predict(df[SOURCE_COLUMNS])
+        except Exception as e:
+            if type(e).__name__ == "MlflowException" and "schema" in str(e).lower():
+                raise RequestError(400, f"the request does not match the model's signature: {str(e)[:300]}") from None
+            raise
+        return list(out["prediction"] if hasattr(out, "columns") else out)
+
+    def version_info(self) -> dict[str, Any]:
+        return {"model": self.model_name, "challenger_weight": self.weight,
+                "variants": {k: v.version for k, v in self.variants.items()}}
+
+
+def load_variants(model: str, tracking_uri: str | None = None) -> tuple[Variant, Variant | None]:
+    """``@champion`` (required) and ``@challenger`` (if set) from the MLflow registry."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    out: dict[str, Variant] = {}
+    for alias in ("champion", "challenger"):
+        try:
+            mv = client.get_model_version_by_alias(model, alias)
+        except MlflowException:
+            continue
+        out[alias] = Variant(alias, str(mv.version), mlflow.pyfunc.load_model(f"models:/{model}/{mv.version}"))
+    if "champion" not in out:
+        raise RuntimeError(f"model {model!r} has no @champion alias yet: nothing to serve")
+    return out["champion"], out.get("challenger")
+
+
+def create_app(service: ModelService) -> Any:
+    """The ASGI app (Starlette) around a :class:`ModelService`."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    async def invocations(request: Request) -> JSONResponse:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > service.max_body:
+            service.metrics.inc("client_errors", "none")
+            return JSONResponse({"error_code": "BAD_REQUEST", "message": f"request body is {declared} bytes; the limit is {service.max_body}"}, 413)
+        body = await request.body()
+        status, payload = await run_in_threadpool(
+            service.invoke, body, request.headers.get("content-type", ""), request.headers.get("x-request-key"))
+        return JSONResponse(payload, status)
+
+    async def ping(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("\n")
+
+    async def version(request: Request) -> JSONResponse:
+        return JSONResponse(service.version_info())
+
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return Starlette(routes=[
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/ping", ping), Route("/health", ping), Route("/version", version), Route("/metrics", metrics),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from airloop.storage import default_data_root_uri
+
+    ap = argparse.ArgumentParser(description="Serve @champion and @challenger with MLflow's scoring protocol")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8090)
+    ap.add_argument("--challenger-weight", type=float, default=0.0)
+    ap.add_argument("--data-root", default=default_data_root_uri())
+    args = ap.parse_args(argv)
+    champion, challenger = load_variants(args.model, os.environ.get("MLFLOW_TRACKING_URI"))
+    service = ModelService(args.model, champion, challenger, args.challenger_weight, PredictionLog(args.data_root, args.model))
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

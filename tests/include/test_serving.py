@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+
+from airloop.features import SOURCE_COLUMNS
+from airloop.serving.prediction_log import PredictionLog, read_log
+from airloop.serving.protocol import RequestError, parse_request
+from airloop.serving.server import ModelService, Variant, choose_variant, create_app, load_variants
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def champion(feature_root, tmp_path_factory):
+    """A real trained model, registered and made champion in a throwaway MLflow store."""
+    from mlflow import MlflowClient
+
+    from airloop.training.train import TrainRequest, load_partitions, train
+
+    root, parts = feature_root
+    uri = f"sqlite:///{tmp_path_factory.mktemp('serving-mlflow') / 'mlflow.db'}"
+    res = train(TrainRequest(model="flight_delays", data_root=root.uri, partitions=parts, run_key="serve/1", tracking_uri=uri))
+    MlflowClient(uri).set_registered_model_alias("flight_delays", "champion", res["version"])
+    rows = load_partitions(root, "raw", "flight_delays", (parts[-1],))[SOURCE_COLUMNS].head(40).reset_index(drop=True)
+    return uri, rows
+
+
+class Broken:
+    """A challenger that fails on every request (a crashing model)."""
+
+    def predict(self, df):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+@pytest.fixture()
+def service(champion, tmp_path):
+    uri, _ = champion
+    champ, _ = load_variants("flight_delays", uri)
+    chall = Variant("challenger", "99", champ.model)
+    return ModelService("flight_delays", champ, chall, 0.5, PredictionLog(tmp_path, "flight_delays"), max_body=64_000, seed=1)
+
+
+def _records(rows):
+    return json.loads(rows.to_json(orient="records"))
+
+
+def test_every_json_format_and_csv_gives_the_in_process_answer(service, champion):
+    _, rows = champion
+    rows = rows.head(5)
+    expected = service.variants["champion"].model.predict(rows)["prediction"].tolist()
+    split = json.loads(rows.to_json(orient="split", index=False))
+    bodies = [
+        ({"dataframe_split": {"columns": split["columns"], "data": split["data"]}}, "application/json"),
+        ({"dataframe_records": _records(rows)}, "application/json"),
+        ({"instances": _records(rows)}, "application/json"),
+        ({"inputs": {c: json.loads(rows[c].to_json(orient="values")) for c in rows.columns}}, "application/json"),
+    ]
+    client = TestClient(create_app(service))
+    for body, ctype in bodies:
+        r = client.post("/invocations", content=json.dumps(body), headers={"content-type": ctype, "x-request-key": "k1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == pytest.approx(expected, abs=1e-6)
+    r = client.post("/invocations", content=rows.to_csv(index=False), headers={"content-type": "text/csv"})
+    assert r.status_code == 200 and r.json()["predictions"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "words"),
+    [
+        (b"year,month\n2013,1", "text/plain", 415, "unsupported content type"),
+        (b"{not json", "application/json", 400, "malformed JSON"),
+        (b'{"rows": []}', "application/json", 400, "exactly one of"),
+        (b'{"dataframe_records": [{"year": 2013}]}', "application/json", 400, "missing input columns"),
+        (b"x" * 70_000, "application/json", 413, "limit is 64000"),
+    ],
+)
+def test_bad_requests_get_a_4xx_that_says_why(service, body, ctype, status, words):
+    client = TestClient(create_app(service))
+    r = client.post("/invocations", content=body, headers={"content-type": ctype})
+    assert r.status_code == status and words in r.json()["message"]
+    assert "server_errors" not in service.metrics.render()  # never counted against a variant
+
+
+def test_failing_challenger_falls_back_to_the_champion(service, champion):
+    _, rows = champion
+    service.variants["challenger"] = Variant("challenger", "99", Broken())
+    service.set_weight(1.0)
+    body = json.dumps({"dataframe_records": _records(rows.head(3))})
+    status, out = service.invoke(body.encode(), "application/json")
+    assert status == 200 and out["variant"] == "champion"
+    assert 'airloop_server_errors_total{variant="challenger"} 1.0' in service.metrics.render()
+
+
+def test_traffic_share_tracks_the_weight():
+    rng = random.Random(7)
+    for weight in (0.1, 0.25, 0.5):
+        keyed = sum(choose_variant(f"req-{i}", weight, rng) == "challenger" for i in range(10_000)) / 10_000
+        unkeyed = sum(choose_variant(None, weight, rng) == "challenger" for i in range(10_000)) / 10_000
+        assert abs(keyed - weight) <= 0.01 and abs(unkeyed - weight) <= 0.01
+    assert {choose_variant("same-key", 0.5, rng) for _ in range(50)} == {choose_variant("same-key", 0.5, rng)}  # sticky
+    assert choose_variant("k", 0.0, rng) == "champion"
+
+
+def test_every_prediction_is_logged_and_survives_a_torn_write(service, champion, tmp_path):
+    _, rows = champion
+    for i in range(3):
+        status, out = service.invoke(json.dumps({"dataframe_records": _records(rows.head(4))}).encode(), "application/json", f"key{i}")
+        assert status == 200
+    service.log.close()
+    logged, partial = read_log(tmp_path, "flight_delays")
+    assert len(logged) == 12 and partial == 0
+    assert {e["variant"] for e in logged} <= {"champion", "challenger"}
+    assert all(set(SOURCE_COLUMNS) <= set(e["inputs"]) and 0 <= e["output"] <= 1 for e in logged)
+    # a crash in the middle of a write leaves a partial line: skipped, counted, nothing else lost
+    f = next((tmp_path / "predictions" / "flight_delays").glob("ds=*/*.jsonl"))
+    with open(f, "a") as fh:
+        fh.write('{"request_id": "half')
+    logged, partial = read_log(tmp_path, "flight_delays")
+    assert len(logged) == 12 and partial == 1
+
+
+def test_metrics_and_info_endpoints(service, champion):
+    _, rows = champion
+    client = TestClient(create_app(service))
+    assert client.get("/ping").status_code == 200 and client.get("/health").status_code == 200
+    assert client.get("/version").json()["variants"] == {"champion": service.variants["champion"].version, "challenger": "99"}
+    client.post("/invocations", content=json.dumps({"dataframe_records": _records(rows.head(2))}),
+                headers={"content-type": "application/json", "x-request-key": "m"})
+    text = client.get("/metrics").text
+    assert "airloop_requests_total" in text and "airloop_request_latency_seconds_bucket" in text
+    assert "airloop_prediction_bucket" in text
+
+
+def test_protocol_rejects_empty_tables():
+    with pytest.raises(RequestError, match="no rows"):
+        parse_request(b'{"dataframe_records": []}', "application/json", 1000)
+    with pytest.raises(RequestError, match="no rows"):
+        parse_request(b"year,month\n", "text/csv", 1000)
+    assert isinstance(parse_request(b"a,b\n1,2\n", "text/csv; charset=utf-8", 1000), pd.DataFrame)
