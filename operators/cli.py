@@ -167,6 +167,32 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Alias history and manual rollback, against the stack's MLflow (or MLFLOW_TRACKING_URI)."""
+    from mlflow import MlflowClient
+
+    from airloop import registry
+    from airloop.storage import DataRoot
+
+    s = _settings(args)
+    _use_stack_env(s)
+    root = DataRoot(s.data_root)
+    if args.action == "history":
+        for r in registry.read_history(root, args.model):
+            print(f"{r['at']}  {r['alias']:10s} v{r['version']:<4s} (was v{r['replaced']})  by {r['by']}: {r['why']}")
+        return 0
+    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_url)
+    try:
+        records = registry.rollback(client, root, args.model, args.version, by=f"cli/{os.environ.get('USER', 'unknown')}",
+                                    why=args.reason)
+    except ValueError as e:
+        print(f"airloop: {e}", file=sys.stderr)
+        return 2
+    for r in records:
+        print(f"{r['alias']}: v{r['replaced']} -> v{r['version']}")
+    return 0
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     s = _settings(args)
     return stack.run_airflow(s, *args.args, check=False).returncode
@@ -366,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "release":
             q.add_argument("--wait", action="store_true", help="wait for the release run and exit non-zero if it fails")
     sp.set_defaults(func=cmd_quarantine)
+
+    sp = sub.add_parser("models", help="alias history and manual rollback of a registered model")
+    msub = sp.add_subparsers(dest="action", required=True)
+    m = msub.add_parser("history", help="every alias change: who, when, why, which version it replaced")
+    m.add_argument("model")
+    m = msub.add_parser("rollback", help="make an earlier version champion at once")
+    m.add_argument("model")
+    m.add_argument("version")
+    m.add_argument("--reason", required=True)
+    sp.set_defaults(func=cmd_models)
 
     sp = sub.add_parser("airflow", help="run an Airflow CLI command against the local stack")
     sp.add_argument("args", nargs=argparse.REMAINDER)

@@ -14,7 +14,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
 from airloop_airflow.features import FeatureJobOperator
-from airloop_airflow.training import ChampionChallengerGateOperator, TrainModelOperator
+from airloop_airflow.training import ChampionChallengerGateOperator, ModelRollbackOperator, TrainModelOperator
 
 if TYPE_CHECKING:
     from airloop.config import PipelineConfig
@@ -197,13 +197,41 @@ events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.
     return dag
 
 
+def build_rollback_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__rollback``: on-call puts an earlier version back as champion."""
+    with DAG(
+        dag_id=cfg.dag_id("rollback"),
+        description=f"Put an earlier {cfg.name} version back as champion",
+        schedule=None,
+        start_date=_start(cfg.schedule.start_date),
+        catchup=False,
+        tags=["airloop", cfg.name, "on-call", "mlflow"],
+        default_args={**default_args(cfg), "retries": 0},
+        params={
+            "version": Param(type="string", description="the registered version to restore"),
+            "reason": Param(type="string", minLength=3, description="why (kept in the alias history)"),
+        },
+        doc_md=f"""
+# {cfg.name}: manual rollback
+
+Trigger with conf `{{"version": "3", "reason": "p99 latency regression in prod"}}`, or run
+`airloop models rollback {cfg.name} 3 --reason "..."`. Alias `champion` moves to that version at once,
+the replaced champion becomes `previous`, and both changes go to the alias history
+(`reports/{cfg.name}/alias_history.jsonl`; `airloop models history {cfg.name}` prints it).
+""",
+    ) as dag:
+        ModelRollbackOperator(task_id="rollback_champion", model=cfg.name, version="{{ params.version }}",
+                              reason="{{ params.reason }}")
+    return dag
+
+
 def build_pipeline_dags() -> dict[str, DAG]:
     """Every DAG of every pipeline config, by dag_id."""
     from airloop.config import load_all_pipelines
 
     dags: dict[str, DAG] = {}
     for cfg in load_all_pipelines():
-        for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag):
+        for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_rollback_dag):
             dag = builder(cfg)
             dags[dag.dag_id] = dag
     return dags

@@ -242,3 +242,31 @@ class ChampionChallengerGateOperator(_ModelOperator):
                  "metrics": result.get("metrics", {}), "gate": decision.to_dict()}
         context["outlet_events"][model_asset(cfg.name, "challenger")].extra = extra
         return extra
+
+
+class ModelRollbackOperator(_ModelOperator):
+    """On-call: make an earlier version ``champion`` at once (recorded in the alias history).
+
+    :param version: the version to restore (templated; from the run conf)
+    :param reason: why (templated; required)
+    """
+
+    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "version", "reason")
+
+    def __init__(self, *, version: str, reason: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.version = version
+        self.reason = reason
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from mlflow import MlflowClient
+
+        from airloop.registry import rollback
+
+        try:
+            records = rollback(MlflowClient(), self.root(), self.model, str(self.version),
+                               by=f"{context['dag'].dag_id}/{context['run_id']}", why=str(self.reason or ""))
+        except ValueError as e:
+            raise AirflowFailException(str(e)) from e
+        self.log.info("Rolled back %s: %s", self.model, records)
+        return records

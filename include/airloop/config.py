@@ -148,6 +148,11 @@ class CanaryConfig(_Frozen):
     steps: tuple[int, ...] = (10, 25, 50, 100)
     max_5xx_rate: float = 0.02
     max_p99_latency_ratio: float = 2.0
+    max_prediction_psi: float = 0.25
+    max_online_metric_drop: float = 0.03
+    min_requests: int = Field(default=200, ge=1, description="challenger requests a step needs before judging")
+    interval_seconds: int = Field(default=300, ge=1, description="least time a step runs before judging")
+    deadline_minutes: int = Field(default=240, ge=1, description="a rollout still holding then is rolled back")
 
     @field_validator("steps")
     @classmethod

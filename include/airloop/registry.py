@@ -138,3 +138,26 @@ def run_gate(cfg: PipelineConfig, client: Any, root: DataRoot, version: str, hol
         set_alias(client, root, cfg.name, alias, str(version), by=by, why=f"gate passed: {reason}")
         aliases = (alias,)
     return GateDecision(passed, cfg.gate.metric, str(version), new_score, champ_version, champ_score, reason, aliases)
+
+
+def rollback(client: Any, root: DataRoot, model: str, version: str, *, by: str, why: str) -> list[dict[str, Any]]:
+    """Put an earlier version back as ``champion`` at once; the replaced champion becomes ``previous``.
+
+    :raises ValueError: unknown version, or it already is the champion
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not why.strip():
+        raise ValueError("a rollback needs a reason, for the alias history")
+    try:
+        client.get_model_version(model, str(version))
+    except MlflowException:
+        raise ValueError(f"{model} has no version {version}") from None
+    current = current_alias(client, model, "champion")
+    if current == str(version):
+        raise ValueError(f"{model} v{version} is already the champion")
+    records = []
+    if current:
+        records.append(set_alias(client, root, model, "previous", current, by=by, why=f"replaced by rollback: {why}"))
+    records.append(set_alias(client, root, model, "champion", str(version), by=by, why=f"rollback: {why}"))
+    return records

@@ -16,7 +16,7 @@ from tests.conftest import REPO, run_python
 
 pytestmark = pytest.mark.unit
 
-VERBS = {"ingest", "validate", "release", "build", "train", "gate"}
+VERBS = {"ingest", "validate", "release", "build", "train", "gate", "rollback"}
 HEAVY = ["pandas", "pyspark", "torch", "mlflow", "evidently", "great_expectations", "kubernetes", "numpy", "pyarrow"]
 
 PARSE = r"""
@@ -64,7 +64,7 @@ def test_no_import_errors(parsed):
 
 
 def test_every_model_has_its_dags(parsed):
-    expected = {f"flight_delays__{v}" for v in ("ingest", "release", "features", "train")}
+    expected = {f"flight_delays__{v}" for v in ("ingest", "release", "features", "train", "rollback")}
     assert expected <= set(parsed["dags"])
 
 

@@ -89,3 +89,33 @@ def test_gate_with_real_models(feature_root, cfg, tmp_path):
     assert str(client.get_model_version_by_alias(cfg.name, "champion").version) == first["version"]
     hist = read_history(history_root, cfg.name)
     assert all(h["version"] != weak["version"] for h in hist)
+
+
+def test_manual_rollback_restores_a_version_and_records_it(feature_root, cfg, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from airloop.registry import rollback
+    from airloop.storage import DataRoot
+    from airloop.training.train import TrainRequest, train
+
+    root, parts = feature_root
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    hist = DataRoot(tmp_path / "h")
+    v1 = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="rb/1", tracking_uri=uri, max_epochs=2))
+    v2 = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="rb/2", tracking_uri=uri, max_epochs=2))
+    set_alias(client, hist, cfg.name, "champion", v2["version"], by="t", why="promoted")
+    with pytest.raises(ValueError, match="needs a reason"):
+        rollback(client, hist, cfg.name, v1["version"], by="oncall", why=" ")
+    with pytest.raises(ValueError, match="no version 99"):
+        rollback(client, hist, cfg.name, "99", by="oncall", why="x")
+    records = rollback(client, hist, cfg.name, v1["version"], by="oncall", why="latency regression")
+    assert [(r["alias"], r["version"], r["replaced"]) for r in records] == [
+        ("previous", v2["version"], None), ("champion", v1["version"], v2["version"])]
+    assert str(client.get_model_version_by_alias(cfg.name, "champion").version) == v1["version"]
+    assert str(client.get_model_version_by_alias(cfg.name, "previous").version) == v2["version"]
+    assert read_history(hist, cfg.name)[-1]["why"] == "rollback: latency regression"
+    with pytest.raises(ValueError, match="already the champion"):
+        rollback(client, hist, cfg.name, v1["version"], by="oncall", why="again")
