@@ -35,6 +35,22 @@ def default_args(cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def _model_dag(cfg: PipelineConfig, verb: str, *, schedule: Any, tags: list[str], retries: int | None = None,
+               **kwargs: Any) -> DAG:
+    """A DAG of one model: id ``<model>__<verb>``, the config's start date and owner/retry policy, catchup
+    off unless given, and the model's tags."""
+    args = default_args(cfg) if retries is None else {**default_args(cfg), "retries": retries}
+    kwargs.setdefault("catchup", False)
+    return DAG(
+        dag_id=cfg.dag_id(verb),
+        schedule=schedule,
+        start_date=_start(cfg.schedule.start_date),
+        tags=["airloop", cfg.name, *tags],
+        default_args=args,
+        **kwargs,
+    )
+
+
 def _ingest_doc(cfg: PipelineConfig) -> str:
     return f"""
 # {cfg.name}: ingest and validate one batch
@@ -66,16 +82,13 @@ Run conf: `source_uri` (optional, any fsspec URI).
 
 def build_ingest_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__ingest``: ingest the interval's batch, then gate it."""
-    with DAG(
-        dag_id=cfg.dag_id("ingest"),
+    with _model_dag(
+        cfg, "ingest", tags=["ingest", *cfg.tags],
         description=f"Ingest and validate one {cfg.name} batch per data interval",
         schedule=CronDataIntervalTimetable(cfg.schedule.cron, timezone=cfg.schedule.timezone),
-        start_date=_start(cfg.schedule.start_date),
         end_date=_start(cfg.schedule.end_date) if cfg.schedule.end_date else None,
         catchup=cfg.schedule.catchup,
         max_active_runs=2,
-        tags=["airloop", cfg.name, "ingest", *cfg.tags],
-        default_args=default_args(cfg),
         doc_md=_ingest_doc(cfg),
         params={
             "source_uri": Param(
@@ -102,14 +115,10 @@ def build_ingest_dag(cfg: PipelineConfig) -> DAG:
 
 def build_release_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__release``: on-call re-validates a quarantined batch and publishes it if it now passes."""
-    with DAG(
-        dag_id=cfg.dag_id("release"),
+    with _model_dag(
+        cfg, "release", tags=["quarantine", "on-call"], retries=0,
         description=f"Release a quarantined {cfg.name} batch (re-validate, then publish)",
         schedule=None,
-        start_date=_start(cfg.schedule.start_date),
-        catchup=False,
-        tags=["airloop", cfg.name, "quarantine", "on-call"],
-        default_args={**default_args(cfg), "retries": 0},
         doc_md=f"""
 # {cfg.name}: release a quarantined batch
 
@@ -127,21 +136,18 @@ To give up on a batch instead: `airloop quarantine reject {cfg.name} <partition>
 
 def build_features_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__features``: Spark features for each newly validated partition."""
-    with DAG(
-        dag_id=cfg.dag_id("features"),
+    with _model_dag(
+        cfg, "features", tags=["features", "spark"],
         description=f"Spark features for validated {cfg.name} partitions",
         schedule=[model_asset(cfg.name, "validated")],
-        start_date=_start(cfg.schedule.start_date),
-        catchup=False,
         max_active_runs=1,
-        tags=["airloop", cfg.name, "features", "spark"],
-        default_args=default_args(cfg),
         doc_md=f"""
 # {cfg.name}: features
 
 Runs when `{cfg.asset_name('validated')}` has new events: the PySpark job
 `include/airloop/spark/build_features.py` (through the `spark_default` connection: `local[2]` locally, a
-`spark://` or `k8s://` master in production) reads exactly the partitions those events announce, applies
+`spark://` or `k8s://` master in production) reads the partitions those events announce, plus any
+validated partition whose features are missing or stale, and only partitions that passed the gate; applies
 the feature definitions shared with serving (`airloop.features.compute_features`), and replaces
 `features/{cfg.name}/<partition>/` atomically. Publishes `{cfg.asset_name('features')}` with the
 partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
@@ -156,15 +162,11 @@ manual run and conf `partitions`.
 
 def build_train_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__train``: train (GPU pod or local process), register once, gate."""
-    with DAG(
-        dag_id=cfg.dag_id("train"),
+    with _model_dag(
+        cfg, "train", tags=["training", "mlflow"],
         description=f"Train, register and gate a {cfg.name} model",
         schedule=[model_asset(cfg.name, "features")],
-        start_date=_start(cfg.schedule.start_date),
-        catchup=False,
         max_active_runs=1,
-        tags=["airloop", cfg.name, "training", "mlflow"],
-        default_args=default_args(cfg),
         params={
             "reason": Param("schedule", enum=["schedule", "drift", "manual"], description="why this training runs"),
             "drift": Param(None, type=["null", "object"], description="drift context, when drift triggered it"),
@@ -199,14 +201,10 @@ events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.
 
 def build_rollback_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__rollback``: on-call puts an earlier version back as champion."""
-    with DAG(
-        dag_id=cfg.dag_id("rollback"),
+    with _model_dag(
+        cfg, "rollback", tags=["on-call", "mlflow"], retries=0,
         description=f"Put an earlier {cfg.name} version back as champion",
         schedule=None,
-        start_date=_start(cfg.schedule.start_date),
-        catchup=False,
-        tags=["airloop", cfg.name, "on-call", "mlflow"],
-        default_args={**default_args(cfg), "retries": 0},
         params={
             "version": Param(type="string", description="the registered version to restore"),
             "reason": Param(type="string", minLength=3, description="why (kept in the alias history)"),
