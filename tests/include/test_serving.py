@@ -142,3 +142,68 @@ def test_protocol_rejects_empty_tables():
     with pytest.raises(RequestError, match="no rows"):
         parse_request(b"year,month\n", "text/csv", 1000)
     assert isinstance(parse_request(b"a,b\n1,2\n", "text/csv; charset=utf-8", 1000), pd.DataFrame)
+
+
+def test_admin_weight_and_reload(service, champion):
+    uri, _ = champion
+    client = TestClient(create_app(service, loader=lambda: load_variants("flight_delays", uri)))
+    assert client.put("/admin/weight", json={"weight": 0.25}).json()["challenger_weight"] == 0.25
+    assert client.put("/admin/weight", json={"weight": 3}).status_code == 400
+    info = client.post("/admin/reload").json()  # the registry has no challenger: weight drops to 0
+    assert info["variants"] == {"champion": service.variants["champion"].version} and info["challenger_weight"] == 0.0
+
+
+def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
+    """SIGKILL the real server process under load, restart it: every 200 answer is in the log."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    uri, rows = champion
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "airloop.serving.server", "--model", "flight_delays", "--port", str(port),
+           "--data-root", str(tmp_path)]
+
+    def start():
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                return proc
+            except OSError:
+                time.sleep(0.25)
+        proc.kill()
+        raise AssertionError("the server did not start")
+
+    body = json.dumps({"dataframe_records": _records(rows.head(2))}).encode()
+    acked, refused = [], 0
+    proc = start()
+    try:
+        for i in range(120):
+            if i == 60:
+                os.killpg(proc.pid, signal.SIGKILL)  # mid-load, no chance to clean up
+                proc.wait()
+                proc = start()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    acked.append(json.loads(r.read())["request_id"])
+            except (urllib.error.URLError, ConnectionError):
+                refused += 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    logged, partial = read_log(tmp_path, "flight_delays")
+    logged_ids = {e["request_id"] for e in logged}
+    assert len(acked) >= 110
+    assert set(acked) <= logged_ids, f"{len(set(acked) - logged_ids)} acknowledged predictions missing"
+    assert len(list((tmp_path / "predictions" / "flight_delays").glob("ds=*/*.jsonl"))) == 2  # one file per process

@@ -165,6 +165,12 @@ class ModelService:
             raise
         return list(out["prediction"] if hasattr(out, "columns") else out)
 
+    def reload(self, champion: Variant, challenger: Variant | None) -> None:
+        """Swap in the current aliases (after a promotion or rollback) without a restart."""
+        self.variants = {"champion": champion, **({"challenger": challenger} if challenger else {})}
+        if not challenger:
+            self.weight = 0.0
+
     def version_info(self) -> dict[str, Any]:
         return {"model": self.model_name, "challenger_weight": self.weight,
                 "variants": {k: v.version for k, v in self.variants.items()}}
@@ -189,8 +195,11 @@ def load_variants(model: str, tracking_uri: str | None = None) -> tuple[Variant,
     return out["champion"], out.get("challenger")
 
 
-def create_app(service: ModelService) -> Any:
-    """The ASGI app (Starlette) around a :class:`ModelService`."""
+def create_app(service: ModelService, loader: Any = None) -> Any:
+    """The ASGI app (Starlette) around a :class:`ModelService`.
+
+    :param loader: ``() -> (champion, challenger)`` used by ``POST /admin/reload``
+    """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -216,7 +225,25 @@ def create_app(service: ModelService) -> Any:
     async def metrics(request: Request) -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def set_weight(request: Request) -> JSONResponse:
+        try:
+            weight = float((await request.json())["weight"])
+            service.set_weight(weight)
+        except (KeyError, TypeError, ValueError) as e:
+            return JSONResponse({"error_code": "BAD_REQUEST", "message": f'send {{"weight": <0..1>}}: {e}'}, 400)
+        return JSONResponse(service.version_info())
+
+    async def reload(request: Request) -> JSONResponse:
+        if loader is None:
+            return JSONResponse({"error_code": "NOT_CONFIGURED", "message": "this server has no model loader"}, 409)
+        champion, challenger = await run_in_threadpool(loader)
+        service.reload(champion, challenger)
+        return JSONResponse(service.version_info())
+
+    # The deploy DAG drives these; bind the server to loopback or a private network only.
     return Starlette(routes=[
+        Route("/admin/weight", set_weight, methods=["PUT"]),
+        Route("/admin/reload", reload, methods=["POST"]),
         Route("/invocations", invocations, methods=["POST"]),
         Route("/ping", ping), Route("/health", ping), Route("/version", version), Route("/metrics", metrics),
     ])
@@ -234,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--challenger-weight", type=float, default=0.0)
     ap.add_argument("--data-root", default=default_data_root_uri())
     args = ap.parse_args(argv)
-    champion, challenger = load_variants(args.model, os.environ.get("MLFLOW_TRACKING_URI"))
+    def loader() -> tuple[Variant, Variant | None]:
+        return load_variants(args.model, os.environ.get("MLFLOW_TRACKING_URI"))
+
+    champion, challenger = loader()
     service = ModelService(args.model, champion, challenger, args.challenger_weight, PredictionLog(args.data_root, args.model))
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(service, loader), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
