@@ -52,6 +52,7 @@ def _print_login(s: stack.StackSettings) -> None:
     print(f"\nAirflow UI:  {s.base_url}   (user: admin, password: {stack.admin_password(s) or '<created on first start>'})")
     print(f"             the password is kept in {s.airflow_home / 'simple_auth_manager_passwords.json.generated'}")
     print(f"MLflow UI:   {s.mlflow_url}   (models, runs, lineage tags)")
+    print(f"Model:       {s.model_server_url}/invocations   (MLflow scoring protocol; /version, /metrics)")
     print(f"Data root:   {s.data_root}")
     print(f"Logs:        {Path(s.state_dir) / 'logs'} (components), {s.airflow_home / 'logs'} (tasks)")
     print("Stop with:   make stop   (or .venv/bin/airloop stack stop)")
@@ -268,6 +269,30 @@ def _print_models(s: stack.StackSettings, model: str) -> dict[str, str]:
     return aliases
 
 
+def _serve_real_traffic(s: stack.StackSettings, day: dt.date, batch: int = 50) -> None:
+    """Reload the model server's aliases, then send one later day of real flights as scoring requests."""
+    import urllib.request
+
+    from airloop.features import SOURCE_COLUMNS
+    from airloop.sources import nycflights13
+
+    def call(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        req = urllib.request.Request(f"{s.model_server_url}{path}", data=body, method=method, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
+    info = call("POST", "/admin/reload")
+    rows = nycflights13.day_frame(day)[SOURCE_COLUMNS]
+    ok = 0
+    for start in range(0, len(rows), batch):
+        chunk = rows.iloc[start : start + batch]
+        body = json.dumps({"dataframe_split": json.loads(chunk.to_json(orient="split", index=False))}).encode()
+        out = call("POST", "/invocations", body, {"content-type": "application/json", "x-request-key": f"{day}-{start}"})
+        ok += len(out["predictions"])
+    print(f"\nModel server {s.model_server_url} serves {info['variants']}: scored {ok} real flights of {day} "
+          f"(logged to predictions/{stack.SERVED_MODEL}/); metrics at {s.model_server_url}/metrics")
+
+
 def trigger_interval_run(api: Any, dag_id: str, day: dt.date) -> str:
     """Start the run of one daily data interval (idempotent: an existing run of that interval is reused).
 
@@ -332,6 +357,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.action, args.model, args.all = "list", DEMO_MODEL, False
     cmd_quarantine(args)
     aliases = _print_models(s, cfg.name)
+    if "champion" in aliases:
+        _serve_real_traffic(s, days[-1] + dt.timedelta(days=1))
     print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
           "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches.")
     _print_login(s)

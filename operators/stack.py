@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "model-server")
+#: the model the local stack's model server serves (the first pipeline; one server per model in production)
+SERVED_MODEL = "flight_delays"
 DEFAULT_PORT = 8080
 
 
@@ -68,6 +70,14 @@ class StackSettings:
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def model_server_port(self) -> int:
+        return self.port + 4
+
+    @property
+    def model_server_url(self) -> str:
+        return f"http://127.0.0.1:{self.model_server_port}"
 
     @property
     def mlflow_db_url(self) -> str:
@@ -267,12 +277,16 @@ def health(s: StackSettings, timeout: float = 3.0) -> dict[str, Any] | None:
         return None
 
 
-def mlflow_healthy(s: StackSettings, timeout: float = 3.0) -> bool:
+def _http_ok(url: str, timeout: float = 3.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{s.mlflow_url}/health", timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def mlflow_healthy(s: StackSettings, timeout: float = 3.0) -> bool:
+    return _http_ok(f"{s.mlflow_url}/health", timeout)
 
 
 def start(s: StackSettings, wait_s: float = 120.0) -> None:
@@ -282,16 +296,19 @@ def start(s: StackSettings, wait_s: float = 120.0) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     running = running_components(s)
     if "api-server" not in running:
-        for port in (s.port, s.port + 1, s.port + 2, s.mlflow_port):
+        for port in (s.port, s.port + 1, s.port + 2, s.mlflow_port, s.model_server_port):
             if not _port_free(port):
                 raise StackError(
                     f"port {port} on 127.0.0.1 is taken by another program; start on another port with "
-                    f"`airloop stack start --port N` (uses N to N+3)"
+                    f"`airloop stack start --port N` (uses N to N+4)"
                 )
     for component in COMPONENTS:
         if component in running:
             continue
-        if component == "mlflow":
+        if component == "model-server":
+            args = [sys.executable, "-m", "airloop.serving.server", "--model", SERVED_MODEL, "--port",
+                    str(s.model_server_port), "--data-root", s.data_root, "--allow-empty"]
+        elif component == "mlflow":
             Path(s.state_dir, "mlflow").mkdir(parents=True, exist_ok=True)
             args = [_bin("mlflow"), "server", "--backend-store-uri", s.mlflow_db_url,
                     "--artifacts-destination", f"{s.data_root}/mlflow-artifacts", "--serve-artifacts",
@@ -310,7 +327,7 @@ def start(s: StackSettings, wait_s: float = 120.0) -> None:
     while time.monotonic() < deadline:
         h = health(s)
         if (h and h.get("scheduler", {}).get("status") == "healthy" and h.get("metadatabase", {}).get("status") == "healthy"
-                and mlflow_healthy(s)):
+                and mlflow_healthy(s) and _http_ok(f"{s.model_server_url}/ping")):
             return
         dead = [c for c in COMPONENTS if c not in running_components(s)]
         if dead:

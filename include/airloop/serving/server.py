@@ -89,11 +89,14 @@ def choose_variant(request_key: str | None, weight: float, rng: random.Random) -
 class ModelService:
     """The serving logic, independent of the HTTP framework (and so testable without a socket)."""
 
-    def __init__(self, model_name: str, champion: Variant, challenger: Variant | None, weight: float,
+    def __init__(self, model_name: str, champion: Variant | None, challenger: Variant | None, weight: float,
                  log: PredictionLog | None, max_body: int = 4 * 1024 * 1024, seed: int | None = None):
         self.model_name = model_name
-        self.variants = {"champion": champion, **({"challenger": challenger} if challenger else {})}
-        self.weight = weight if challenger else 0.0
+        self.variants: dict[str, Variant] = {}
+        self.weight = 0.0
+        if champion is not None:
+            self.reload(champion, challenger)
+            self.weight = weight if challenger else 0.0
         self.log = log
         self.max_body = max_body
         self.metrics = Metrics()
@@ -107,6 +110,9 @@ class ModelService:
     def invoke(self, body: bytes, content_type: str, request_key: str | None = None) -> tuple[int, dict[str, Any]]:
         """One scoring request: (status, JSON response)."""
         t0 = time.perf_counter()
+        if "champion" not in self.variants:
+            return 503, {"error_code": "NO_MODEL", "message": f"{self.model_name} has no @champion yet; "
+                         "the server loads it on POST /admin/reload once the first model passes the gate"}
         try:
             df = parse_request(body, content_type, self.max_body)
         except RequestError as e:
@@ -260,11 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8090)
     ap.add_argument("--challenger-weight", type=float, default=0.0)
     ap.add_argument("--data-root", default=default_data_root_uri())
+    ap.add_argument("--allow-empty", action="store_true", help="start without a champion (answer 503 until reloaded)")
     args = ap.parse_args(argv)
     def loader() -> tuple[Variant, Variant | None]:
         return load_variants(args.model, os.environ.get("MLFLOW_TRACKING_URI"))
 
-    champion, challenger = loader()
+    try:
+        champion, challenger = loader()
+    except Exception:  # no champion yet, or the registry is not up yet
+        if not args.allow_empty:
+            raise
+        champion, challenger = None, None
     service = ModelService(args.model, champion, challenger, args.challenger_weight, PredictionLog(args.data_root, args.model))
     uvicorn.run(create_app(service, loader), host=args.host, port=args.port, log_level="warning")
     return 0
