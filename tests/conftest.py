@@ -79,6 +79,10 @@ def spark():
     session = build_session("airloop-tests")
     yield session
     session.stop()
+    # py4j logs "Closing down clientserver connection" from __del__ after pytest closed its streams
+    import logging
+
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture()
