@@ -81,45 +81,38 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise SystemExit(f"server not ready: {url}")
 
 
-def load_http(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, float]:
+def measure(call, n: int, concurrency: int, warmup: int = 10) -> dict[str, float]:
+    """Run ``call(i)`` n times on ``concurrency`` threads after a warm-up; latency and throughput."""
     lat: list[float] = []
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        req = urllib.request.Request(url, data=bodies[i % len(bodies)], headers={"content-type": "application/json"})
         t = time.perf_counter()
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
+        call(i)
         with lock:
             lat.append(time.perf_counter() - t)
 
-    for i in range(10):  # warm-up
+    for i in range(warmup):
         one(i)
     lat.clear()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as ex:
         list(ex.map(one, range(n)))
     return summarise(lat, time.perf_counter() - t0)
+
+
+def load_http(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, float]:
+    def call(i: int) -> None:
+        req = urllib.request.Request(url, data=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+
+    return measure(call, n, concurrency)
 
 
 def load_inprocess(model: object, rows: object, n: int, concurrency: int) -> dict[str, float]:
-    lat: list[float] = []
-    lock = threading.Lock()
     frames = [rows.iloc[[i % len(rows)]] for i in range(n)]
-
-    def one(i: int) -> None:
-        t = time.perf_counter()
-        model.predict(frames[i])
-        with lock:
-            lat.append(time.perf_counter() - t)
-
-    for i in range(10):
-        one(i)
-    lat.clear()
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as ex:
-        list(ex.map(one, range(n)))
-    return summarise(lat, time.perf_counter() - t0)
+    return measure(lambda i: model.predict(frames[i]), n, concurrency)
 
 
 def summarise(lat: list[float], wall: float) -> dict[str, float]:

@@ -285,9 +285,6 @@ def _http_ok(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def mlflow_healthy(s: StackSettings, timeout: float = 3.0) -> bool:
-    return _http_ok(f"{s.mlflow_url}/health", timeout)
-
 
 def start(s: StackSettings, wait_s: float = 120.0) -> None:
     """Start every component not already running, then wait until the API server and scheduler are healthy."""
@@ -327,7 +324,7 @@ def start(s: StackSettings, wait_s: float = 120.0) -> None:
     while time.monotonic() < deadline:
         h = health(s)
         if (h and h.get("scheduler", {}).get("status") == "healthy" and h.get("metadatabase", {}).get("status") == "healthy"
-                and mlflow_healthy(s) and _http_ok(f"{s.model_server_url}/ping")):
+                and _http_ok(f"{s.mlflow_url}/health") and _http_ok(f"{s.model_server_url}/ping")):
             return
         dead = [c for c in COMPONENTS if c not in running_components(s)]
         if dead:

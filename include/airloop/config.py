@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -214,10 +214,6 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"validation.suite {self.validation.suite!r} not found in {EXPECTATIONS_DIR}")
         return self
 
-    @property
-    def dag_id_prefix(self) -> str:
-        return self.name
-
     def dag_id(self, verb: str) -> str:
         return f"{self.name}__{verb}"
 
@@ -289,7 +285,3 @@ def get_pipeline(name: str, folder: str | os.PathLike[str] | None = None) -> Pip
             return cfg
     known = [c.name for c in load_all_pipelines(folder)]
     raise ConfigError(f"no pipeline config named {name!r}; known models: {known}")
-
-
-def to_jsonable(cfg: PipelineConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json", by_alias=True)

@@ -125,12 +125,12 @@ def validate_partition(cfg: PipelineConfig, root: DataRoot, partition: str) -> d
     """
     raw_uri = root.partition_uri("raw", cfg.name, partition)
     manifest = root.read_json(f"{raw_uri}/{MANIFEST}")
-    df = read_parquet_bytes(root.read_bytes(f"{raw_uri}/{manifest.get('data_file', 'data.parquet')}"))
-    outcome = validate_frame(cfg, df)
+    data_file = manifest.get("data_file", "data.parquet")
+    data = root.read_bytes(f"{raw_uri}/{data_file}")  # read once: validated, and kept whole if quarantined
+    outcome = validate_frame(cfg, read_parquet_bytes(data))
     report_uri = write_validation_report(cfg, root, partition, outcome, manifest)
     if not outcome.success:
-        files = {manifest.get("data_file", "data.parquet"): root.read_bytes(f"{raw_uri}/{manifest.get('data_file', 'data.parquet')}")}
-        q_uri = _write_quarantine(cfg, root, partition, files, manifest, outcome, stage="validation")
+        q_uri = _write_quarantine(cfg, root, partition, {data_file: data}, manifest, outcome, stage="validation")
         root.remove(raw_uri)  # the batch now lives in quarantine only: never trained on
         raise BatchValidationError(
             failure_message(cfg, partition, outcome, q_uri), summary=outcome.summary(), quarantine_uri=q_uri
