@@ -13,6 +13,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
+from airloop_airflow.deploy import CanaryStepSensor, ConcludeCanaryOperator, StartCanaryOperator
 from airloop_airflow.features import FeatureJobOperator
 from airloop_airflow.training import ChampionChallengerGateOperator, ModelRollbackOperator, TrainModelOperator
 
@@ -199,6 +200,47 @@ events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.
     return dag
 
 
+def build_deploy_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__deploy``: the canary of a challenger, ending in promote or rollback."""
+    c = cfg.canary
+    steps = " -> ".join(f"{p}%" for p in c.steps)
+    target = ("the project's model server (connection `" + cfg.deployment.model_server_conn_id + "`)"
+              if cfg.deployment.target == "local" else
+              f"KServe InferenceService `{cfg.deployment.namespace}/{(cfg.deployment.service_name or cfg.name.replace('_', '-'))}`")
+    with _model_dag(
+        cfg, "deploy", tags=["deployment", "canary"], retries=None,
+        description=f"Canary rollout of a {cfg.name} challenger: promote or roll back on measured figures",
+        schedule=[model_asset(cfg.name, "challenger")],
+        max_active_runs=1,
+        params={"version": Param(None, type=["null", "string"], description="version to roll out (default @challenger)")},
+        doc_md=f"""
+# {cfg.name}: canary deployment
+
+Runs when a challenger passes the gate (`{cfg.asset_name('challenger')}`), or by hand with conf
+`{{"version": "<n>"}}`. Target: {target}.
+
+1. `start_canary` loads the challenger and gives it {c.steps[0]}% of the traffic (steps {steps}).
+2. `watch_canary` looks every {c.poke_seconds} s (reschedule mode: no worker slot held in between). A step
+   is judged after {c.interval_seconds} s and {c.min_requests} challenger requests, comparing challenger and
+   champion on that step's traffic: 5xx rate (at most {c.max_5xx_rate:.0%}), p99 latency (at most
+   {c.max_p99_latency_ratio}x the champion's), prediction shift (PSI at most {c.max_prediction_psi}).
+   No traffic holds the step; a rollout still holding after {c.deadline_minutes} min is rolled back.
+3. `conclude_canary`: promote = `champion` -> new version, old champion -> `previous` (alias history);
+   rollback = challenger share 0, aliases unchanged, an alert, and this task fails with the figures.
+
+**On call** (`conclude_canary` failed = rolled back): the message has the failing figures; the state of each
+step is in `reports/{cfg.name}/canary/v<version>.json`. Nothing to undo: the champion serves all traffic.
+To put an earlier version back by hand: `airloop models rollback {cfg.name} <version> --reason "..."`.
+""",
+    ) as dag:
+        start = StartCanaryOperator(task_id="start_canary", model=cfg.name, version="{{ params.version or '' }}")
+        watch = CanaryStepSensor(task_id="watch_canary", model=cfg.name, poke_interval=c.poke_seconds,
+                                 timeout=c.deadline_minutes * 60 + 10 * c.poke_seconds, retries=2)
+        conclude = ConcludeCanaryOperator(task_id="conclude_canary", model=cfg.name, retries=0)
+        start >> watch >> conclude
+    return dag
+
+
 def build_rollback_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__rollback``: on-call puts an earlier version back as champion."""
     with _model_dag(
@@ -229,7 +271,8 @@ def build_pipeline_dags() -> dict[str, DAG]:
 
     dags: dict[str, DAG] = {}
     for cfg in load_all_pipelines():
-        for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_rollback_dag):
+        for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_deploy_dag,
+                        build_rollback_dag):
             dag = builder(cfg)
             dags[dag.dag_id] = dag
     return dags

@@ -32,16 +32,25 @@ class VariantStats:
         return self.server_errors / total if total else 0.0
 
     def quantile(self, q: float) -> float | None:
-        """A latency quantile from the cumulative histogram (upper bucket bound, as Prometheus does)."""
+        """A latency quantile from the cumulative histogram, interpolated linearly inside its bucket as
+        Prometheus' ``histogram_quantile`` does (a rank in the +Inf bucket gives the largest finite bound)."""
         if not self.latency_buckets:
             return None
-        total = max(self.latency_buckets.values())
+        bounds = sorted(self.latency_buckets)
+        total = self.latency_buckets[bounds[-1]]
         if total <= 0:
             return None
-        for le in sorted(self.latency_buckets):
-            if self.latency_buckets[le] >= q * total:
-                return le
-        return math.inf
+        rank = q * total
+        prev_bound, prev_count = 0.0, 0.0
+        for le in bounds:
+            count = self.latency_buckets[le]
+            if count >= rank:
+                if math.isinf(le):
+                    return prev_bound
+                in_bucket = count - prev_count
+                return prev_bound + (le - prev_bound) * ((rank - prev_count) / in_bucket if in_bucket else 1.0)
+            prev_bound, prev_count = le, count
+        return prev_bound
 
 
 def parse_metrics(text: str) -> dict[str, VariantStats]:
@@ -92,15 +101,21 @@ class StepDecision:
 
 
 def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger: VariantStats,
-               elapsed_s: float, rollout_elapsed_s: float) -> StepDecision:
-    """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it."""
+               elapsed_s: float, rollout_elapsed_s: float, concurrent: bool = True) -> StepDecision:
+    """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it.
+
+    :param concurrent: whether ``champion`` was measured on the same traffic in the same window. When not
+        (the 100 % step, where the champion has no traffic and its figures come from an earlier step),
+        only errors and latency are compared: prediction distributions and online metrics of different
+        traffic windows (another time of day) are not comparable.
+    """
     lat_c, lat_n = champion.quantile(0.99), challenger.quantile(0.99)
     figures = {
         "step_percent": cfg.steps[step], "challenger_requests": challenger.requests, "champion_requests": champion.requests,
         "challenger_5xx_rate": round(challenger.error_rate, 4), "champion_5xx_rate": round(champion.error_rate, 4),
         "p99_latency_s": {"champion": lat_c, "challenger": lat_n},
-        "prediction_psi": round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4),
-        "online_metric": {"champion": champion.online_metric, "challenger": challenger.online_metric},
+        "prediction_psi": round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4) if concurrent else None,
+        "online_metric": {"champion": champion.online_metric, "challenger": challenger.online_metric} if concurrent else None,
     }
     seen = challenger.requests + challenger.server_errors
     if challenger.error_rate > cfg.max_5xx_rate and seen >= min(cfg.min_requests, 20):
@@ -114,13 +129,105 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
     if lat_c and lat_n and lat_c not in (0, math.inf) and lat_n / lat_c > cfg.max_p99_latency_ratio:
         return StepDecision("rollback", f"challenger p99 latency {lat_n}s is {lat_n / lat_c:.1f}x the champion's "
                             f"(at most {cfg.max_p99_latency_ratio}x)", figures)
-    if figures["prediction_psi"] > cfg.max_prediction_psi:
+    if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi:
         return StepDecision("rollback", f"challenger predictions shifted: PSI {figures['prediction_psi']} > "
                             f"{cfg.max_prediction_psi}", figures)
-    if champion.online_metric is not None and challenger.online_metric is not None \
+    if concurrent and champion.online_metric is not None and challenger.online_metric is not None \
             and champion.online_metric - challenger.online_metric > cfg.max_online_metric_drop:
         return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "
                             f"{champion.online_metric:.4f} (at most {cfg.max_online_metric_drop} lower)", figures)
     if step == len(cfg.steps) - 1:
         return StepDecision("promote", f"healthy at {cfg.steps[step]}% of traffic", figures)
     return StepDecision("continue", f"healthy at {cfg.steps[step]}%; next {cfg.steps[step + 1]}%", figures)
+
+
+# --- the rollout: one state per challenger version, advanced by each look of the deploy DAG's sensor ----
+
+def _stats_to_dict(st: VariantStats) -> dict[str, Any]:
+    return {"requests": st.requests, "server_errors": st.server_errors,
+            "latency_buckets": {str(k): v for k, v in st.latency_buckets.items()},
+            "prediction_buckets": {str(k): v for k, v in st.prediction_buckets.items()},
+            "online_metric": st.online_metric}
+
+
+def _stats_from_dict(d: dict[str, Any]) -> VariantStats:
+    return VariantStats(d["requests"], d["server_errors"], {float(k): v for k, v in d["latency_buckets"].items()},
+                        {float(k): v for k, v in d["prediction_buckets"].items()}, d.get("online_metric"))
+
+
+def since(now: VariantStats, base: VariantStats) -> VariantStats:
+    """What happened between two readings of cumulative counters. A counter that went down means the
+    server restarted (counters reset), as Prometheus' ``increase()`` assumes: then ``now`` is the delta."""
+    reset = now.requests < base.requests or now.server_errors < base.server_errors or any(
+        now.latency_buckets.get(k, 0.0) < v for k, v in base.latency_buckets.items())
+    if reset:
+        return VariantStats(now.requests, now.server_errors, dict(now.latency_buckets), dict(now.prediction_buckets),
+                            now.online_metric)
+
+    def sub(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
+        return {k: v - b.get(k, 0.0) for k, v in a.items()}
+
+    return VariantStats(now.requests - base.requests, now.server_errors - base.server_errors,
+                        sub(now.latency_buckets, base.latency_buckets),
+                        sub(now.prediction_buckets, base.prediction_buckets), now.online_metric)
+
+
+@dataclass
+class Rollout:
+    """The state of one challenger's canary, kept in ``reports/<model>/canary/v<version>.json``."""
+
+    model: str
+    version: str
+    champion_version: str | None
+    started_at: float
+    step: int = 0
+    step_started_at: float = 0.0
+    base: dict[str, dict[str, Any]] = field(default_factory=dict)  # cumulative readings at the step's start
+    champion_ref: dict[str, Any] | None = None  # the champion's figures of the last step it had traffic
+    status: str = "running"  # running | promoted | rolled_back
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rollout:
+        return cls(**d)
+
+
+def start_rollout(model: str, version: str, champion_version: str | None, readings: dict[str, VariantStats],
+                  now: float) -> Rollout:
+    return Rollout(model, str(version), champion_version, started_at=now, step_started_at=now,
+                   base={k: _stats_to_dict(v) for k, v in readings.items()})
+
+
+def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats], now: float) -> StepDecision:
+    """Judge the current step from cumulative ``readings`` and move ``state`` on (in place).
+
+    continue: the next step starts now (new base readings); promote / rollback: the rollout ends; hold:
+    nothing changes. At 100 % the champion gets no traffic, so the challenger's errors and latency are
+    compared with the champion's figures from the last step where it had some (see :func:`judge_step`).
+    """
+    if state.status != "running":
+        raise ValueError(f"the rollout of v{state.version} already ended: {state.status}")
+    delta = {name: since(readings.get(name, VariantStats()), _stats_from_dict(state.base[name]) if name in state.base
+                         else VariantStats()) for name in ("champion", "challenger")}
+    champion, concurrent = delta["champion"], True
+    if champion.requests < cfg.min_requests and state.champion_ref is not None:
+        champion, concurrent = _stats_from_dict(state.champion_ref), False
+    decision = judge_step(cfg, state.step, champion, delta["challenger"], now - state.step_started_at,
+                          now - state.started_at, concurrent=concurrent)
+    if decision.action != "hold":
+        state.decisions.append({"step": state.step, "percent": cfg.steps[state.step], "action": decision.action,
+                                "reason": decision.reason, "figures": decision.figures, "at": now})
+    if decision.action == "continue":
+        if delta["champion"].requests >= cfg.min_requests:
+            state.champion_ref = _stats_to_dict(delta["champion"])
+        state.step += 1
+        state.step_started_at = now
+        state.base = {k: _stats_to_dict(v) for k, v in readings.items()}
+    elif decision.action == "promote":
+        state.status = "promoted"
+    elif decision.action == "rollback":
+        state.status = "rolled_back"
+    return decision

@@ -153,6 +153,7 @@ class CanaryConfig(_Frozen):
     min_requests: int = Field(default=200, ge=1, description="challenger requests a step needs before judging")
     interval_seconds: int = Field(default=300, ge=1, description="least time a step runs before judging")
     deadline_minutes: int = Field(default=240, ge=1, description="a rollout still holding then is rolled back")
+    poke_seconds: int = Field(default=30, ge=1, description="how often the deploy DAG's sensor looks (reschedule mode)")
 
     @field_validator("steps")
     @classmethod
@@ -160,6 +161,24 @@ class CanaryConfig(_Frozen):
         if not v or list(v) != sorted(set(v)) or v[-1] != 100 or v[0] <= 0:
             raise ValueError("steps must rise strictly from above 0 to 100, e.g. [10, 25, 50, 100]")
         return v
+
+
+class DeploymentConfig(_Frozen):
+    """Where the model is served: the project's model server (``local``) or a KServe InferenceService."""
+
+    target: Literal["local", "kserve"] = "local"
+    #: local: the model server's address comes from this Airflow connection (the stack sets it)
+    model_server_conn_id: str = "airloop_model_server"
+    #: kserve: the InferenceService, the cluster connection and where Prometheus answers
+    namespace: str = "ml-serving"
+    service_name: str | None = Field(default=None, description="InferenceService name; default: the model name with '-'")
+    kubernetes_conn_id: str = "kubernetes_default"
+    prometheus_conn_id: str = "prometheus_default"
+    service_account: str = "airloop-serving"
+    cpu: str = "1"
+    memory: str = "2Gi"
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
 
 
 class DriftConfig(_Frozen):
@@ -186,6 +205,7 @@ class PipelineConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
     drift: DriftConfig = DriftConfig()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

@@ -64,8 +64,22 @@ def set_alias(client: Any, root: DataRoot, model: str, alias: str, version: str,
     if before == str(version):
         return {}
     client.set_registered_model_alias(model, alias, str(version))
+    return _record(root, model, alias, str(version), before, by=by, why=why)
+
+
+def clear_alias(client: Any, root: DataRoot, model: str, alias: str, *, by: str, why: str) -> dict[str, Any]:
+    """Remove ``alias`` and record it (``version`` None); a no-op if it is not set."""
+    before = current_alias(client, model, alias)
+    if before is None:
+        return {}
+    client.delete_registered_model_alias(model, alias)
+    return _record(root, model, alias, None, before, by=by, why=why)
+
+
+def _record(root: DataRoot, model: str, alias: str, version: str | None, before: str | None, *, by: str,
+            why: str) -> dict[str, Any]:
     record = {
-        "model": model, "alias": alias, "version": str(version), "replaced": before, "by": by, "why": why,
+        "model": model, "alias": alias, "version": version, "replaced": before, "by": by, "why": why,
         # when the change happened: an audit timestamp, not pipeline logic
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
     }
@@ -73,6 +87,20 @@ def set_alias(client: Any, root: DataRoot, model: str, alias: str, version: str,
     root.write_bytes_atomic(history_uri(root, model), "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines).encode())
     log.info("alias %s@%s: v%s -> v%s (%s)", model, alias, before, version, why)
     return record
+
+
+def promote(client: Any, root: DataRoot, model: str, version: str, *, by: str, why: str) -> list[dict[str, Any]]:
+    """The canary passed: ``champion`` -> ``version``, the old champion kept as ``previous``, and
+    ``challenger`` removed (it is the champion now). Every change goes to the alias history; repeating a
+    promotion that already happened changes nothing."""
+    current = current_alias(client, model, "champion")
+    records = []
+    if current and current != str(version):
+        records.append(set_alias(client, root, model, "previous", current, by=by, why=f"replaced by v{version}: {why}"))
+    records.append(set_alias(client, root, model, "champion", str(version), by=by, why=why))
+    if current_alias(client, model, "challenger") == str(version):
+        records.append(clear_alias(client, root, model, "challenger", by=by, why=f"v{version} is the champion now"))
+    return [r for r in records if r]
 
 
 def alias_at(history: list[dict[str, Any]], alias: str, when: dt.datetime) -> str | None:

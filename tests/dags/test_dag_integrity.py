@@ -16,7 +16,7 @@ from tests.conftest import REPO, run_python
 
 pytestmark = pytest.mark.unit
 
-VERBS = {"ingest", "validate", "release", "build", "train", "gate", "rollback"}
+VERBS = {"ingest", "validate", "release", "build", "train", "gate", "rollback", "start", "watch", "conclude"}
 HEAVY = ["pandas", "pyspark", "torch", "mlflow", "evidently", "great_expectations", "kubernetes", "numpy", "pyarrow"]
 
 PARSE = r"""
@@ -64,7 +64,7 @@ def test_no_import_errors(parsed):
 
 
 def test_every_model_has_its_dags(parsed):
-    expected = {f"flight_delays__{v}" for v in ("ingest", "release", "features", "train", "rollback")}
+    expected = {f"flight_delays__{v}" for v in ("ingest", "release", "features", "train", "deploy", "rollback")}
     assert expected <= set(parsed["dags"])
 
 
@@ -100,3 +100,6 @@ def test_retry_policy(parsed):
     tasks = parsed["dags"]["flight_delays__ingest"]["tasks"]
     assert tasks["ingest_batch"]["retries"] >= 2  # a late file or storage hiccup can heal
     assert parsed["dags"]["flight_delays__release"]["tasks"]["release_batch"]["retries"] == 0
+    deploy = parsed["dags"]["flight_delays__deploy"]["tasks"]
+    assert deploy["conclude_canary"]["retries"] == 0  # a rollback is a verdict, not a transient failure
+    assert deploy["watch_canary"]["retries"] >= 1  # a scrape that fails once can heal

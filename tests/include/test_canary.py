@@ -60,5 +60,63 @@ def test_parse_the_servers_metrics():
     m.inc("server_errors", "challenger", 2)
     parsed = parse_metrics(m.render())
     assert parsed["champion"].requests == 50 and parsed["challenger"].server_errors == 2
-    assert parsed["champion"].quantile(0.99) == 0.025 and parsed["challenger"].quantile(0.99) == 1.0
+    # interpolated inside the bucket that holds the rank, as histogram_quantile() does
+    assert parsed["champion"].quantile(0.99) == pytest.approx(0.01 + 0.015 * 49.5 / 50)
+    assert parsed["challenger"].quantile(0.99) == pytest.approx(0.5 + 0.5 * 9.9 / 10)
     assert parsed["challenger"].error_rate == pytest.approx(2 / 12)
+
+
+# --- the rollout state machine over cumulative readings ------------------------------------------------
+
+def cum(requests, errors=0, lat=LAT, pred=PRED):
+    """Cumulative readings scaled to ``requests`` (histograms scaled like the counter)."""
+    k = requests / 100.0
+    return VariantStats(requests, errors, {b: c * k for b, c in lat.items()}, {b: c * k for b, c in pred.items()})
+
+
+def test_a_healthy_rollout_walks_every_step_then_promotes():
+    from airloop.canary import Rollout, advance, start_rollout
+
+    st = start_rollout("m", "3", "2", {}, now=0.0)
+    t, champ, chall, actions = 0.0, 0, 0, []
+    for pct in CFG.steps:
+        t += 61
+        chall += 150  # each step sees enough challenger traffic after the interval
+        champ += 0 if pct == 100 else 1000
+        d = advance(st, CFG, {"champion": cum(champ), "challenger": cum(chall)}, t)
+        actions.append(d.action)
+    assert actions == ["continue", "continue", "continue", "promote"] and st.status == "promoted"
+    assert [x["percent"] for x in st.decisions] == [10, 25, 50, 100]
+    # at 100 % the champion had no traffic: it was compared with its figures from the 50 % step
+    assert st.decisions[-1]["figures"]["p99_latency_s"]["champion"] is not None
+    assert Rollout.from_dict(st.to_dict()) == st  # the state survives its JSON round trip
+    with pytest.raises(ValueError, match="already ended"):
+        advance(st, CFG, {}, t + 1)
+
+
+def test_a_step_is_judged_on_its_own_traffic_not_the_totals():
+    from airloop.canary import advance, start_rollout
+
+    st = start_rollout("m", "3", "2", {"champion": cum(5000), "challenger": cum(0)}, now=0.0)
+    assert advance(st, CFG, {"champion": cum(6000), "challenger": cum(150)}, 61).action == "continue"
+    # the next step starts from these readings: 150 more requests, 20 of them errors -> rollback
+    d = advance(st, CFG, {"champion": cum(7000), "challenger": cum(280, errors=20)}, 130)
+    assert d.action == "rollback" and "5xx rate" in d.reason and st.status == "rolled_back"
+    assert d.figures["challenger_requests"] == 130 and d.figures["step_percent"] == 25
+
+
+def test_a_server_restart_resets_counters_without_confusing_the_step():
+    from airloop.canary import advance, start_rollout
+
+    st = start_rollout("m", "3", "2", {"champion": cum(5000), "challenger": cum(400)}, now=0.0)
+    d = advance(st, CFG, {"champion": cum(900), "challenger": cum(120)}, 61)  # counters went down: restarted
+    assert d.action == "continue" and d.figures["challenger_requests"] == 120
+
+
+def test_no_traffic_holds_until_the_deadline():
+    from airloop.canary import advance, start_rollout
+
+    st = start_rollout("m", "3", "2", {}, now=0.0)
+    assert advance(st, CFG, {}, 120).action == "hold" and st.status == "running" and st.decisions == []
+    d = advance(st, CFG, {}, CFG.deadline_minutes * 60 + 1)
+    assert d.action == "rollback" and "deadline" in d.reason

@@ -39,6 +39,27 @@ class Variant:
     model: Any  # anything with .predict(DataFrame) -> DataFrame with a "prediction" column
 
 
+class HttpModel:
+    """A variant served by another endpoint that speaks the MLflow scoring protocol (``mlflow models
+    serve``, a KServe revision, another airloop server). A refused connection, a timeout or a 5xx there is
+    a failure of this variant, handled like any other (the champion answers, the failure is counted)."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def predict(self, df: Any) -> list[float]:
+        import json
+        import urllib.request
+
+        body = json.dumps({"dataframe_split": json.loads(df.to_json(orient="split", index=False))}).encode()
+        req = urllib.request.Request(f"{self.url}/invocations", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 (a configured endpoint)
+            preds = json.loads(r.read())["predictions"]
+        return [float(p["prediction"]) if isinstance(p, dict) else float(p) for p in preds]
+
+
 @dataclass
 class Metrics:
     """Per-variant counters and histograms, rendered in the Prometheus text format."""
@@ -267,9 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--challenger-weight", type=float, default=0.0)
     ap.add_argument("--data-root", default=default_data_root_uri())
     ap.add_argument("--allow-empty", action="store_true", help="start without a champion (answer 503 until reloaded)")
+    ap.add_argument("--challenger-url", help="serve @challenger from this scoring endpoint instead of in process")
     args = ap.parse_args(argv)
+
     def loader() -> tuple[Variant, Variant | None]:
-        return load_variants(args.model, os.environ.get("MLFLOW_TRACKING_URI"))
+        champion, challenger = load_variants(args.model, os.environ.get("MLFLOW_TRACKING_URI"))
+        if challenger is not None and args.challenger_url:
+            challenger = Variant("challenger", challenger.version, HttpModel(args.challenger_url))
+        return champion, challenger
 
     try:
         champion, challenger = loader()
