@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -269,28 +270,42 @@ def _print_models(s: stack.StackSettings, model: str) -> dict[str, str]:
     return aliases
 
 
-def _serve_real_traffic(s: stack.StackSettings, day: dt.date, batch: int = 50) -> None:
-    """Reload the model server's aliases, then send one later day of real flights as scoring requests."""
-    import urllib.request
+def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: list[dt.date], timeout_s: float) -> list[dict[str, Any]]:
+    """Replay later real days as live scoring requests while the deploy DAG walks its canary steps.
+
+    :returns: the rollouts that ran (their state files), oldest first
+    """
+    import pandas as pd
 
     from airloop.features import SOURCE_COLUMNS
+    from airloop.serving import replay
     from airloop.sources import nycflights13
+    from airloop.storage import DataRoot
 
-    def call(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
-        req = urllib.request.Request(f"{s.model_server_url}{path}", data=body, method=method, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read() or b"null")
-
-    info = call("POST", "/admin/reload")
-    rows = nycflights13.day_frame(day)[SOURCE_COLUMNS]
-    ok = 0
-    for start in range(0, len(rows), batch):
-        chunk = rows.iloc[start : start + batch]
-        body = json.dumps({"dataframe_split": json.loads(chunk.to_json(orient="split", index=False))}).encode()
-        out = call("POST", "/invocations", body, {"content-type": "application/json", "x-request-key": f"{day}-{start}"})
-        ok += len(out["predictions"])
-    print(f"\nModel server {s.model_server_url} serves {info['variants']}: scored {ok} real flights of {day} "
-          f"(logged to predictions/{stack.SERVED_MODEL}/); metrics at {s.model_server_url}/metrics")
+    rows = pd.concat([nycflights13.day_frame(d) for d in days], ignore_index=True)
+    bodies = list(replay.request_bodies(rows, SOURCE_COLUMNS))
+    done = threading.Event()
+    counts: dict[str, int] = {}
+    sender = threading.Thread(target=lambda: counts.update(
+        replay.replay(s.model_server_url, bodies, concurrency=4, loop=True, stop=done.is_set)), daemon=True)
+    sender.start()
+    try:
+        _wait_idle(api, [cfg.dag_id("deploy")], timeout_s=timeout_s, settle_s=15.0)
+    finally:
+        done.set()
+        sender.join(timeout=60)
+    print(f"  traffic: {len(rows)} real flights of {days[0]} .. {days[-1]} replayed as requests: "
+          + json.dumps(dict(sorted(counts.items()))), flush=True)
+    root = DataRoot(s.data_root)
+    folder = f"{root.uri}/reports/{cfg.name}/canary"
+    states = [root.read_json(f"{folder}/{name}") for name in root.list_names(folder) if name.endswith(".json")]
+    for st in sorted(states, key=lambda x: x["started_at"]):
+        print(f"  canary of v{st['version']} (champion was v{st['champion_version']}): {st['status']}")
+        for d in st["decisions"]:
+            f = d["figures"]
+            print(f"    {d['percent']:>3}%: {d['action']:8s} {d['reason']}  [challenger {f['challenger_requests']:.0f} req, "
+                  f"5xx {f['challenger_5xx_rate']:.2%}, p99 {f['p99_latency_s']}, PSI {f['prediction_psi']}]")
+    return states
 
 
 def trigger_interval_run(api: Any, dag_id: str, day: dt.date) -> str:
@@ -328,28 +343,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     s = _settings(args)
     _use_stack_env(s)
     cfg = get_pipeline(DEMO_MODEL)
-    print(f"[1/5] Airflow home at {s.airflow_home} ({stack._safe_url(s.db_url)})", flush=True)
+    print(f"[1/6] Airflow home at {s.airflow_home} ({stack._safe_url(s.db_url)})", flush=True)
     stack.init(s)
     days = [DEMO_START + dt.timedelta(days=i) for i in range(args.days + 1)]
     bad_day = days[-1]
-    print(f"[2/5] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
+    print(f"[2/6] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
           "(distance in metres, an impossible month) that the gate must stop", flush=True)
     nycflights13.replay_days(DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name,
                              corruptions={bad_day: "out_of_range"})
-    print(f"[3/5] Starting the local stack on {s.base_url}", flush=True)
+    print(f"[3/6] Starting the local stack on {s.base_url}", flush=True)
     stack.start(s)
     api = _api(s)
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
-    for verb in ("release", "features", "train"):
+    for verb in ("release", "features", "train", "deploy"):
         api.wait_for_dag(cfg.dag_id(verb))
-    for verb in ("ingest", "features", "train"):
+    for verb in ("ingest", "features", "train", "deploy"):
         api.unpause(cfg.dag_id(verb))
-    print(f"[4/5] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
+    print(f"[4/6] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
     run_ids = {trigger_interval_run(api, dag_id, day) for day in days}
     runs = _wait_runs(api, dag_id, run_ids, timeout_s=args.timeout)
-    print("[5/5] Features (Spark) and training (local process, MLflow) follow on the validated days", flush=True)
+    print("[5/6] Features (Spark) and training (local process, MLflow) follow on the validated days", flush=True)
     _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=args.timeout)
+    # A week later: new days land, and the model retrained on them must earn its place through a canary.
+    week = [bad_day + dt.timedelta(days=i) for i in range(1, 8)]
+    traffic = [week[-1] + dt.timedelta(days=i) for i in range(1, 8)]
+    print(f"[6/6] The next week lands ({week[0]} .. {week[-1]}): ingest, features, retraining and the gate run "
+          f"again; {cfg.dag_id('deploy')} then canaries the challenger on {traffic[0]} .. {traffic[-1]} replayed "
+          f"as live traffic to {s.model_server_url} (steps {list(cfg.canary.steps)}%)", flush=True)
+    nycflights13.replay_days(DataRoot(s.data_root), cfg.name, week, file_name=cfg.source.file_name)
+    week_runs = {trigger_interval_run(api, dag_id, day) for day in week}
+    runs.update(_wait_runs(api, dag_id, week_runs, timeout_s=args.timeout))
+    _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=args.timeout)
+    rollouts = _canary_on_real_traffic(s, api, cfg, traffic, timeout_s=args.timeout)
     print(f"Done in {time.monotonic() - t0:.0f} s", flush=True)
     ok = sum(1 for v in runs.values() if v == "success")
     failed = sorted(k for k, v in runs.items() if v == "failed")
@@ -357,14 +383,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.action, args.model, args.all = "list", DEMO_MODEL, False
     cmd_quarantine(args)
     aliases = _print_models(s, cfg.name)
-    if "champion" in aliases:
-        _serve_real_traffic(s, days[-1] + dt.timedelta(days=1))
     print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
-          "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches.")
+          "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches. "
+          f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); "
+          f"`airloop models history {cfg.name}` prints the alias history.")
     _print_login(s)
-    # Success means: every real day published, exactly the broken day stopped at the gate, and a
-    # model trained on the published days registered and made champion.
-    return 0 if ok == args.days and failed == [f"replay__{bad_day.isoformat()}"] and "champion" in aliases else 1
+    # Success means: every real day published, exactly the broken day stopped at the gate, a model
+    # trained on the published days is champion, and a challenger's canary was decided on real traffic.
+    decided = any(r["status"] in ("promoted", "rolled_back") for r in rollouts)
+    return 0 if ok == args.days + 7 and failed == [f"replay__{bad_day.isoformat()}"] and "champion" in aliases and decided else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

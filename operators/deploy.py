@@ -86,10 +86,9 @@ class LocalServerTarget:
         return parse_metrics(_http("GET", f"{self.base_url}/metrics").decode())
 
     def finish(self, promoted: bool) -> None:
+        self.set_percent(0)
         if promoted:
-            self.serve_aliases()  # the new champion alone; the server drops the challenger's share
-        else:
-            self.set_percent(0)
+            self.serve_aliases()  # the new champion; a newer challenger, if any, waits at 0 for its canary
 
     def describe(self) -> str:
         return f"model server {self.base_url}"
@@ -159,17 +158,17 @@ class KServeTarget:
 
 def build_target(cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
     """The serving target of a model's config, built from its Airflow connections."""
-    from airflow.sdk import Connection
+    from airflow.sdk import BaseHook
 
     d = cfg.deployment
     if d.target == "local":
-        conn = Connection.get(d.model_server_conn_id)
+        conn = BaseHook.get_connection(d.model_server_conn_id)
         return LocalServerTarget(f"{conn.schema or 'http'}://{conn.host}:{conn.port}")
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
     from kubernetes.client import CustomObjectsApi
     from mlflow import MlflowClient
 
-    prom = Connection.get(d.prometheus_conn_id)
+    prom = BaseHook.get_connection(d.prometheus_conn_id)
     prom_url = f"{prom.schema or 'http'}://{prom.host}:{prom.port or 9090}"
 
     def prom_query(q: str) -> list[dict[str, Any]]:

@@ -120,6 +120,8 @@ class StackSettings:
             SPARK_LOCAL_IP="127.0.0.1",
             GX_ANALYTICS_ENABLED="False",
             MLFLOW_TRACKING_URI=self.mlflow_url,
+            # the deploy DAG finds the model server through this Airflow connection
+            AIRFLOW_CONN_AIRLOOP_MODEL_SERVER=self.model_server_url,
             # spark-submit and python -m ... must resolve to this environment in task processes
             PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             NO_PROXY="127.0.0.1,localhost",

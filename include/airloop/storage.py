@@ -123,6 +123,13 @@ class DataRoot:
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
 
+    def list_names(self, uri: str) -> list[str]:
+        """Names of the entries of a folder, sorted (empty when it does not exist)."""
+        path = self._path(uri)
+        if not self.fs.exists(path):
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(path, detail=False))
+
     def list_partitions(self, zone: str, model: str) -> list[str]:
         """Complete partitions (those with a manifest) of one zone and model, sorted by key."""
         base = self._path(f"{self.uri}/{zone}/{model}")

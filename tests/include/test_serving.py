@@ -192,3 +192,12 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     assert len(acked) >= 110
     assert set(acked) <= logged_ids, f"{len(set(acked) - logged_ids)} acknowledged predictions missing"
     assert len(list((tmp_path / "predictions" / "flight_delays").glob("ds=*/*.jsonl"))) == 2  # one file per process
+
+
+def test_a_new_challenger_starts_with_no_traffic(service):
+    champ, chall = service.variants["champion"], service.variants["challenger"]
+    service.set_weight(0.5)
+    service.reload(champ, chall)  # the same challenger: its canary share stays
+    assert service.weight == 0.5
+    service.reload(champ, Variant("challenger", "100", chall.model))  # another version: only its canary gives it a share
+    assert service.weight == 0.0

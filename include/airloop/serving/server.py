@@ -193,9 +193,11 @@ class ModelService:
         return list(out["prediction"] if hasattr(out, "columns") else out)
 
     def reload(self, champion: Variant, challenger: Variant | None) -> None:
-        """Swap in the current aliases (after a promotion or rollback) without a restart."""
+        """Swap in the current aliases (after a promotion or rollback) without a restart. A challenger
+        that is new (another version) starts with no traffic: only its canary gives it a share."""
+        before = self.variants.get("challenger")
         self.variants = {"champion": champion, **({"challenger": challenger} if challenger else {})}
-        if not challenger:
+        if not challenger or before is None or before.version != challenger.version:
             self.weight = 0.0
 
     def version_info(self) -> dict[str, Any]:

@@ -1,0 +1,219 @@
+"""The deploy DAG's three tasks against a real MLflow registry and a real model server (in a thread):
+start -> sensor looks (reschedule mode) -> conclude, for a promotion and for a rollback; and the KServe
+target's exact calls to the Kubernetes API."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airloop.features import SOURCE_COLUMNS
+from airloop.serving import replay
+from airloop.training.train import load_partitions
+from airloop_airflow.deploy import (
+    CanaryStepSensor,
+    ConcludeCanaryOperator,
+    KServeTarget,
+    StartCanaryOperator,
+    load_state,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Ctx(dict):
+    """The slice of a task context these operators read: XCom between the three tasks, dag and run id."""
+
+    def __init__(self, xcom: dict):
+        dag = SimpleNamespace(dag_id="flight_delays__deploy")
+        ti = SimpleNamespace(xcom_pull=lambda task_ids: xcom.get(task_ids))
+        super().__init__(ti=ti, dag=dag, run_id="manual__test")
+
+
+@pytest.fixture()
+def registry(champion, tmp_path, monkeypatch):
+    """The session's champion (v1) plus a v2 registered from the same run as @challenger; restored after."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = champion[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    v1 = client.get_model_version_by_alias("flight_delays", "champion")
+    v2 = mlflow.register_model(v1.source, "flight_delays")
+    client.set_registered_model_alias("flight_delays", "challenger", v2.version)
+    yield client, str(v1.version), str(v2.version)
+    for alias in ("challenger", "previous"):
+        try:
+            client.delete_registered_model_alias("flight_delays", alias)
+        except Exception:
+            pass
+    client.set_registered_model_alias("flight_delays", "champion", v1.version)
+
+
+@pytest.fixture()
+def server(registry, monkeypatch, tmp_path):
+    import uvicorn
+
+    from airloop.serving.server import ModelService, create_app, load_variants
+
+    service = ModelService("flight_delays", None, None, 0.0, None, seed=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(service, lambda: load_variants("flight_delays")), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    while not srv.started:
+        time.sleep(0.05)
+    monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER", f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}", service
+    srv.should_exit = True
+    t.join()
+
+
+def tasks(tmp_path):
+    kw = {"model": "flight_delays", "data_root": str(tmp_path)}
+    return (StartCanaryOperator(task_id="start_canary", **kw),
+            CanaryStepSensor(task_id="watch_canary", poke_interval=1, timeout=60, **kw),
+            ConcludeCanaryOperator(task_id="conclude_canary", **kw))
+
+
+def drive(sensor, ctx, url, bodies, looks=200):
+    """Send traffic while the sensor looks, as the scheduler would reschedule it."""
+    done = threading.Event()
+    t = threading.Thread(target=replay.replay, args=(url, bodies), kwargs={"loop": True, "stop": done.is_set})
+    t.start()
+    try:
+        for _ in range(looks):
+            r = sensor.poke(ctx)
+            if r.is_done:
+                return r.xcom_value
+            time.sleep(0.5)
+        raise AssertionError("the canary did not end")
+    finally:
+        done.set()
+        t.join()
+
+
+@pytest.fixture()
+def bodies(feature_root):
+    root, parts = feature_root
+    return list(replay.request_bodies(load_partitions(root, "raw", "flight_delays", (parts[-1],)), SOURCE_COLUMNS))
+
+
+@pytest.fixture()
+def small_canary(monkeypatch, cfg):
+    from airloop import config
+
+    fast = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={
+        "min_requests": 60, "interval_seconds": 1, "poke_seconds": 1, "max_p99_latency_ratio": 20.0})})
+    monkeypatch.setattr(config, "get_pipeline", lambda name, folder=None: fast)
+    return fast
+
+
+def test_a_canary_promotes_and_records_the_aliases(registry, server, bodies, small_canary, tmp_path):
+    from airloop.registry import current_alias, read_history
+    from airloop.storage import DataRoot
+
+    client, v1, v2 = registry
+    url, service = server
+    start, sensor, conclude = tasks(tmp_path)
+    assert sensor.mode == "reschedule"  # no worker slot held between looks
+    xcom = {"start_canary": start.execute(Ctx({}))}
+    assert xcom["start_canary"]["version"] == v2 and service.version_info()["challenger_weight"] == 0.10
+    # a retried start resumes the same rollout instead of starting over
+    assert start.execute(Ctx({}))["state_uri"] == xcom["start_canary"]["state_uri"]
+    xcom["watch_canary"] = drive(sensor, Ctx(xcom), url, bodies)
+    assert xcom["watch_canary"]["action"] == "promote"
+    out = conclude.execute(Ctx(xcom))
+    assert out["outcome"] == "promoted" and [d["percent"] for d in out["steps"]] == [10, 25, 50, 100]
+    assert current_alias(client, "flight_delays", "champion") == v2
+    assert current_alias(client, "flight_delays", "previous") == v1
+    assert current_alias(client, "flight_delays", "challenger") is None
+    hist = [(h["alias"], h["version"], h["replaced"]) for h in read_history(DataRoot(str(tmp_path)), "flight_delays")]
+    assert hist == [("previous", v1, None), ("champion", v2, v1), ("challenger", None, v2)]
+    assert service.version_info() == {"model": "flight_delays", "challenger_weight": 0.0, "variants": {"champion": v2}}
+    with pytest.raises(AirflowSkipException, match="no challenger"):
+        start.execute(Ctx({}))
+
+
+def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies, small_canary, tmp_path):
+    from airloop.alerts import read_alerts
+    from airloop.registry import current_alias
+    from airloop.storage import DataRoot
+
+    client, v1, v2 = registry
+    url, service = server
+    start, sensor, conclude = tasks(tmp_path)
+    xcom = {"start_canary": start.execute(Ctx({}))}
+    service.variants["challenger"].model = SimpleNamespace(predict=lambda df: 1 / 0)  # every request fails
+    bodies = [("k", b'{"dataframe_records": []}')]  # replaced below by real rows
+    import datetime as dt
+
+    from airloop.sources import nycflights13
+
+    rows = nycflights13.day_frame(dt.date(2013, 1, 21))
+    bodies = list(replay.request_bodies(rows, SOURCE_COLUMNS))
+    xcom["watch_canary"] = drive(sensor, Ctx(xcom), url, bodies)
+    assert xcom["watch_canary"]["action"] == "rollback" and service.weight == 0.0
+    with pytest.raises(AirflowFailException, match=r"rolled back at 10% of traffic: challenger 5xx rate"):
+        conclude.execute(Ctx(xcom))
+    assert current_alias(client, "flight_delays", "champion") == v1
+    assert current_alias(client, "flight_delays", "challenger") == v2
+    alerts = read_alerts(DataRoot(str(tmp_path)), "flight_delays")
+    assert len(alerts) == 1 and alerts[0]["kind"] == "canary_rollback" and alerts[0]["details"]["figures"]["challenger_5xx_rate"] > 0.02
+    assert load_state(DataRoot(str(tmp_path)), "flight_delays", v2).status == "rolled_back"
+    with pytest.raises(AirflowSkipException, match="already ended: rolled_back"):
+        start.execute(Ctx({}))
+
+
+class RecordingCustomObjectsApi:
+    """Stands in for ``kubernetes.client.CustomObjectsApi`` (no cluster here): records every call."""
+
+    def __init__(self, existing=None):
+        self.calls, self.obj = [], existing
+
+    def get_namespaced_custom_object(self, **kw):
+        self.calls.append(("get", kw))
+        if self.obj is None:
+            raise type("ApiException", (Exception,), {"status": 404})()
+        return self.obj
+
+    def create_namespaced_custom_object(self, **kw):
+        self.calls.append(("create", kw))
+        self.obj = kw["body"]
+
+    def patch_namespaced_custom_object(self, **kw):
+        self.calls.append(("patch", kw))
+
+
+def test_kserve_target_sends_exactly_these_requests(cfg):
+    from airloop import kserve
+
+    kcfg = cfg.model_copy(update={"deployment": cfg.deployment.model_copy(update={"target": "kserve"})})
+    where = {"group": "serving.kserve.io", "version": "v1beta1", "namespace": "ml-serving", "plural": "inferenceservices"}
+    api = RecordingCustomObjectsApi()
+    queries = []
+    target = KServeTarget(kcfg, api, lambda q: queries.append(q) or [], lambda v: f"s3://mlflow/models/{v}")
+    target.prepare("1")  # no InferenceService yet: create it serving v1
+    assert api.calls[-1] == ("create", {**where, "body": kserve.inference_service(kcfg, "s3://mlflow/models/1", "1")})
+    api.obj = {"status": {"components": {"predictor": {"latestCreatedRevision": "fd-00002",
+                                                       "previousRolledoutRevision": "fd-00001"}}}}
+    target.prepare("2")
+    target.set_percent(25)
+    target.finish(promoted=False)
+    patches = [c[1] for c in api.calls if c[0] == "patch"]
+    assert patches == [
+        {**where, "name": "flight-delays", "body": kserve.canary_patch("s3://mlflow/models/2", "2", 0)},
+        {**where, "name": "flight-delays", "body": {"spec": {"predictor": {"canaryTrafficPercent": 25}}}},
+        {**where, "name": "flight-delays", "body": {"spec": {"predictor": {"canaryTrafficPercent": 0}}}},
+    ]
+    target.readings()
+    assert queries == [*kserve.queries("ml-serving", "fd-00002").values(), *kserve.queries("ml-serving", "fd-00001").values()]
