@@ -264,8 +264,13 @@ class CanaryStepSensor(_DeployOperatorMixin, BaseSensorOperator):
             raise AirflowFailException(f"no canary state at {started['state_uri']}")
         if state.status != "running":
             return PokeReturnValue(is_done=True, xcom_value=state.decisions[-1] if state.decisions else {})
+        from airloop.registry import LOWER_IS_BETTER
+
         target = self.target(cfg)
-        decision = advance(state, cfg.canary, target.readings(), time.time())
+        readings = target.readings()
+        if cfg.deployment.target == "local" and cfg.deployment.outcome_key and root.is_local:
+            self.add_online_metrics(cfg, root, state, readings)
+        decision = advance(state, cfg.canary, readings, time.time(), lower_is_better=cfg.gate.metric in LOWER_IS_BETTER)
         if decision.action == "rollback":
             target.set_percent(0)  # first stop the harm, then record
         save_state(root, state)
@@ -276,6 +281,48 @@ class CanaryStepSensor(_DeployOperatorMixin, BaseSensorOperator):
             target.set_percent(cfg.canary.steps[state.step])
         return PokeReturnValue(is_done=decision.action in ("promote", "rollback"), xcom_value=state.decisions[-1]
                                if decision.action in ("promote", "rollback") else None)
+
+
+    def add_online_metrics(self, cfg: PipelineConfig, root: DataRoot, state: Rollout,
+                           readings: dict[str, VariantStats]) -> None:
+        """The gate metric of each variant on this step's logged predictions whose outcome has been
+        ingested (joined on ``deployment.outcome_key``); left unset where too few are known."""
+        import datetime as dt
+
+        from airloop.canary import online_metrics
+        from airloop.features import label
+        from airloop.serving.prediction_log import read_log
+        from airloop.training.train import load_partitions, metrics_for
+
+        since = dt.datetime.fromtimestamp(state.step_started_at, dt.UTC)
+        today = dt.datetime.now(dt.UTC).date()
+        entries: list[dict[str, Any]] = []
+        day = since.date()
+        while day <= today:
+            entries += read_log(root.uri.removeprefix("file://"), cfg.name, day.isoformat())[0]
+            day += dt.timedelta(days=1)
+        key = list(cfg.deployment.outcome_key)
+
+        def part(inputs: dict[str, Any]) -> str | None:
+            try:
+                vals = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in inputs.items() if k in key}
+                return cfg.deployment.outcome_partition.format(**vals)
+            except (KeyError, ValueError, TypeError):
+                return None
+
+        parts = sorted({p for e in entries if (p := part(e.get("inputs", {})))})
+        known = tuple(p for p in parts if root.exists(f"{root.partition_uri('raw', cfg.name, p)}/_manifest.json"))
+        if not known:
+            return
+        raw = load_partitions(root, "raw", cfg.name, known)
+        outcomes = raw[key].assign(y=label(raw, cfg.task.label.source_column, cfg.task.label.positive_above))
+        result = online_metrics(entries, outcomes, key, lambda y, p: metrics_for(cfg.task.type, y, p)[cfg.gate.metric],
+                                since.isoformat())
+        self.log.info("Online %s since %s (outcomes of %d ingested partitions): %s", cfg.gate.metric,
+                      since.isoformat(timespec="seconds"), len(known), result)
+        for variant, r in result.items():
+            if variant in readings:
+                readings[variant].online_metric = r["value"]
 
 
 class ConcludeCanaryOperator(_DeployOperatorMixin, _ModelOperator):

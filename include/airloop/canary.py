@@ -101,9 +101,11 @@ class StepDecision:
 
 
 def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger: VariantStats,
-               elapsed_s: float, rollout_elapsed_s: float, concurrent: bool = True) -> StepDecision:
+               elapsed_s: float, rollout_elapsed_s: float, concurrent: bool = True,
+               lower_is_better: bool = False) -> StepDecision:
     """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it.
 
+    :param lower_is_better: the online metric's direction (e.g. RMSE)
     :param concurrent: whether ``champion`` was measured on the same traffic in the same window. When not
         (the 100 % step, where the champion has no traffic and its figures come from an earlier step),
         only errors and latency are compared: prediction distributions and online metrics of different
@@ -132,8 +134,9 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
     if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi:
         return StepDecision("rollback", f"challenger predictions shifted: PSI {figures['prediction_psi']} > "
                             f"{cfg.max_prediction_psi}", figures)
+    sign = -1.0 if lower_is_better else 1.0
     if concurrent and champion.online_metric is not None and challenger.online_metric is not None \
-            and champion.online_metric - challenger.online_metric > cfg.max_online_metric_drop:
+            and sign * (champion.online_metric - challenger.online_metric) > cfg.max_online_metric_drop:
         return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "
                             f"{champion.online_metric:.4f} (at most {cfg.max_online_metric_drop} lower)", figures)
     if step == len(cfg.steps) - 1:
@@ -201,7 +204,8 @@ def start_rollout(model: str, version: str, champion_version: str | None, readin
                    base={k: _stats_to_dict(v) for k, v in readings.items()})
 
 
-def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats], now: float) -> StepDecision:
+def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats], now: float,
+            lower_is_better: bool = False) -> StepDecision:
     """Judge the current step from cumulative ``readings`` and move ``state`` on (in place).
 
     continue: the next step starts now (new base readings); promote / rollback: the rollout ends; hold:
@@ -216,7 +220,7 @@ def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats]
     if champion.requests < cfg.min_requests and state.champion_ref is not None:
         champion, concurrent = _stats_from_dict(state.champion_ref), False
     decision = judge_step(cfg, state.step, champion, delta["challenger"], now - state.step_started_at,
-                          now - state.started_at, concurrent=concurrent)
+                          now - state.started_at, concurrent=concurrent, lower_is_better=lower_is_better)
     if decision.action != "hold":
         state.decisions.append({"step": state.step, "percent": cfg.steps[state.step], "action": decision.action,
                                 "reason": decision.reason, "figures": decision.figures, "at": now})
@@ -231,3 +235,40 @@ def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats]
     elif decision.action == "rollback":
         state.status = "rolled_back"
     return decision
+
+
+def _join_text(col: Any) -> Any:
+    import pandas as pd
+
+    num = pd.to_numeric(col, errors="coerce")
+    return num.astype("float64").map(repr) if num.notna().all() else col.astype(str)
+
+
+def online_metrics(entries: list[dict[str, Any]], outcomes: Any, key: list[str], metric_fn: Any,
+                   since_iso: str, min_labeled: int = 50) -> dict[str, dict[str, Any]]:
+    """Per variant, the metric of the predictions logged since ``since_iso`` whose outcome is known.
+
+    :param entries: prediction log records (``timestamp``, ``variant``, ``inputs``, ``output``)
+    :param outcomes: a DataFrame of ``key`` columns plus ``y`` (the realized label; NaN if unknown)
+    :param metric_fn: ``(y_true, y_pred) -> float``
+    :returns: ``{variant: {"value": float | None, "labeled": n}}``; None below ``min_labeled`` labeled
+        predictions or when only one class was seen
+    """
+    import pandas as pd
+
+    rows = [{**{k: e["inputs"].get(k) for k in key}, "variant": e["variant"], "p": e["output"]}
+            for e in entries if e["timestamp"] >= since_iso and all(k in e.get("inputs", {}) for k in key)]
+    out: dict[str, dict[str, Any]] = {}
+    if not rows or outcomes is None or len(outcomes) == 0:
+        return out
+    preds = pd.DataFrame(rows)
+    known = outcomes.dropna(subset=["y"]).drop_duplicates(subset=key)
+    for k in key:  # the same text on both sides of the join (2013 and 2013.0 alike)
+        preds[k], known[k] = _join_text(preds[k]), _join_text(known[k])
+    joined = preds.merge(known[[*key, "y"]], on=key, how="inner")
+    for variant, g in joined.groupby("variant"):
+        value = None
+        if len(g) >= min_labeled and g["y"].nunique() > 1:
+            value = float(metric_fn(g["y"].to_numpy(), g["p"].to_numpy()))
+        out[str(variant)] = {"value": value, "labeled": int(len(g))}
+    return out

@@ -169,6 +169,11 @@ class DeploymentConfig(_Frozen):
     target: Literal["local", "kserve"] = "local"
     #: local: the model server's address comes from this Airflow connection (the stack sets it)
     model_server_conn_id: str = "airloop_model_server"
+    #: local: the columns that identify an outcome (sent with each request and kept in the prediction
+    #: log), and the raw partition that holds it; the canary's online metric joins logged predictions
+    #: with outcomes that have been ingested. Empty: no online metric.
+    outcome_key: tuple[str, ...] = ()
+    outcome_partition: str = Field(default="", description="format string over outcome_key, e.g. ds={year:04d}-{month:02d}-{day:02d}")
     #: kserve: the InferenceService, the cluster connection and where Prometheus answers
     namespace: str = "ml-serving"
     service_name: str | None = Field(default=None, description="InferenceService name; default: the model name with '-'")

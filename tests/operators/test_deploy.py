@@ -217,3 +217,41 @@ def test_kserve_target_sends_exactly_these_requests(cfg):
     ]
     target.readings()
     assert queries == [*kserve.queries("ml-serving", "fd-00002").values(), *kserve.queries("ml-serving", "fd-00001").values()]
+
+
+def test_the_online_metric_joins_logged_predictions_with_ingested_outcomes(cfg, tmp_path):
+    """Real rows of an ingested day: the champion's logged scores rank the real outcomes perfectly, the
+    challenger's are constant; predictions of a day not ingested yet have no outcome and are left out."""
+    import datetime as dt
+
+    from airloop.canary import VariantStats, start_rollout
+    from airloop.features import label
+    from airloop.ingest import Interval, ingest_batch
+    from airloop.serving.prediction_log import PredictionLog
+    from airloop.sources import nycflights13
+    from airloop.storage import DataRoot
+
+    root = DataRoot(str(tmp_path))
+    day, later = dt.date(2013, 1, 21), dt.date(2013, 1, 30)
+    nycflights13.replay_days(root, cfg.name, [day], file_name=cfg.source.file_name)
+    ingest_batch(cfg, root, partition=f"ds={day}", interval=Interval(None, None), run_id="t")
+    rows = load_partitions(root, "raw", cfg.name, (f"ds={day}",))
+    y = label(rows, "arr_delay", 15)
+    not_ingested = nycflights13.day_frame(later).head(200)
+    log = PredictionLog(tmp_path, cfg.name)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    key = list(cfg.deployment.outcome_key)
+    records = []
+    for i, (r, yi) in enumerate(zip(rows.to_dict(orient="records"), y, strict=True)):
+        variant = "champion" if i % 2 else "challenger"
+        out = (0.9 if yi == 1 else 0.1) if variant == "champion" else 0.5
+        records.append({"timestamp": now, "variant": variant, "inputs": {k: r[k] for k in key}, "output": out})
+    records += [{"timestamp": now, "variant": "challenger", "inputs": {k: r[k] for k in key}, "output": 0.5}
+                for r in not_ingested.to_dict(orient="records")]
+    log.append(records)
+    log.close()
+    sensor = CanaryStepSensor(task_id="watch_canary", model=cfg.name, data_root=str(tmp_path))
+    readings = {"champion": VariantStats(), "challenger": VariantStats()}
+    sensor.add_online_metrics(cfg, root, start_rollout(cfg.name, "2", "1", {}, now=time.time() - 60), readings)
+    assert readings["champion"].online_metric == pytest.approx(1.0)
+    assert readings["challenger"].online_metric == pytest.approx(0.5)
