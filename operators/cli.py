@@ -195,6 +195,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Print the model's drift time series (``reports/<model>/drift/history.jsonl``)."""
+    from airloop import drift
+    from airloop.storage import DataRoot
+
+    s = _settings(args)
+    root = DataRoot(s.data_root)
+    history = drift.read_history(root, args.model)
+    if not history:
+        print(f"no drift checks recorded for {args.model} in {root.uri}")
+        return 0
+    for r in history:
+        if args.json:
+            print(json.dumps(r, sort_keys=True))
+            continue
+        verdict = "DRIFT" if r["dataset_drift"] or r["prediction_drifted"] else "ok"
+        print(f"{r['interval_start'][:10]} .. {r['interval_end'][:10]}  v{r['champion_version']:<3} {verdict:5s} "
+              f"share {r['drift_share']:.2f}  prediction {r['prediction_score']}  rows {r['current_rows']}  "
+              f"drifted {r['drifted_columns']}")
+    print(f"trend plot: {root.uri}/reports/{args.model}/drift/trend.html")
+    return 0
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     s = _settings(args)
     return stack.run_airflow(s, *args.args, check=False).returncode
@@ -456,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("version")
     m.add_argument("--reason", required=True)
     sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("drift", help="the drift history of a model (one line per checked interval)")
+    sp.add_argument("action", choices=["history"])
+    sp.add_argument("model")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line, every figure")
+    sp.set_defaults(func=cmd_drift)
 
     sp = sub.add_parser("airflow", help="run an Airflow CLI command against the local stack")
     sp.add_argument("args", nargs=argparse.REMAINDER)

@@ -14,6 +14,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
 from airloop_airflow.deploy import CanaryStepSensor, ConcludeCanaryOperator, StartCanaryOperator
+from airloop_airflow.drift import DriftCheckOperator, DriftSensor, RetrainOnDriftOperator
 from airloop_airflow.features import FeatureJobOperator
 from airloop_airflow.training import ChampionChallengerGateOperator, ModelRollbackOperator, TrainModelOperator
 
@@ -241,6 +242,47 @@ To put an earlier version back by hand: `airloop models rollback {cfg.name} <ver
     return dag
 
 
+def build_drift_dag(cfg: PipelineConfig) -> DAG:
+    """``<model>__drift``: Evidently drift of the served traffic; retrain when it drifts."""
+    d = cfg.drift
+    special = ", ".join(f"{c} {t}" for c, t in d.column_thresholds.items()) or "none"
+    with _model_dag(
+        cfg, "drift", tags=["monitoring", "drift", "evidently"],
+        description=f"Drift of {cfg.name}'s live traffic against its champion's training data; retrain on drift",
+        schedule=CronDataIntervalTimetable(d.cron, timezone=cfg.schedule.timezone),
+        max_active_runs=1,
+        doc_md=f"""
+# {cfg.name}: drift checks and retraining on drift
+
+Schedule `{d.cron}`: each run takes the predictions whose event time falls in its data interval (the
+prediction log, `predictions/{cfg.name}/ds=<day>/`) and compares them with the reference sample the
+`@champion`'s training run logged to MLflow (`reference/reference_sample.parquet`).
+
+1. `check_drift`: Evidently 0.7 per-column drift ({d.num_method} for numeric, {d.cat_method} for categorical
+   columns; a column drifts at {d.column_threshold}, overrides: {special}); the dataset drifts when
+   {d.drift_share:.0%} of the features drift; the prediction column is judged apart. At most
+   {d.sample_rows} rows per side are compared (seeded sample). The HTML report is on the task
+   (**Drift report** link), in `reports/{cfg.name}/drift/<day>/`, and on the champion's MLflow run; the
+   figures go to `reports/{cfg.name}/drift/history.jsonl` and the plot `trend.html`
+   (`airloop drift history {cfg.name}`).
+2. `watch_drift`: the drift sensor (reschedule mode, no slot held while waiting) succeeds when the latest
+   result drifts; it skips when this interval's result says no drift.
+3. `trigger_retrain`: starts `{cfg.dag_id('train')}` with conf `{{"reason": "drift", "drift": <context>}}` and
+   emits `{cfg.asset_name('drift')}` with the same context. At most one per {d.cooldown_hours} h; never while
+   a training run is queued or running.
+
+**On call**: a drift alarm you judge harmless (a holiday, a one-off event): let the cooldown hold it, or
+pause this DAG; the report link shows which columns moved and by how much.
+""",
+    ) as dag:
+        check = DriftCheckOperator(task_id="check_drift", model=cfg.name)
+        watch = DriftSensor(task_id="watch_drift", model=cfg.name, poke_interval=60, timeout=d.sensor_timeout_minutes * 60,
+                            soft_fail=True, retries=2)
+        trigger = RetrainOnDriftOperator(task_id="trigger_retrain", model=cfg.name, retries=0)
+        check >> watch >> trigger
+    return dag
+
+
 def build_rollback_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__rollback``: on-call puts an earlier version back as champion."""
     with _model_dag(
@@ -272,7 +314,7 @@ def build_pipeline_dags() -> dict[str, DAG]:
     dags: dict[str, DAG] = {}
     for cfg in load_all_pipelines():
         for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_deploy_dag,
-                        build_rollback_dag):
+                        build_drift_dag, build_rollback_dag):
             dag = builder(cfg)
             dags[dag.dag_id] = dag
     return dags

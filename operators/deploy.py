@@ -291,16 +291,11 @@ class CanaryStepSensor(_DeployOperatorMixin, BaseSensorOperator):
 
         from airloop.canary import online_metrics
         from airloop.features import label
-        from airloop.serving.prediction_log import read_log
+        from airloop.serving.prediction_log import read_log_since
         from airloop.training.train import load_partitions, metrics_for
 
         since = dt.datetime.fromtimestamp(state.step_started_at, dt.UTC)
-        today = dt.datetime.now(dt.UTC).date()
-        entries: list[dict[str, Any]] = []
-        day = since.date()
-        while day <= today:
-            entries += read_log(root.uri.removeprefix("file://"), cfg.name, day.isoformat())[0]
-            day += dt.timedelta(days=1)
+        entries = read_log_since(root.uri.removeprefix("file://"), cfg.name, state.step_started_at)
         key = list(cfg.deployment.outcome_key)
 
         def part(inputs: dict[str, Any]) -> str | None:

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 #: XCom key under which a task pushes the address of its validation report.
 REPORT_URL_KEY = "validation_report_url"
+#: XCom key under which a drift check pushes the address of its Evidently report.
+DRIFT_REPORT_KEY = "drift_report_url"
 #: The plugin's route that serves reports from the data root (see ``plugins/airloop_plugin.py``).
 REPORTS_ROUTE = "/airloop/files"
 
@@ -28,3 +30,12 @@ class ValidationReportLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return BaseXCom.get_value(ti_key=ti_key, key=REPORT_URL_KEY) or ""
+
+
+class DriftReportLink(BaseOperatorLink):
+    """"Drift report": the Evidently HTML report of this drift check."""
+
+    name = "Drift report"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return BaseXCom.get_value(ti_key=ti_key, key=DRIFT_REPORT_KEY) or ""

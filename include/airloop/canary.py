@@ -261,14 +261,19 @@ def online_metrics(entries: list[dict[str, Any]], outcomes: Any, key: list[str],
     out: dict[str, dict[str, Any]] = {}
     if not rows or outcomes is None or len(outcomes) == 0:
         return out
-    preds = pd.DataFrame(rows)
-    known = outcomes.dropna(subset=["y"]).drop_duplicates(subset=key)
-    for k in key:  # the same text on both sides of the join (2013 and 2013.0 alike)
-        preds[k], known[k] = _join_text(preds[k]), _join_text(known[k])
-    joined = preds.merge(known[[*key, "y"]], on=key, how="inner")
+    joined = join_outcomes(pd.DataFrame(rows), outcomes, key)
     for variant, g in joined.groupby("variant"):
         value = None
         if len(g) >= min_labeled and g["y"].nunique() > 1:
             value = float(metric_fn(g["y"].to_numpy(), g["p"].to_numpy()))
         out[str(variant)] = {"value": value, "labeled": int(len(g))}
     return out
+
+
+def join_outcomes(preds: Any, outcomes: Any, key: list[str]) -> Any:
+    """Predictions (``key`` columns + anything) inner-joined with known outcomes (``key`` + ``y``)."""
+    known = outcomes.dropna(subset=["y"]).drop_duplicates(subset=key).copy()
+    preds = preds.copy()
+    for k in key:  # the same text on both sides of the join (2013 and 2013.0 alike)
+        preds[k], known[k] = _join_text(preds[k]), _join_text(known[k])
+    return preds.merge(known[[*key, "y"]], on=key, how="inner")

@@ -190,9 +190,19 @@ class DriftConfig(_Frozen):
     """Drift check schedule and thresholds (used by the drift stage)."""
 
     cron: str = "@daily"
-    column_threshold: float = 0.1
-    drift_share: float = 0.5
-    cooldown_hours: int = 24
+    num_method: str = Field(default="wasserstein", description="Evidently stattest for numeric columns")
+    cat_method: str = Field(default="jensenshannon", description="Evidently stattest for categorical columns")
+    column_threshold: float = Field(default=0.1, gt=0, description="a column drifts when its score reaches this")
+    column_thresholds: dict[str, float] = Field(default_factory=dict, description="per-column overrides")
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="the dataset drifts when this share of features drift")
+    sample_rows: int = Field(default=5000, ge=100, description="rows compared per side (seeded sample of larger windows)")
+    seed: int = 13
+    min_rows: int = Field(default=200, ge=1, description="fewer predictions in the interval: no verdict")
+    cooldown_hours: int = Field(default=24, ge=0, description="at most one drift-triggered retraining in this time")
+    sensor_timeout_minutes: int = Field(default=60, ge=1, description="the drift sensor gives up (skips) after this")
+
+    def threshold(self, column: str) -> float:
+        return self.column_thresholds.get(column, self.column_threshold)
 
 
 class PipelineConfig(_Frozen):

@@ -16,7 +16,7 @@ from tests.conftest import REPO, run_python
 
 pytestmark = pytest.mark.unit
 
-VERBS = {"ingest", "validate", "release", "build", "train", "gate", "rollback", "start", "watch", "conclude"}
+VERBS = {"ingest", "validate", "release", "build", "train", "gate", "rollback", "start", "watch", "conclude", "check", "trigger"}
 HEAVY = ["pandas", "pyspark", "torch", "mlflow", "evidently", "great_expectations", "kubernetes", "numpy", "pyarrow"]
 
 PARSE = r"""
@@ -64,7 +64,7 @@ def test_no_import_errors(parsed):
 
 
 def test_every_model_has_its_dags(parsed):
-    expected = {f"flight_delays__{v}" for v in ("ingest", "release", "features", "train", "deploy", "rollback")}
+    expected = {f"flight_delays__{v}" for v in ("ingest", "release", "features", "train", "deploy", "drift", "rollback")}
     assert expected <= set(parsed["dags"])
 
 

@@ -201,3 +201,14 @@ def test_a_new_challenger_starts_with_no_traffic(service):
     assert service.weight == 0.5
     service.reload(champ, Variant("challenger", "100", chall.model))  # another version: only its canary gives it a share
     assert service.weight == 0.0
+
+
+def test_the_event_time_partitions_the_log_and_a_bad_one_is_a_400(service, champion, tmp_path):
+    _, rows = champion
+    body = json.dumps({"dataframe_records": _records(rows.head(2))}).encode()
+    status, out = service.invoke(body, "application/json", None, "yesterday")
+    assert status == 400 and "X-Event-Time" in out["message"]
+    status, out = service.invoke(body, "application/json", None, "2013-07-04T15:00:00")
+    assert status == 200
+    logged, _ = read_log(tmp_path, "flight_delays", "2013-07-04")
+    assert [r["event_time"] for r in logged] == ["2013-07-04T15:00:00+00:00"] * 2

@@ -95,3 +95,19 @@ def test_model_beats_the_majority_class_baseline(flow, cfg):
     assert roc_auc_score(y_ho, model_p) > roc_auc_score(y_ho, base_p) + 0.1
     assert brier_score_loss(y_ho, model_p) < brier_score_loss(y_ho, base_p)
     assert result["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(y_ho, model_p), abs=1e-6)
+
+
+def test_a_drift_triggered_run_carries_the_drift_context_in_its_conf_and_tags(flow, dags, cfg):
+    """What the drift loop's trigger sends (see tests/operators/test_drift_loop.py) reaches MLflow."""
+    _, _, client, *_ = flow
+    context = {"model": cfg.name, "champion_version": "1", "drift_share": 0.33, "dataset_drift": True,
+               "drifted_columns": {"month": 6000.0, "temp": 5.9}, "prediction_score": 0.4, "prediction_drifted": True,
+               "report_uri": "file:///data/reports/flight_delays/drift/2013-07-01/report.html",
+               "reference": {"uri": "runs:/abc/reference/reference_sample.parquet", "rows": 5000},
+               "current": {"start": "2013-07-01T00:00:00+00:00", "end": "2013-07-08T00:00:00+00:00", "rows": 6000}}
+    run = dags["flight_delays__train"].test(run_conf={"reason": "drift", "drift": context})
+    assert run.conf["drift"] == context
+    key = f"flight_delays__train/{run.run_id}"
+    (version,) = client.search_model_versions(f"name = '{cfg.name}' and tags.airloop_run_key = '{key}'")
+    tags = client.get_run(version.run_id).data.tags
+    assert tags["airloop.reason"] == "drift" and json.loads(tags["airloop.drift"]) == context

@@ -38,14 +38,13 @@ class Ctx(dict):
 @pytest.fixture()
 def registry(champion, tmp_path, monkeypatch):
     """The session's champion (v1) plus a v2 registered from the same run as @challenger; restored after."""
-    import mlflow
     from mlflow import MlflowClient
 
     uri = champion[0]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
     v1 = client.get_model_version_by_alias("flight_delays", "champion")
-    v2 = mlflow.register_model(v1.source, "flight_delays")
+    v2 = client.create_model_version("flight_delays", v1.source, run_id=v1.run_id, model_id=v1.model_id)
     client.set_registered_model_alias("flight_delays", "challenger", v2.version)
     yield client, str(v1.version), str(v2.version)
     for alias in ("challenger", "previous"):
@@ -154,13 +153,6 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     start, sensor, conclude = tasks(tmp_path)
     xcom = {"start_canary": start.execute(Ctx({}))}
     service.variants["challenger"].model = SimpleNamespace(predict=lambda df: 1 / 0)  # every request fails
-    bodies = [("k", b'{"dataframe_records": []}')]  # replaced below by real rows
-    import datetime as dt
-
-    from airloop.sources import nycflights13
-
-    rows = nycflights13.day_frame(dt.date(2013, 1, 21))
-    bodies = list(replay.request_bodies(rows, SOURCE_COLUMNS))
     xcom["watch_canary"] = drive(sensor, Ctx(xcom), url, bodies)
     assert xcom["watch_canary"]["action"] == "rollback" and service.weight == 0.0
     with pytest.raises(AirflowFailException, match=r"rolled back at 10% of traffic: challenger 5xx rate"):

@@ -1,6 +1,7 @@
 """A durable prediction log: one JSON line per prediction, on disk before the client gets its answer.
 
-Files are ``<root>/predictions/<model>/ds=<UTC date>/<process id>-<start>.jsonl``. Each write is flushed
+Files are ``<root>/predictions/<model>/ds=<UTC date of the event>/<process id>-<start>.jsonl`` (the
+event time is the request's ``X-Event-Time``, else the time of the prediction). Each write is flushed
 and fsynced before the response is sent, so a crash or restart loses no acknowledged prediction; a crash
 in the middle of a write can leave one partial last line, which :func:`read_log` skips and counts.
 """
@@ -40,7 +41,7 @@ class PredictionLog:
         """Write records durably (flush + fsync) before returning."""
         if not records:
             return
-        day = records[0]["timestamp"][:10]
+        day = records[0].get("event_time", records[0]["timestamp"])[:10]
         data = "".join(json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in records)
         with self._lock:
             fh = self._file(day)
@@ -67,3 +68,22 @@ def read_log(root: str | os.PathLike[str], model: str, day: str | None = None) -
             except ValueError:
                 partial += 1
     return out, partial
+
+
+def read_log_since(root: str | os.PathLike[str], model: str, since: float) -> list[dict[str, Any]]:
+    """Predictions made at or after ``since`` (epoch seconds), whatever their event day: only files
+    written to since then are read."""
+    base = Path(root) / "predictions" / model
+    since_iso = dt.datetime.fromtimestamp(since, dt.UTC).isoformat()
+    out = []
+    for f in sorted(base.glob("ds=*/*.jsonl")):
+        if f.stat().st_mtime < since - 1.0:
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec["timestamp"] >= since_iso:
+                out.append(rec)
+    return out

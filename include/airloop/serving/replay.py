@@ -18,21 +18,28 @@ from typing import Any
 ID_COLUMNS = ["flight", "tailnum"]
 
 
-def request_bodies(df: Any, columns: list[str]) -> Iterable[tuple[str, bytes]]:
-    """(request key, JSON body in ``dataframe_split`` form) per row."""
+def request_bodies(df: Any, columns: list[str], event_time_column: str = "time_hour") -> Iterable[tuple[str, bytes, str | None]]:
+    """(request key, JSON body in ``dataframe_split`` form, event time) per row; the event time (for
+    ``X-Event-Time``) is the row's scheduled departure hour when it has one."""
     cols = [c for c in columns + ID_COLUMNS if c in df.columns]
     split = json.loads(df[cols].to_json(orient="split", index=False, date_format="iso"))
-    for values in split["data"]:
+    times = [None] * len(df)
+    if event_time_column in df.columns:
+        times = [t.isoformat() if hasattr(t, "isoformat") else None for t in df[event_time_column]]
+    for values, when in zip(split["data"], times, strict=True):
         row = dict(zip(cols, values, strict=True))
         key = f"{row.get('year')}-{row.get('month')}-{row.get('day')}-{row.get('carrier')}{row.get('flight')}-{row.get('origin')}"
-        yield key, json.dumps({"dataframe_split": {"columns": cols, "data": [values]}}).encode()
+        yield key, json.dumps({"dataframe_split": {"columns": cols, "data": [values]}}).encode(), when
 
 
-def send(url: str, body: bytes, key: str | None, timeout: float = 10.0) -> tuple[int, dict[str, Any] | None]:
+def send(url: str, body: bytes, key: str | None, timeout: float = 10.0,
+         event_time: str | None = None) -> tuple[int, dict[str, Any] | None]:
     """POST one request; (status, JSON body). A connection failure is status 0."""
     headers = {"Content-Type": "application/json"}
     if key:
         headers["X-Request-Key"] = key
+    if event_time:
+        headers["X-Event-Time"] = event_time
     req = urllib.request.Request(f"{url.rstrip('/')}/invocations", data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (the caller's own server)
@@ -43,7 +50,7 @@ def send(url: str, body: bytes, key: str | None, timeout: float = 10.0) -> tuple
         return 0, None
 
 
-def replay(url: str, bodies: list[tuple[str, bytes]], *, concurrency: int = 4,
+def replay(url: str, bodies: list[tuple[str, bytes, str | None]], *, concurrency: int = 4,
            stop: Callable[[], bool] | None = None, loop: bool = False) -> collections.Counter[str]:
     """Send ``bodies`` from ``concurrency`` threads until all are sent (or, with ``loop``, until ``stop()``).
 
@@ -54,7 +61,7 @@ def replay(url: str, bodies: list[tuple[str, bytes]], *, concurrency: int = 4,
     lock = threading.Lock()
     position = {"i": 0}
 
-    def next_body() -> tuple[str, bytes] | None:
+    def next_body() -> tuple[str, bytes, str | None] | None:
         with lock:
             if stop is not None and stop():
                 return None
@@ -68,7 +75,7 @@ def replay(url: str, bodies: list[tuple[str, bytes]], *, concurrency: int = 4,
 
     def worker() -> None:
         while (item := next_body()) is not None:
-            status, payload = send(url, item[1], item[0])
+            status, payload = send(url, item[1], item[0], event_time=item[2])
             with lock:
                 counts[str(status)] += 1
                 if status == 200 and payload:

@@ -96,6 +96,17 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def _event_time(value: str | None) -> str | None:
+    """``X-Event-Time`` as a UTC ISO timestamp (naive values are taken as UTC); 400 if unreadable."""
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RequestError(400, f"X-Event-Time {value[:40]!r} is not an ISO 8601 timestamp") from None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).isoformat()
+
+
 def choose_variant(request_key: str | None, weight: float, rng: random.Random) -> str:
     """``challenger`` with probability ``weight``: by a hash of the key (sticky), or at random."""
     if weight <= 0:
@@ -128,14 +139,21 @@ class ModelService:
             raise ValueError("weight must be within [0, 1]")
         self.weight = weight if "challenger" in self.variants else 0.0
 
-    def invoke(self, body: bytes, content_type: str, request_key: str | None = None) -> tuple[int, dict[str, Any]]:
-        """One scoring request: (status, JSON response)."""
+    def invoke(self, body: bytes, content_type: str, request_key: str | None = None,
+               event_time: str | None = None) -> tuple[int, dict[str, Any]]:
+        """One scoring request: (status, JSON response).
+
+        :param event_time: when the scored event happens (ISO 8601, from ``X-Event-Time``; default now):
+            the prediction log is partitioned by its day, so drift checks read an interval's traffic even
+            when it is replayed or arrives late
+        """
         t0 = time.perf_counter()
         if "champion" not in self.variants:
             return 503, {"error_code": "NO_MODEL", "message": f"{self.model_name} has no @champion yet; "
                          "the server loads it on POST /admin/reload once the first model passes the gate"}
         try:
             df = parse_request(body, content_type, self.max_body)
+            event = _event_time(event_time)
         except RequestError as e:
             self.metrics.inc("client_errors", "none")
             return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
@@ -171,7 +189,8 @@ class ModelService:
             now = dt.datetime.now(dt.UTC).isoformat()
             rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
             self.log.append([
-                {"request_id": request_id, "row": i, "timestamp": now, "variant": served, "version": v.version,
+                {"request_id": request_id, "row": i, "timestamp": now, "event_time": event or now,
+                 "variant": served, "version": v.version,
                  "inputs": rows[i], "output": float(preds[i]), "request_key": request_key}
                 for i in range(len(preds))
             ])
@@ -242,7 +261,8 @@ def create_app(service: ModelService, loader: Any = None) -> Any:
             return JSONResponse({"error_code": "BAD_REQUEST", "message": f"request body is {declared} bytes; the limit is {service.max_body}"}, 413)
         body = await request.body()
         status, payload = await run_in_threadpool(
-            service.invoke, body, request.headers.get("content-type", ""), request.headers.get("x-request-key"))
+            service.invoke, body, request.headers.get("content-type", ""), request.headers.get("x-request-key"),
+            request.headers.get("x-event-time"))
         return JSONResponse(payload, status)
 
     async def ping(request: Request) -> PlainTextResponse:

@@ -295,6 +295,7 @@ def train(req: TrainRequest) -> dict[str, Any]:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pandas<3"],
             )
             ref = train_df.sample(n=min(REFERENCE_ROWS, len(train_df)), random_state=req.seed)[[*FEATURE_COLUMNS, target]]
+            ref = ref.assign(prediction=predict(result["net"], result["pre"], ref, task))  # for prediction drift
             ref_path = f"{tmp}/reference_sample.parquet"
             ref.to_parquet(ref_path, index=False)
             mlflow.log_artifact(ref_path, artifact_path="reference")

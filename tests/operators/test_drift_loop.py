@@ -1,0 +1,144 @@
+"""The drift loop's tasks with a real champion (trained on January 2013, registered in MLflow) and real
+traffic in the prediction log: summer traffic drifts and triggers one retraining with the drift context;
+traffic from the champion's own period does not; the cooldown and a running retraining hold it back."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowSkipException, DagRunTriggerException
+
+from airloop.features import SOURCE_COLUMNS
+from airloop.serving.prediction_log import PredictionLog
+from airloop.serving.server import ModelService, load_variants
+from airloop.sources import nycflights13
+from airloop.storage import DataRoot
+from airloop_airflow.drift import DriftCheckOperator, DriftSensor, RetrainOnDriftOperator
+
+pytestmark = pytest.mark.integration
+
+SUMMER = (dt.datetime(2013, 7, 1, tzinfo=dt.UTC), dt.datetime(2013, 7, 8, tzinfo=dt.UTC))
+OWN = (dt.datetime(2013, 1, 15, tzinfo=dt.UTC), dt.datetime(2013, 1, 22, tzinfo=dt.UTC))
+
+
+def ctx(interval, xcom, running_train_runs=0):
+    outlet_events = collections.defaultdict(lambda: SimpleNamespace(extra=None))
+    ti = SimpleNamespace(xcom_pull=lambda task_ids: xcom.get(task_ids),
+                         xcom_push=lambda key, value: xcom.__setitem__(key, value),
+                         get_dr_count=lambda dag_id, states: running_train_runs)
+    return {"ti": ti, "data_interval_start": interval[0], "data_interval_end": interval[1],
+            "run_id": f"scheduled__{interval[0].isoformat()}", "outlet_events": outlet_events,
+            "dag": SimpleNamespace(dag_id="flight_delays__drift")}
+
+
+@pytest.fixture(scope="module")
+def served(champion, tmp_path_factory):
+    """The January champion scored real traffic of a summer week and of a week of its own period."""
+    uri, _ = champion
+    root = tmp_path_factory.mktemp("drift-root")
+    champ, _ = load_variants("flight_delays", uri)
+    service = ModelService("flight_delays", champ, None, 0.0, PredictionLog(root, "flight_delays"))
+    for start, end in (SUMMER, OWN):
+        days = [(start + dt.timedelta(days=i)).date() for i in range((end - start).days)]
+        for day in days:
+            rows = nycflights13.day_frame(day)
+            for chunk_start in range(0, len(rows), 200):
+                chunk = rows.iloc[chunk_start:chunk_start + 200]
+                body = json.dumps({"dataframe_split": json.loads(chunk[SOURCE_COLUMNS + ["flight"]].to_json(orient="split", index=False))})
+                status, _ = service.invoke(body.encode(), "application/json", None, f"{day}T12:00:00")
+                assert status == 200
+    service.log.close()
+    return uri, root
+
+
+@pytest.fixture()
+def env(served, monkeypatch):
+    uri, root = served
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return DataRoot(str(root))
+
+
+def tasks(root):
+    kw = {"model": "flight_delays", "data_root": root.uri}
+    return (DriftCheckOperator(task_id="check_drift", **kw),
+            DriftSensor(task_id="watch_drift", poke_interval=60, timeout=600, **kw),
+            RetrainOnDriftOperator(task_id="trigger_retrain", **kw))
+
+
+def test_summer_traffic_drifts_and_triggers_one_retraining_with_the_context(env, cfg, monkeypatch, capsys, tmp_path):
+    from mlflow import MlflowClient
+
+    from airloop.drift import read_history
+
+    check, sensor, trigger = tasks(env)
+    assert sensor.mode == "reschedule"  # the sensor frees its worker slot while it waits
+    xcom: dict = {}
+    result = check.execute(ctx(SUMMER, xcom))
+    assert result["dataset_drift"] and "month" in result["drifted_columns"] and result["current_rows"] > 5000
+    assert xcom["drift_report_url"].endswith("/reports/flight_delays/drift/2013-07-01/report.html")
+    html = env.read_bytes(result["report_uri"])
+    assert b"<html" in html and b"dewp" in html and b"Drift" in html
+    run_id = MlflowClient().get_model_version_by_alias("flight_delays", "champion").run_id
+    logged = [a.path for a in MlflowClient().list_artifacts(run_id, "drift/2013-07-01")]
+    assert logged == ["drift/2013-07-01/drift_report.html"]  # on the champion's MLflow run too
+    assert [h["interval_start"][:10] for h in read_history(env, "flight_delays")] == ["2013-07-01"]
+    assert env.exists(f"{env.uri}/reports/flight_delays/drift/trend.html")
+    from airloop_airflow import cli
+
+    monkeypatch.setenv("AIRLOOP_DATA_ROOT", env.uri)
+    assert cli.main(["--state-dir", str(tmp_path), "drift", "history", "flight_delays"]) == 0
+    assert "2013-07-01 .. 2013-07-08" in capsys.readouterr().out  # the time series, queryable
+
+    poke = sensor.poke(ctx(SUMMER, xcom))
+    assert poke.is_done
+    xcom["watch_drift"] = poke.xcom_value
+    c = ctx(SUMMER, xcom)
+    with pytest.raises(DagRunTriggerException) as triggered:
+        trigger.execute(c)
+    conf = triggered.value.conf
+    assert triggered.value.trigger_dag_id == "flight_delays__train" and conf["reason"] == "drift"
+    assert conf["drift"]["model"] == "flight_delays" and conf["drift"]["dataset_drift"] is True
+    assert conf["drift"]["current"]["start"].startswith("2013-07-01") and "month" in conf["drift"]["drifted_columns"]
+    assert conf["drift"]["report_uri"] == result["report_uri"] and conf["drift"]["champion_version"]
+    assert c["outlet_events"][next(iter(c["outlet_events"]))].extra == conf["drift"]  # the Asset event's extra
+
+    # a second drift result inside the cooldown starts nothing
+    with pytest.raises(AirflowSkipException, match="cooldown"):
+        trigger.execute(ctx(SUMMER, xcom))
+
+
+def test_a_running_retraining_is_never_doubled(env, cfg):
+    from airloop_airflow.drift import retrain_log_uri
+
+    if env.exists(retrain_log_uri(env, "flight_delays")):
+        env.fs.rm(env._path(retrain_log_uri(env, "flight_delays")))
+    _, _, trigger = tasks(env)
+    xcom = {"watch_drift": {"current": {"start": "2013-07-01T00:00:00+00:00"}, "model": "flight_delays"}}
+    with pytest.raises(AirflowSkipException, match="already queued or running"):
+        trigger.execute(ctx(SUMMER, xcom, running_train_runs=1))
+
+
+def test_traffic_from_the_champions_own_period_does_not_drift(env, cfg):
+    check, sensor, _ = tasks(env)
+    xcom: dict = {}
+    result = check.execute(ctx(OWN, xcom))
+    assert not result["dataset_drift"] and not result["prediction_drifted"], result
+    # the latest result is the summer one (a later interval): the sensor still sees that drift ...
+    assert sensor.poke(ctx(OWN, xcom)).is_done
+    # ... but once this interval is the latest and says no drift, it skips at once
+    from airloop.drift import history_uri, read_history
+
+    rows = [r for r in read_history(env, "flight_delays") if r["interval_start"].startswith("2013-01-15")]
+    env.write_bytes_atomic(history_uri(env, "flight_delays"), (json.dumps(rows[0]) + "\n").encode())
+    with pytest.raises(AirflowSkipException, match="no drift"):
+        sensor.poke(ctx(OWN, xcom))
+
+
+def test_no_traffic_in_the_interval_gives_no_verdict(env):
+    check, _, _ = tasks(env)
+    with pytest.raises(AirflowSkipException, match="needs 200"):
+        check.execute(ctx((dt.datetime(2013, 3, 1, tzinfo=dt.UTC), dt.datetime(2013, 3, 8, tzinfo=dt.UTC)), {}))
