@@ -45,8 +45,16 @@ class AirflowApi:
         return self._token
 
     def get(self, path: str, **params: Any) -> Any:
+        """A GET, retried on 5xx (on SQLite the API server answers 500 while another process holds the lock)."""
         q = f"?{urllib.parse.urlencode(params, doseq=True)}" if params else ""
-        return self._request("GET", f"{path}{q}")
+        for attempt in range(4):
+            try:
+                return self._request("GET", f"{path}{q}")
+            except ApiError as e:
+                if e.status < 500 or attempt == 3:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
 
     def post(self, path: str, body: Any) -> Any:
         return self._request("POST", path, body)

@@ -23,6 +23,7 @@ from typing import Any
 from airloop_airflow import stack
 
 DEMO_MODEL = "flight_delays"
+SUMMER_START = dt.date(2013, 7, 1)
 DEMO_START = dt.date(2013, 1, 1)
 
 
@@ -293,6 +294,18 @@ def _print_models(s: stack.StackSettings, model: str) -> dict[str, str]:
     return aliases
 
 
+def _replay_traffic(s: stack.StackSettings, days: list[dt.date]) -> dict[str, int]:
+    """Send every flight of ``days`` once as a scoring request with its event time."""
+    import pandas as pd
+
+    from airloop.features import SOURCE_COLUMNS
+    from airloop.serving import replay
+    from airloop.sources import nycflights13
+
+    rows = pd.concat([nycflights13.day_frame(d) for d in days], ignore_index=True)
+    return dict(replay.replay(s.model_server_url, list(replay.request_bodies(rows, SOURCE_COLUMNS)), concurrency=6))
+
+
 def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: list[dt.date], timeout_s: float) -> list[dict[str, Any]]:
     """Replay later real days as live scoring requests while the deploy DAG walks its canary steps.
 
@@ -327,12 +340,14 @@ def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: li
         for d in st["decisions"]:
             f = d["figures"]
             print(f"    {d['percent']:>3}%: {d['action']:8s} {d['reason']}  [challenger {f['challenger_requests']:.0f} req, "
-                  f"5xx {f['challenger_5xx_rate']:.2%}, p99 {f['p99_latency_s']}, PSI {f['prediction_psi']}]")
+                  f"5xx {f['challenger_5xx_rate']:.2%}, p99 {f['p99_latency_s']}, PSI {f['prediction_psi']}, "
+                  f"online metric {f['online_metric']}]")
     return states
 
 
-def trigger_interval_run(api: Any, dag_id: str, day: dt.date) -> str:
-    """Start the run of one daily data interval (idempotent: an existing run of that interval is reused).
+def trigger_interval_run(api: Any, dag_id: str, day: dt.date, days: int = 1) -> str:
+    """Start the run of one data interval of ``days`` days from ``day`` (idempotent: an existing run of
+    that interval is reused).
 
     Backfills would do the same, but Airflow refuses to create them on SQLite while the scheduler runs;
     a run with an explicit data interval works on every metadata database.
@@ -341,18 +356,26 @@ def trigger_interval_run(api: Any, dag_id: str, day: dt.date) -> str:
 
     run_id = f"replay__{day.isoformat()}"
     start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-    try:
-        api.post(f"/api/v2/dags/{dag_id}/dagRuns", {
-            "dag_run_id": run_id,
-            "logical_date": start.isoformat(),
-            "data_interval_start": start.isoformat(),
-            "data_interval_end": (start + dt.timedelta(days=1)).isoformat(),
-            "conf": {},
-            "note": "replayed interval of nycflights13",
-        })
-    except ApiError as e:
-        if e.status != 409:  # 409: this interval already has a run
-            raise
+    body = {
+        "dag_run_id": run_id,
+        "logical_date": start.isoformat(),
+        "data_interval_start": start.isoformat(),
+        "data_interval_end": (start + dt.timedelta(days=days)).isoformat(),
+        "conf": {},
+        "note": "replayed interval of nycflights13",
+    }
+    for attempt in range(6):
+        try:
+            api.post(f"/api/v2/dags/{dag_id}/dagRuns", body)
+            return run_id
+        except ApiError as e:
+            if e.status == 409:  # this interval already has a run (also: a retried request that had landed)
+                return run_id
+            # SQLite answers "database is locked" (a 500) while another process writes: wait and retry;
+            # the fixed run id makes the retry safe
+            if e.status < 500 or attempt == 5:
+                raise
+            time.sleep(2.0 * (attempt + 1))
     return run_id
 
 
@@ -366,39 +389,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     s = _settings(args)
     _use_stack_env(s)
     cfg = get_pipeline(DEMO_MODEL)
-    print(f"[1/6] Airflow home at {s.airflow_home} ({stack._safe_url(s.db_url)})", flush=True)
+    print(f"[1/7] Airflow home at {s.airflow_home} ({stack._safe_url(s.db_url)})", flush=True)
     stack.init(s)
     days = [DEMO_START + dt.timedelta(days=i) for i in range(args.days + 1)]
     bad_day = days[-1]
-    print(f"[2/6] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
+    print(f"[2/7] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
           "(distance in metres, an impossible month) that the gate must stop", flush=True)
     nycflights13.replay_days(DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name,
                              corruptions={bad_day: "out_of_range"})
-    print(f"[3/6] Starting the local stack on {s.base_url}", flush=True)
+    print(f"[3/7] Starting the local stack on {s.base_url}", flush=True)
     stack.start(s)
     api = _api(s)
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
-    for verb in ("release", "features", "train", "deploy"):
+    for verb in ("release", "features", "train", "deploy", "drift"):
         api.wait_for_dag(cfg.dag_id(verb))
-    for verb in ("ingest", "features", "train", "deploy"):
+    for verb in ("ingest", "features", "train", "deploy", "drift"):
         api.unpause(cfg.dag_id(verb))
-    print(f"[4/6] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
+    print(f"[4/7] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
     run_ids = {trigger_interval_run(api, dag_id, day) for day in days}
     runs = _wait_runs(api, dag_id, run_ids, timeout_s=args.timeout)
-    print("[5/6] Features (Spark) and training (local process, MLflow) follow on the validated days", flush=True)
+    print("[5/7] Features (Spark) and training (local process, MLflow) follow until a first champion serves",
+          flush=True)
+    _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train"), cfg.dag_id("deploy")], timeout_s=args.timeout)
+    root = DataRoot(s.data_root)
+    summer = [SUMMER_START + dt.timedelta(days=i) for i in range(14)]
+    week, later = summer[7:], [SUMMER_START + dt.timedelta(days=14 + i) for i in range(7)]
+    print(f"[6/7] Summer: {summer[0]} .. {summer[-1]} lands and is ingested; the January champion scores the "
+          f"flights of {week[0]} .. {week[-1]} (replayed with their event times); {cfg.dag_id('drift')} checks "
+          "that week", flush=True)
+    nycflights13.replay_days(root, cfg.name, summer, file_name=cfg.source.file_name)
+    runs.update(_wait_runs(api, dag_id, {trigger_interval_run(api, dag_id, d) for d in summer}, timeout_s=args.timeout))
     _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=args.timeout)
-    # A week later: new days land, and the model retrained on them must earn its place through a canary.
-    week = [bad_day + dt.timedelta(days=i) for i in range(1, 8)]
-    traffic = [week[-1] + dt.timedelta(days=i) for i in range(1, 8)]
-    print(f"[6/6] The next week lands ({week[0]} .. {week[-1]}): ingest, features, retraining and the gate run "
-          f"again; {cfg.dag_id('deploy')} then canaries the challenger on {traffic[0]} .. {traffic[-1]} replayed "
-          f"as live traffic to {s.model_server_url} (steps {list(cfg.canary.steps)}%)", flush=True)
-    nycflights13.replay_days(DataRoot(s.data_root), cfg.name, week, file_name=cfg.source.file_name)
-    week_runs = {trigger_interval_run(api, dag_id, day) for day in week}
-    runs.update(_wait_runs(api, dag_id, week_runs, timeout_s=args.timeout))
-    _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=args.timeout)
-    rollouts = _canary_on_real_traffic(s, api, cfg, traffic, timeout_s=args.timeout)
+    counts = _replay_traffic(s, week)
+    print(f"  traffic: {json.dumps(dict(sorted(counts.items())))}", flush=True)
+    drift_run = trigger_interval_run(api, cfg.dag_id("drift"), week[0], days=7)
+    drift_state = _wait_runs(api, cfg.dag_id("drift"), {drift_run}, timeout_s=args.timeout)[drift_run]
+    args.action, args.model, args.json = "history", cfg.name, False
+    cmd_drift(args)
+    _wait_idle(api, [cfg.dag_id("train")], timeout_s=args.timeout, settle_s=10.0)
+    retrains = [r for r in api.dag_runs(cfg.dag_id("train")) if r["dag_run_id"].startswith("drift__")]
+    for r in retrains:
+        ctx = (r.get("conf") or {}).get("drift") or {}
+        print(f"  {cfg.dag_id('train')} run {r['dag_run_id']}: {r['state']} (conf reason=drift; drifted "
+              f"{sorted(ctx.get('drifted_columns', {}))}, share {ctx.get('drift_share')}, prediction score "
+              f"{ctx.get('prediction_score')})", flush=True)
+    print(f"[7/7] {later[0]} .. {later[-1]} lands (outcomes for the online metric) and is replayed as live traffic "
+          f"while {cfg.dag_id('deploy')} canaries the retrained challenger (steps {list(cfg.canary.steps)}%)", flush=True)
+    nycflights13.replay_days(root, cfg.name, later, file_name=cfg.source.file_name)
+    runs.update(_wait_runs(api, dag_id, {trigger_interval_run(api, dag_id, d) for d in later}, timeout_s=args.timeout))
+    rollouts = _canary_on_real_traffic(s, api, cfg, later, timeout_s=args.timeout)
     print(f"Done in {time.monotonic() - t0:.0f} s", flush=True)
     ok = sum(1 for v in runs.values() if v == "success")
     failed = sorted(k for k, v in runs.items() if v == "failed")
@@ -411,10 +451,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); "
           f"`airloop models history {cfg.name}` prints the alias history.")
     _print_login(s)
-    # Success means: every real day published, exactly the broken day stopped at the gate, a model
-    # trained on the published days is champion, and a challenger's canary was decided on real traffic.
+    # Success means: every real day published, exactly the broken day stopped at the gate, a champion
+    # serves, summer traffic was found drifting and retrained on, and the retrained model's canary was
+    # decided on real traffic.
     decided = any(r["status"] in ("promoted", "rolled_back") for r in rollouts)
-    return 0 if ok == args.days + 7 and failed == [f"replay__{bad_day.isoformat()}"] and "champion" in aliases and decided else 1
+    drifted = drift_state == "success" and any(r["state"] == "success" for r in retrains)
+    return 0 if (ok == args.days + 21 and failed == [f"replay__{bad_day.isoformat()}"] and "champion" in aliases
+                 and drifted and decided) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -180,6 +180,17 @@ class TrainModelOperator(_ModelOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         cfg = self.pipeline()
+        if str(self.reason or "schedule") == "schedule" and cfg.training.on_new_features == "until_champion":
+            from mlflow import MlflowClient
+
+            from airloop.registry import current_alias
+
+            champion = current_alias(MlflowClient(), cfg.name, "champion")
+            if champion:
+                raise AirflowSkipException(
+                    f"{cfg.name} has a champion (v{champion}) and training.on_new_features is until_champion: "
+                    "new features alone do not retrain; drift does (or trigger with conf reason=manual)."
+                )
         partitions = training_window(self.root(), cfg)
         if len(partitions) < cfg.training.min_partitions:
             # not an error: an asset-triggered run early in a model's life simply has too little data yet

@@ -131,10 +131,14 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
     if lat_c and lat_n and lat_c not in (0, math.inf) and lat_n / lat_c > cfg.max_p99_latency_ratio:
         return StepDecision("rollback", f"challenger p99 latency {lat_n}s is {lat_n / lat_c:.1f}x the champion's "
                             f"(at most {cfg.max_p99_latency_ratio}x)", figures)
-    if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi:
+    sign = -1.0 if lower_is_better else 1.0
+    better_online = concurrent and champion.online_metric is not None and challenger.online_metric is not None \
+        and sign * (challenger.online_metric - champion.online_metric) >= 0
+    # A shift of the predictions is a proxy for "something is wrong" while outcomes are unknown; where they
+    # are known and the challenger scores at least as well, the shift is the improvement, not a fault.
+    if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi and not better_online:
         return StepDecision("rollback", f"challenger predictions shifted: PSI {figures['prediction_psi']} > "
                             f"{cfg.max_prediction_psi}", figures)
-    sign = -1.0 if lower_is_better else 1.0
     if concurrent and champion.online_metric is not None and challenger.online_metric is not None \
             and sign * (champion.online_metric - challenger.online_metric) > cfg.max_online_metric_drop:
         return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "

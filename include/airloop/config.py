@@ -117,6 +117,9 @@ class TrainingConfig(_Frozen):
     """How and where training runs: a Kubernetes GPU pod, or a local process when no cluster is set up."""
 
     window_days: int = Field(default=28, ge=2, description="most recent feature partitions per training run")
+    #: when new features land (a ``schedule`` run): ``always`` retrain, or only ``until_champion`` exists;
+    #: after that, retraining waits for drift (or a manual run)
+    on_new_features: Literal["always", "until_champion"] = "always"
     min_partitions: int = Field(default=5, ge=2)
     max_epochs: int = Field(default=40, ge=1)
     seed: int = 13

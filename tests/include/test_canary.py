@@ -120,3 +120,12 @@ def test_no_traffic_holds_until_the_deadline():
     assert advance(st, CFG, {}, 120).action == "hold" and st.status == "running" and st.decisions == []
     d = advance(st, CFG, {}, CFG.deadline_minutes * 60 + 1)
     assert d.action == "rollback" and "deadline" in d.reason
+
+
+def test_a_prediction_shift_with_a_better_online_metric_is_the_improvement_not_a_fault():
+    shifted = {0.1: 0, 0.2: 5, 0.3: 10, 0.5: 40, 1.0: 100, float("inf"): 100}
+    assert psi(PRED, shifted) > CFG.max_prediction_psi
+    better = judge_step(CFG, 0, stats(metric=0.70), stats(200, pred=shifted, metric=0.74), 120, 120)
+    assert better.action == "continue", better.reason
+    unknown = judge_step(CFG, 0, stats(), stats(200, pred=shifted), 120, 120)  # no outcomes: the shift rolls back
+    assert unknown.action == "rollback" and "predictions shifted" in unknown.reason

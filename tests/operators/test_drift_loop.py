@@ -142,3 +142,14 @@ def test_no_traffic_in_the_interval_gives_no_verdict(env):
     check, _, _ = tasks(env)
     with pytest.raises(AirflowSkipException, match="needs 200"):
         check.execute(ctx((dt.datetime(2013, 3, 1, tzinfo=dt.UTC), dt.datetime(2013, 3, 8, tzinfo=dt.UTC)), {}))
+
+
+def test_new_features_alone_do_not_retrain_a_champion_when_configured(env, cfg, monkeypatch):
+    from airloop import config
+    from airloop_airflow.training import TrainModelOperator
+
+    waiting = cfg.model_copy(update={"training": cfg.training.model_copy(update={"on_new_features": "until_champion"})})
+    monkeypatch.setattr(config, "get_pipeline", lambda name, folder=None: waiting)
+    op = TrainModelOperator(task_id="train_model", model=cfg.name, data_root=env.uri, reason="schedule")
+    with pytest.raises(AirflowSkipException, match="new features alone do not retrain"):
+        op.execute(ctx(SUMMER, {}))
