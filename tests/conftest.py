@@ -144,3 +144,20 @@ def champion(feature_root, tmp_path_factory):
     MlflowClient(uri).set_registered_model_alias("flight_delays", "champion", res["version"])
     rows = load_partitions(root, "raw", "flight_delays", (parts[-1],))[SOURCE_COLUMNS].head(40).reset_index(drop=True)
     return uri, rows
+
+
+@pytest.fixture()
+def use_tracking_uri(monkeypatch):
+    """Point every MLflow client of this test (including ``MlflowClient()`` inside operators, and MLflow's
+    own internal clients) at one store; the session's store is restored afterwards. Setting only
+    ``MLFLOW_TRACKING_URI`` is not enough once any code has called ``mlflow.set_tracking_uri``."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+
+    def use(uri: str) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+
+    yield use
+    mlflow.set_tracking_uri(before)

@@ -36,12 +36,12 @@ class Ctx(dict):
 
 
 @pytest.fixture()
-def registry(champion, tmp_path, monkeypatch):
+def registry(champion, tmp_path, use_tracking_uri):
     """The session's champion (v1) plus a v2 registered from the same run as @challenger; restored after."""
     from mlflow import MlflowClient
 
     uri = champion[0]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    use_tracking_uri(uri)
     client = MlflowClient(uri)
     v1 = client.get_model_version_by_alias("flight_delays", "champion")
     v2 = client.create_model_version("flight_delays", v1.source, run_id=v1.run_id, model_id=v1.model_id)

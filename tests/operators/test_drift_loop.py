@@ -56,9 +56,9 @@ def served(champion, tmp_path_factory):
 
 
 @pytest.fixture()
-def env(served, monkeypatch):
+def env(served, use_tracking_uri):
     uri, root = served
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    use_tracking_uri(uri)
     return DataRoot(str(root))
 
 
@@ -153,3 +153,18 @@ def test_new_features_alone_do_not_retrain_a_champion_when_configured(env, cfg, 
     op = TrainModelOperator(task_id="train_model", model=cfg.name, data_root=env.uri, reason="schedule")
     with pytest.raises(AirflowSkipException, match="new features alone do not retrain"):
         op.execute(ctx(SUMMER, {}))
+
+
+def test_the_waiting_sensor_gives_its_slot_back_instead_of_sleeping(tmp_path):
+    """No drift result yet: ``execute`` ends at once with a reschedule request (the task leaves its worker
+    slot and the scheduler starts it again after ``poke_interval``), rather than sleeping in the slot."""
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    sensor = DriftSensor(task_id="watch_drift", model="flight_delays", data_root=str(tmp_path), poke_interval=60,
+                         timeout=600)
+    c = ctx(SUMMER, {})
+    c["ti"].get_first_reschedule_date = lambda context: None
+    before = dt.datetime.now(dt.UTC)
+    with pytest.raises(AirflowRescheduleException) as rescheduled:
+        sensor.execute(c)
+    assert 55 <= (rescheduled.value.reschedule_date - before).total_seconds() <= 65
