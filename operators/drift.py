@@ -160,7 +160,7 @@ class RetrainOnDriftOperator(_ModelOperator, TriggerDagRunOperator):
         if not ctx:
             raise AirflowSkipException("no drift context from the sensor")
         uri = retrain_log_uri(root, cfg.name)
-        log = [json.loads(x) for x in root.read_bytes(uri).decode().splitlines() if x.strip()] if root.exists(uri) else []
+        log = root.read_jsonl(uri)
         now = dt.datetime.now(dt.UTC)
         if log:
             last = log[-1]
@@ -176,8 +176,7 @@ class RetrainOnDriftOperator(_ModelOperator, TriggerDagRunOperator):
         run_id = f"drift__{ctx['current']['start'][:10]}__{context['run_id'][-8:]}"
         self.trigger_run_id = run_id
         self.conf = {"reason": "drift", "drift": ctx}
-        root.write_bytes_atomic(uri, "".join(json.dumps(r, sort_keys=True) + "\n" for r in
-                                             [*log, {"at": now.isoformat(), "run_id": run_id, "drift": ctx}]).encode())
+        root.write_jsonl_atomic(uri, [*log, {"at": now.isoformat(), "run_id": run_id, "drift": ctx}])
         context["outlet_events"][model_asset(cfg.name, "drift")].extra = ctx
         self.log.info("Triggering %s run %s with the drift context", self.trigger_dag_id, run_id)
         return super().execute(context)

@@ -6,7 +6,6 @@ the decision, so the reader does not need to open the task log to know why.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from typing import Any
 
@@ -20,18 +19,13 @@ def alerts_uri(root: DataRoot, model: str) -> str:
 
 
 def read_alerts(root: DataRoot, model: str) -> list[dict[str, Any]]:
-    uri = alerts_uri(root, model)
-    if not root.exists(uri):
-        return []
-    return [json.loads(line) for line in root.read_bytes(uri).decode().splitlines() if line.strip()]
+    return root.read_jsonl(alerts_uri(root, model))
 
 
 def record_alert(root: DataRoot, model: str, *, kind: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
     """Append one alert (the whole file is rewritten atomically: a crash never leaves half a line)."""
     record = {"model": model, "kind": kind, "summary": summary, "details": details,
               "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    lines = read_alerts(root, model) + [record]
-    root.write_bytes_atomic(alerts_uri(root, model),
-                            "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in lines).encode())
+    root.write_jsonl_atomic(alerts_uri(root, model), [*read_alerts(root, model), record])
     log.warning("ALERT %s %s: %s", model, kind, summary)
     return record

@@ -17,7 +17,6 @@ computation.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -194,10 +193,7 @@ def history_uri(root: DataRoot, model: str) -> str:
 
 
 def read_history(root: DataRoot, model: str) -> list[dict[str, Any]]:
-    uri = history_uri(root, model)
-    if not root.exists(uri):
-        return []
-    return [json.loads(line) for line in root.read_bytes(uri).decode().splitlines() if line.strip()]
+    return root.read_jsonl(history_uri(root, model))
 
 
 def record(root: DataRoot, result: DriftResult) -> None:
@@ -206,8 +202,7 @@ def record(root: DataRoot, result: DriftResult) -> None:
             if (r["interval_start"], r["interval_end"]) != (result.interval_start, result.interval_end)]
     rows.append(result.to_dict())
     rows.sort(key=lambda r: (r["interval_start"], r["computed_at"]))
-    root.write_bytes_atomic(history_uri(root, result.model),
-                            "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    root.write_jsonl_atomic(history_uri(root, result.model), rows)
 
 
 def trend_html(history: list[dict[str, Any]], model: str) -> str:

@@ -9,7 +9,6 @@ targets, so every change is also appended to ``reports/<model>/alias_history.jso
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,10 +42,7 @@ def history_uri(root: DataRoot, model: str) -> str:
 
 
 def read_history(root: DataRoot, model: str) -> list[dict[str, Any]]:
-    uri = history_uri(root, model)
-    if not root.exists(uri):
-        return []
-    return [json.loads(line) for line in root.read_bytes(uri).decode().splitlines() if line.strip()]
+    return root.read_jsonl(history_uri(root, model))
 
 
 def current_alias(client: Any, model: str, alias: str) -> str | None:
@@ -83,8 +79,7 @@ def _record(root: DataRoot, model: str, alias: str, version: str | None, before:
         # when the change happened: an audit timestamp, not pipeline logic
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
     }
-    lines = read_history(root, model) + [record]
-    root.write_bytes_atomic(history_uri(root, model), "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines).encode())
+    root.write_jsonl_atomic(history_uri(root, model), [*read_history(root, model), record])
     log.info("alias %s@%s: v%s -> v%s (%s)", model, alias, before, version, why)
     return record
 

@@ -159,6 +159,17 @@ class DataRoot:
     def write_json_atomic(self, uri: str, obj: Any) -> None:
         self.write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
+    # -- JSON-lines logs (alias history, alerts, drift history): small, rewritten whole, atomically ----
+    def read_jsonl(self, uri: str) -> list[Any]:
+        """The records of a JSON-lines file (empty when it does not exist)."""
+        if not self.exists(uri):
+            return []
+        return [json.loads(line) for line in self.read_bytes(uri).decode().splitlines() if line.strip()]
+
+    def write_jsonl_atomic(self, uri: str, records: list[Any]) -> None:
+        """Replace a JSON-lines file at once: a reader or a crash never sees half a line."""
+        self.write_bytes_atomic(uri, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode())
+
     @contextlib.contextmanager
     def atomic_dir(self, uri: str) -> Iterator[str]:
         """Build a folder at a temporary URI, then swap it in for ``uri`` (replacing what was there).
