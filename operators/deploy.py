@@ -185,10 +185,8 @@ def build_target(cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
 class _DeployOperatorMixin:
     """Shared lookups for the three deploy tasks."""
 
-    target_factory: Callable[[PipelineConfig], Any] | None = None
-
-    def target(self, cfg: PipelineConfig) -> Any:
-        return (self.target_factory or build_target)(cfg)
+    def target(self, cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
+        return build_target(cfg)
 
 
 class StartCanaryOperator(_DeployOperatorMixin, _ModelOperator):
