@@ -294,8 +294,8 @@ def _print_models(s: stack.StackSettings, model: str) -> dict[str, str]:
     return aliases
 
 
-def _replay_traffic(s: stack.StackSettings, days: list[dt.date]) -> dict[str, int]:
-    """Send every flight of ``days`` once as a scoring request with its event time."""
+def _traffic(days: list[dt.date]) -> list[tuple[str, bytes, str | None]]:
+    """One scoring request per real flight of ``days`` (with its event time)."""
     import pandas as pd
 
     from airloop.features import SOURCE_COLUMNS
@@ -303,7 +303,14 @@ def _replay_traffic(s: stack.StackSettings, days: list[dt.date]) -> dict[str, in
     from airloop.sources import nycflights13
 
     rows = pd.concat([nycflights13.day_frame(d) for d in days], ignore_index=True)
-    return dict(replay.replay(s.model_server_url, list(replay.request_bodies(rows, SOURCE_COLUMNS)), concurrency=6))
+    return list(replay.request_bodies(rows, SOURCE_COLUMNS))
+
+
+def _replay_traffic(s: stack.StackSettings, days: list[dt.date]) -> dict[str, int]:
+    """Send every flight of ``days`` once as a scoring request."""
+    from airloop.serving import replay
+
+    return dict(replay.replay(s.model_server_url, _traffic(days), concurrency=6))
 
 
 def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: list[dt.date], timeout_s: float) -> list[dict[str, Any]]:
@@ -311,15 +318,10 @@ def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: li
 
     :returns: the rollouts that ran (their state files), oldest first
     """
-    import pandas as pd
-
-    from airloop.features import SOURCE_COLUMNS
     from airloop.serving import replay
-    from airloop.sources import nycflights13
     from airloop.storage import DataRoot
 
-    rows = pd.concat([nycflights13.day_frame(d) for d in days], ignore_index=True)
-    bodies = list(replay.request_bodies(rows, SOURCE_COLUMNS))
+    bodies = _traffic(days)
     done = threading.Event()
     counts: dict[str, int] = {}
     sender = threading.Thread(target=lambda: counts.update(
@@ -330,7 +332,7 @@ def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: li
     finally:
         done.set()
         sender.join(timeout=60)
-    print(f"  traffic: {len(rows)} real flights of {days[0]} .. {days[-1]} replayed as requests: "
+    print(f"  traffic: {len(bodies)} real flights of {days[0]} .. {days[-1]} replayed as requests: "
           + json.dumps(dict(sorted(counts.items()))), flush=True)
     root = DataRoot(s.data_root)
     folder = f"{root.uri}/reports/{cfg.name}/canary"
