@@ -352,7 +352,10 @@ class ConcludeCanaryOperator(_DeployOperatorMixin, _ModelOperator):
         target.finish(promoted=False)
         summary = (f"{cfg.name} v{state.version} rolled back at {last['percent']}% of traffic: {last['reason']}. "
                    f"Champion v{state.champion_version} serves all traffic; aliases unchanged.")
+        from airloop.runbooks import RUNBOOKS
+
+        runbook = f"include/runbooks/{RUNBOOKS['canary_rollback']}"
         record_alert(root, cfg.name, kind="canary_rollback", summary=summary,
-                     details={"dag_id": context["dag"].dag_id, "run_id": context["run_id"],
+                     details={"dag_id": context["dag"].dag_id, "run_id": context["run_id"], "runbook": runbook,
                               "figures": last["figures"], "state_uri": state_uri(root, cfg.name, state.version)})
-        raise AirflowFailException(f"{summary} Figures: {json.dumps(last['figures'], default=str)}")
+        raise AirflowFailException(f"{summary} Figures: {json.dumps(last['figures'], default=str)}. Runbook: {runbook}")

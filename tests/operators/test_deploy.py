@@ -161,6 +161,7 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     assert current_alias(client, "flight_delays", "challenger") == v2
     alerts = read_alerts(DataRoot(str(tmp_path)), "flight_delays")
     assert len(alerts) == 1 and alerts[0]["kind"] == "canary_rollback" and alerts[0]["details"]["figures"]["challenger_5xx_rate"] > 0.02
+    assert alerts[0]["details"]["runbook"] == "include/runbooks/canary-rolled-back.md"
     assert load_state(DataRoot(str(tmp_path)), "flight_delays", v2).status == "rolled_back"
     with pytest.raises(AirflowSkipException, match="already ended: rolled_back"):
         start.execute(Ctx({}))
