@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airloop_airflow.assets import model_asset
@@ -57,8 +57,8 @@ def _event_extra(result: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-class _ModelOperator(BaseOperator):
-    """Base for operators bound to one model's pipeline config (looked up by name at run time)."""
+class _ModelBound:
+    """Bound to one model's pipeline config (looked up by name at run time) and a data root."""
 
     template_fields: Sequence[str] = ("model",)
 
@@ -81,6 +81,21 @@ class _ModelOperator(BaseOperator):
         from airloop.storage import DataRoot
 
         return DataRoot(self.root_uri())
+
+
+class _ModelOperator(_ModelBound, BaseOperator):
+    """Base for operators bound to one model's pipeline config."""
+
+    def __init__(self, **kwargs: Any) -> None:  # an own __init__: Airflow's operator metaclass wraps it
+        super().__init__(**kwargs)
+
+
+class _ModelSensor(_ModelBound, BaseSensorOperator):
+    """Base for sensors bound to one model; reschedule mode by default (no slot held while waiting)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
 
 
 class BatchIngestOperator(_ModelOperator):

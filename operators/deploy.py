@@ -25,10 +25,10 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airloop_airflow.batch import _ModelOperator
+from airloop_airflow.batch import _ModelOperator, _ModelSensor
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -182,14 +182,7 @@ def build_target(cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
                         lambda v: MlflowClient().get_model_version_download_uri(cfg.name, v))
 
 
-class _DeployOperatorMixin:
-    """Shared lookups for the three deploy tasks."""
-
-    def target(self, cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
-        return build_target(cfg)
-
-
-class StartCanaryOperator(_DeployOperatorMixin, _ModelOperator):
+class StartCanaryOperator(_ModelOperator):
     """Load the challenger on the serving target and start its canary at the first step.
 
     :param version: the version to roll out (templated; default the current ``@challenger``)
@@ -210,14 +203,15 @@ class StartCanaryOperator(_DeployOperatorMixin, _ModelOperator):
 
         cfg, root = self.pipeline(), self.root()
         client = MlflowClient()
-        target = self.target(cfg)
+        target = build_target(cfg)
         champion = current_alias(client, cfg.name, "champion")
-        version = str(self.version or "") or current_alias(client, cfg.name, "challenger")
+        challenger = current_alias(client, cfg.name, "challenger")
+        version = str(self.version or "") or challenger
         if not version or version == champion:
             info = target.serve_aliases()
             raise AirflowSkipException(f"no challenger to roll out: champion v{champion} serves all traffic "
                                        f"({target.describe()}: {info.get('variants', info) if isinstance(info, dict) else info})")
-        if current_alias(client, cfg.name, "challenger") != version:
+        if challenger != version:
             raise AirflowFailException(f"v{version} is not {cfg.name}@challenger; only a version that passed the "
                                        "gate is rolled out (set the alias through the train DAG's gate)")
         state = load_state(root, cfg.name, version)
@@ -236,21 +230,14 @@ class StartCanaryOperator(_DeployOperatorMixin, _ModelOperator):
         return {"version": version, "champion_version": champion, "state_uri": state_uri(root, cfg.name, version)}
 
 
-class CanaryStepSensor(_DeployOperatorMixin, BaseSensorOperator):
+class CanaryStepSensor(_ModelSensor):
     """Judge the running canary step at each look (reschedule mode: no slot held in between)."""
 
-    template_fields: Sequence[str] = ("model",)
     ui_color = "#fdf3e8"
 
-    def __init__(self, *, model: str, data_root: str | None = None, start_task_id: str = "start_canary",
-                 **kwargs: Any) -> None:
-        kwargs.setdefault("mode", "reschedule")
+    def __init__(self, *, start_task_id: str = "start_canary", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model, self.data_root, self.start_task_id = model, data_root, start_task_id
-
-    pipeline = _ModelOperator.pipeline
-    root_uri = _ModelOperator.root_uri
-    root = _ModelOperator.root
+        self.start_task_id = start_task_id
 
     def poke(self, context: Context) -> PokeReturnValue:
         from airloop.canary import advance
@@ -264,7 +251,7 @@ class CanaryStepSensor(_DeployOperatorMixin, BaseSensorOperator):
             return PokeReturnValue(is_done=True, xcom_value=state.decisions[-1] if state.decisions else {})
         from airloop.registry import LOWER_IS_BETTER
 
-        target = self.target(cfg)
+        target = build_target(cfg)
         readings = target.readings()
         if cfg.deployment.target == "local" and cfg.deployment.outcome_key and root.is_local:
             self.add_online_metrics(cfg, root, state, readings)
@@ -287,38 +274,23 @@ class CanaryStepSensor(_DeployOperatorMixin, BaseSensorOperator):
         ingested (joined on ``deployment.outcome_key``); left unset where too few are known."""
         import datetime as dt
 
-        from airloop.canary import online_metrics
-        from airloop.features import label
+        from airloop.canary import known_outcomes, online_metrics, outcome_metric
         from airloop.serving.prediction_log import read_log_since
-        from airloop.training.train import load_partitions, metrics_for
 
         since = dt.datetime.fromtimestamp(state.step_started_at, dt.UTC)
         entries = read_log_since(root.uri.removeprefix("file://"), cfg.name, state.step_started_at)
-        key = list(cfg.deployment.outcome_key)
-
-        def part(inputs: dict[str, Any]) -> str | None:
-            try:
-                vals = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in inputs.items() if k in key}
-                return cfg.deployment.outcome_partition.format(**vals)
-            except (KeyError, ValueError, TypeError):
-                return None
-
-        parts = sorted({p for e in entries if (p := part(e.get("inputs", {})))})
-        known = tuple(p for p in parts if root.exists(f"{root.partition_uri('raw', cfg.name, p)}/_manifest.json"))
-        if not known:
+        outcomes = known_outcomes(cfg, root, (e.get("inputs", {}) for e in entries))
+        if outcomes is None:
             return
-        raw = load_partitions(root, "raw", cfg.name, known)
-        outcomes = raw[key].assign(y=label(raw, cfg.task.label.source_column, cfg.task.label.positive_above))
-        result = online_metrics(entries, outcomes, key, lambda y, p: metrics_for(cfg.task.type, y, p)[cfg.gate.metric],
+        result = online_metrics(entries, outcomes, list(cfg.deployment.outcome_key), outcome_metric(cfg),
                                 since.isoformat())
-        self.log.info("Online %s since %s (outcomes of %d ingested partitions): %s", cfg.gate.metric,
-                      since.isoformat(timespec="seconds"), len(known), result)
+        self.log.info("Online %s since %s: %s", cfg.gate.metric, since.isoformat(timespec="seconds"), result)
         for variant, r in result.items():
             if variant in readings:
                 readings[variant].online_metric = r["value"]
 
 
-class ConcludeCanaryOperator(_DeployOperatorMixin, _ModelOperator):
+class ConcludeCanaryOperator(_ModelOperator):
     """Promote (aliases move, recorded) or roll back (aliases unchanged, alert, task fails)."""
 
     ui_color = "#fdf3e8"
@@ -338,7 +310,7 @@ class ConcludeCanaryOperator(_DeployOperatorMixin, _ModelOperator):
         state = load_state(root, cfg.name, started["version"])
         if state is None or state.status == "running":
             raise AirflowFailException(f"the canary of v{started['version']} has not ended (state {state and state.status})")
-        target = self.target(cfg)
+        target = build_target(cfg)
         last = state.decisions[-1]
         by = f"{context['dag'].dag_id}/{context['run_id']}"
         if state.status == "promoted":

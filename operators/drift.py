@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airloop_airflow.assets import model_asset
-from airloop_airflow.batch import _ModelOperator, _report_link
+from airloop_airflow.batch import _ModelOperator, _ModelSensor, _report_link
 from airloop_airflow.links import DRIFT_REPORT_KEY, DriftReportLink
 
 if TYPE_CHECKING:
@@ -113,20 +112,10 @@ class DriftCheckOperator(_ModelOperator):
         return {k: v for k, v in result.to_dict().items() if k != "method"}
 
 
-class DriftSensor(BaseSensorOperator):
+class DriftSensor(_ModelSensor):
     """Succeeds when the model's latest drift result crosses the thresholds (reschedule mode)."""
 
-    template_fields: Sequence[str] = ("model",)
     ui_color = "#fde8ef"
-
-    def __init__(self, *, model: str, data_root: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("mode", "reschedule")
-        super().__init__(**kwargs)
-        self.model, self.data_root = model, data_root
-
-    pipeline = _ModelOperator.pipeline
-    root_uri = _ModelOperator.root_uri
-    root = _ModelOperator.root
 
     def poke(self, context: Context) -> PokeReturnValue:
         from airloop.drift import read_history

@@ -7,6 +7,7 @@ session's temporary folder. Integration tests ask for ``airflow_db``, which migr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -161,3 +162,32 @@ def use_tracking_uri(monkeypatch):
 
     yield use
     mlflow.set_tracking_uri(before)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (right now)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """Run an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join()

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airloop.config import CanaryConfig
+
+if TYPE_CHECKING:
+    from airloop.config import PipelineConfig
+    from airloop.storage import DataRoot
 
 _LINE = re.compile(r'^(?P<name>airloop_[a-z_]+)\{(?P<labels>[^}]*)\}\s+(?P<value>[-+0-9.eE]+|\+Inf|NaN)$')
 
@@ -248,15 +253,54 @@ def _join_text(col: Any) -> Any:
     return num.astype("float64").map(repr) if num.notna().all() else col.astype(str)
 
 
+#: fewer known outcomes than this give no metric
+MIN_LABELED = 50
+
+
+def outcome_metric(cfg: PipelineConfig) -> Any:
+    """``(y_true, y_pred) -> float | None``: the gate metric on known outcomes; None below
+    :data:`MIN_LABELED` of them or when only one class was seen."""
+    def metric(y: Any, p: Any) -> float | None:
+        from airloop.training.train import metrics_for
+
+        if len(y) < MIN_LABELED or len(set(y)) < 2:
+            return None
+        return float(metrics_for(cfg.task.type, y, p)[cfg.gate.metric])
+
+    return metric
+
+
+def known_outcomes(cfg: PipelineConfig, root: DataRoot, key_rows: Iterable[dict[str, Any]]) -> Any:
+    """The outcomes (``deployment.outcome_key`` columns + ``y``) of the raw partitions the rows refer to
+    (``deployment.outcome_partition``) that have been ingested; None when none has."""
+    from airloop.features import label
+    from airloop.training.train import load_partitions
+
+    key = list(cfg.deployment.outcome_key)
+
+    def partition(row: dict[str, Any]) -> str | None:
+        try:
+            vals = {k: int(row[k]) if isinstance(row[k], float) and row[k].is_integer() else row[k] for k in key}
+            return cfg.deployment.outcome_partition.format(**vals)
+        except (KeyError, ValueError, TypeError):
+            return None
+
+    parts = sorted({p for row in key_rows if (p := partition(row))})
+    known = tuple(p for p in parts if root.exists(f"{root.partition_uri('raw', cfg.name, p)}/_manifest.json"))
+    if not known:
+        return None
+    raw = load_partitions(root, "raw", cfg.name, known)
+    return raw[key].assign(y=label(raw, cfg.task.label.source_column, cfg.task.label.positive_above))
+
+
 def online_metrics(entries: list[dict[str, Any]], outcomes: Any, key: list[str], metric_fn: Any,
-                   since_iso: str, min_labeled: int = 50) -> dict[str, dict[str, Any]]:
+                   since_iso: str) -> dict[str, dict[str, Any]]:
     """Per variant, the metric of the predictions logged since ``since_iso`` whose outcome is known.
 
     :param entries: prediction log records (``timestamp``, ``variant``, ``inputs``, ``output``)
     :param outcomes: a DataFrame of ``key`` columns plus ``y`` (the realized label; NaN if unknown)
-    :param metric_fn: ``(y_true, y_pred) -> float``
-    :returns: ``{variant: {"value": float | None, "labeled": n}}``; None below ``min_labeled`` labeled
-        predictions or when only one class was seen
+    :param metric_fn: ``(y_true, y_pred) -> float | None`` (see :func:`outcome_metric`)
+    :returns: ``{variant: {"value": float | None, "labeled": n}}``
     """
     import pandas as pd
 
@@ -267,10 +311,7 @@ def online_metrics(entries: list[dict[str, Any]], outcomes: Any, key: list[str],
         return out
     joined = join_outcomes(pd.DataFrame(rows), outcomes, key)
     for variant, g in joined.groupby("variant"):
-        value = None
-        if len(g) >= min_labeled and g["y"].nunique() > 1:
-            value = float(metric_fn(g["y"].to_numpy(), g["p"].to_numpy()))
-        out[str(variant)] = {"value": value, "labeled": int(len(g))}
+        out[str(variant)] = {"value": metric_fn(g["y"].to_numpy(), g["p"].to_numpy()), "labeled": int(len(g))}
     return out
 
 

@@ -154,36 +154,25 @@ def read_interval(root: DataRoot, model: str, start: dt.datetime, end: dt.dateti
 
 def performance(cfg: PipelineConfig, root: DataRoot, current: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any] | None:
     """The gate metric on the interval's predictions whose outcome is known, next to the reference's."""
-    from airloop.features import label
-    from airloop.training.train import load_partitions, metrics_for
+    from airloop.canary import join_outcomes, known_outcomes, outcome_metric
 
     key = list(cfg.deployment.outcome_key)
     if not key or not all(k in current.columns for k in key) or "y" not in reference.columns:
         return None
-    parts = sorted({cfg.deployment.outcome_partition.format(**{k: _int(v) for k, v in zip(key, row, strict=True)})
-                    for row in current[key].drop_duplicates().itertuples(index=False)})
-    known = tuple(p for p in parts if root.exists(f"{root.partition_uri('raw', cfg.name, p)}/_manifest.json"))
-    if not known:
+    outcomes = known_outcomes(cfg, root, current[key].drop_duplicates().to_dict(orient="records"))
+    if outcomes is None:
         return {"metric": cfg.gate.metric, "labeled": 0, "current": None, "reference": None}
-    from airloop.canary import join_outcomes
-
-    raw = load_partitions(root, "raw", cfg.name, known)
-    outcomes = raw[key].assign(y=label(raw, cfg.task.label.source_column, cfg.task.label.positive_above))
     joined = join_outcomes(current.rename(columns={PREDICTION: "p"}), outcomes, key)
+    metric = outcome_metric(cfg)
 
-    def metric(y: Any, p: Any) -> float | None:
-        if len(y) < 50 or len(set(y)) < 2:
-            return None
-        return round(float(metrics_for(cfg.task.type, y, p)[cfg.gate.metric]), 6)
+    def rounded(y: Any, p: Any) -> float | None:
+        value = metric(y, p)
+        return None if value is None else round(value, 6)
 
     ref = reference.dropna(subset=["y", PREDICTION]) if PREDICTION in reference.columns else reference.iloc[0:0]
     return {"metric": cfg.gate.metric, "labeled": int(len(joined)),
-            "current": metric(joined["y"].to_numpy(), joined["p"].to_numpy()),
-            "reference": metric(ref["y"].to_numpy(), ref[PREDICTION].to_numpy())}
-
-
-def _int(v: Any) -> Any:
-    return int(v) if isinstance(v, float) and v.is_integer() else v
+            "current": rounded(joined["y"].to_numpy(), joined["p"].to_numpy()),
+            "reference": rounded(ref["y"].to_numpy(), ref[PREDICTION].to_numpy())}
 
 
 # --- the time series of results ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from airloop.features import SOURCE_COLUMNS
 from airloop.serving.prediction_log import PredictionLog, read_log
 from airloop.serving.protocol import RequestError, parse_request
 from airloop.serving.server import ModelService, Variant, choose_variant, create_app, load_variants
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -142,7 +143,6 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     """SIGKILL the real server process under load, restart it: every 200 answer is in the log."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -150,9 +150,7 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     import urllib.request
 
     uri, rows = champion
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     cmd = [sys.executable, "-m", "airloop.serving.server", "--model", "flight_delays", "--port", str(port),
            "--data-root", str(tmp_path)]

@@ -8,7 +8,6 @@ share of traffic) with no 5xx reaching a client while the champion is healthy; a
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -21,16 +20,11 @@ from airloop.serving import replay
 from airloop.serving.server import HttpModel, ModelService, Variant, create_app, load_variants
 from airloop.training.train import load_partitions
 from airloop_airflow.deploy import LocalServerTarget
+from tests.conftest import free_port, serve_in_thread
 
 pytestmark = pytest.mark.integration
 
 CANARY = CanaryConfig(steps=(10, 25, 50, 100), min_requests=300, interval_seconds=1, deadline_minutes=2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FailsOneInTen:
@@ -69,19 +63,15 @@ def traffic(feature_root):
 
 def rollout(champion_uri, make_challenger, traffic):
     """Serve, replay traffic, and drive the canary to its end; (rollout state, client-side counts)."""
-    import uvicorn
-
     champ, _ = load_variants("flight_delays", champion_uri)
     chall = Variant("challenger", "99", make_challenger(champ.model))
     service = ModelService("flight_delays", champ, None, 0.0, None, seed=7)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, lambda: (champ, chall)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
+    with serve_in_thread(create_app(service, lambda: (champ, chall))) as url:
+        state, counts = drive(url, champ.version, traffic)
+    return state, counts, service
+
+
+def drive(url, champion_version, traffic):
     target = LocalServerTarget(url)
     done = threading.Event()
     counts = {}
@@ -89,7 +79,7 @@ def rollout(champion_uri, make_challenger, traffic):
                                                                          stop=done.is_set)))
     try:
         target.prepare("99")
-        state = start_rollout("flight_delays", "99", champ.version, target.readings(), time.time())
+        state = start_rollout("flight_delays", "99", champion_version, target.readings(), time.time())
         target.set_percent(CANARY.steps[0])
         sender.start()
         while state.status == "running":
@@ -104,9 +94,7 @@ def rollout(champion_uri, make_challenger, traffic):
         done.set()
         if sender.is_alive():
             sender.join()
-        server.should_exit = True
-        thread.join()
-    return state, counts, service
+    return state, counts
 
 
 def test_a_healthy_challenger_is_promoted(champion, traffic):
