@@ -106,6 +106,30 @@ class StackSettings:
             parallelism=int(saved.get("parallelism", 4)),
         )
 
+    def webhook_connections(self) -> dict[str, str]:
+        """``AIRFLOW_CONN_<ID>`` values for every configured webhook source of the local stack.
+
+        Each source gets a random ``whsec_`` secret, generated once and kept in ``<state>/webhook_secrets.json``
+        (mode 600). In production these connections come from a secrets backend instead.
+        """
+        from airloop.config import load_all_pipelines
+
+        f = Path(self.state_dir) / "webhook_secrets.json"
+        saved: dict[str, str] = json.loads(f.read_text()) if f.is_file() else {}
+        ids = sorted({w.connection_id for cfg in load_all_pipelines() for w in cfg.webhooks})
+        missing = [i for i in ids if i not in saved]
+        if missing:
+            import base64
+
+            for conn_id in missing:
+                saved[conn_id] = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+            Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps(saved, indent=2))
+            tmp.chmod(0o600)
+            tmp.replace(f)
+        return {f"AIRFLOW_CONN_{i.upper()}": json.dumps({"conn_type": "generic", "password": saved[i]}) for i in ids}
+
     def save(self) -> None:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.state_dir) / "stack.json").write_text(json.dumps(asdict(self), indent=2))
@@ -126,6 +150,8 @@ class StackSettings:
             PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             NO_PROXY="127.0.0.1,localhost",
         )
+        # webhook secrets of the local stack, as Airflow connections the webhook routes read
+        env.update(self.webhook_connections())
         # Settings from airflow.cfg must win over whatever the calling shell exported.
         for key in [k for k in env if k.startswith("AIRFLOW__")]:
             env.pop(key)

@@ -3,6 +3,9 @@
 * A FastAPI app mounted on the API server at ``/airloop``: the quarantine page and read-only access to
   validation reports under the data root (the "Validation report" extra link points here). Every route
   needs a logged-in Airflow user (the UI's session cookie or a bearer token).
+* ``POST /airloop/webhooks/<source>``: signed webhook deliveries that start DAG runs
+  (``airloop_airflow.webhooks``; the signature is their authentication, no login).
+* ``/airloop/runbooks/<kind>``: the on-call runbooks, rendered, linked from alerts and failed tasks.
 * A "Quarantine" entry in the UI's navigation.
 """
 
@@ -17,11 +20,14 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
+from airloop_airflow.webhooks import router as webhook_router
+
 # Only these zones of the data root are served, and only these file types.
 SERVED_ZONES = ("reports", "quarantine")
 SERVED_SUFFIXES = {".html": "text/html", ".json": "application/json"}
 
-app = FastAPI(title="airloop", description="Quarantine and validation reports of airloop pipelines")
+app = FastAPI(title="airloop", description="Quarantine, reports, runbooks and webhooks of airloop pipelines")
+app.include_router(webhook_router)
 
 
 def _data_root() -> Path:

@@ -208,6 +208,36 @@ class DriftConfig(_Frozen):
         return self.column_thresholds.get(column, self.column_threshold)
 
 
+class WebhookSourceConfig(_Frozen):
+    """One webhook source: a route ``/airloop/webhooks/<name>`` that turns a signed delivery into a DAG run."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="the route segment; unique across models")
+    scheme: Literal["github", "standard"] = Field(description="signature scheme: GitHub-style or Standard Webhooks")
+    connection_id: str = Field(description="Airflow connection: password = the secret; extra previous_secrets = older ones during a rotation")
+    payload: Literal["batch_landed"] = "batch_landed"
+    dag: Literal["ingest"] = Field(default="ingest", description="the verb of the DAG a delivery starts")
+    max_body_bytes: int = Field(default=65536, ge=64, description="larger bodies are refused with 413")
+    tolerance_seconds: int = Field(default=300, ge=1, description="standard scheme: the most a timestamp may be off")
+    #: where a delivery's ``source_uri`` may point; empty: the model's landing zone under the data root
+    allowed_prefixes: tuple[str, ...] = ()
+
+
+class AlertsConfig(_Frozen):
+    """Where on-call alerts go: the local alert log always, Slack and an HTTP webhook when configured."""
+
+    channels: tuple[Literal["log", "slack", "http"], ...] = ("log",)
+    slack_conn_id: str = Field(default="slack_alerts", description="a Slack incoming-webhook connection (Slack provider)")
+    slack_channel: str | None = None
+    http_conn_id: str = Field(default="airloop_alerts_http", description="an HTTP connection; alerts are POSTed as JSON")
+
+    @field_validator("channels")
+    @classmethod
+    def _some_channel(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one channel (log is the local default)")
+        return v
+
+
 class PipelineConfig(_Frozen):
     name: str
     description: str
@@ -225,6 +255,8 @@ class PipelineConfig(_Frozen):
     canary: CanaryConfig = CanaryConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     drift: DriftConfig = DriftConfig()
+    webhooks: tuple[WebhookSourceConfig, ...] = ()
+    alerts: AlertsConfig = AlertsConfig()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -250,6 +282,9 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"schema.partition_column {pc!r} is not in schema.columns")
         if not (EXPECTATIONS_DIR / self.validation.suite).is_file():
             raise ValueError(f"validation.suite {self.validation.suite!r} not found in {EXPECTATIONS_DIR}")
+        names = [w.name for w in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhooks: source names must be unique, got {names}")
         return self
 
     def dag_id(self, verb: str) -> str:
@@ -323,3 +358,12 @@ def get_pipeline(name: str, folder: str | os.PathLike[str] | None = None) -> Pip
             return cfg
     known = [c.name for c in load_all_pipelines(folder)]
     raise ConfigError(f"no pipeline config named {name!r}; known models: {known}")
+
+
+def find_webhook_source(name: str, folder: str | os.PathLike[str] | None = None) -> tuple[PipelineConfig, WebhookSourceConfig] | None:
+    """The model and webhook source configured under ``name``, or None."""
+    for cfg in load_all_pipelines(folder):
+        for source in cfg.webhooks:
+            if source.name == name:
+                return cfg, source
+    return None

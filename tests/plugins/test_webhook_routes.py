@@ -1,0 +1,126 @@
+"""The webhook routes of the plugin against the session's real metadata database (DAGs parsed into it).
+
+The routes run in-process here (FastAPI's test client); ``tests/integration/test_webhook_load.py`` sends
+deliveries to the real API server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from airloop import webhooks as wh
+from airloop.storage import default_data_root_uri
+from airloop_airflow import stack
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tzIQ=="
+GH_SECRET = "a plain github secret"
+SOURCE, GH_SOURCE = "flight-delays-landing", "flight-delays-github"
+DAG_ID = "flight_delays__ingest"
+
+
+@pytest.fixture(scope="module")
+def client(airflow_db):
+    stack.run_airflow(airflow_db, "dags", "reserialize", capture=True)
+    spec = importlib.util.spec_from_file_location("airloop_plugin_wh", REPO / "plugins" / "airloop_plugin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mp = pytest.MonkeyPatch()
+    # a rotation under way: senders may still sign with the previous secret, which the tests use
+    mp.setenv("AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS",
+              json.dumps({"conn_type": "generic", "password": "whsec_bmV3LXNlY3JldC1hZnRlci1yb3RhdGlvbiE=",
+                          "extra": {"previous_secrets": [SECRET]}}))
+    mp.setenv("AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS_GITHUB", json.dumps({"conn_type": "generic", "password": GH_SECRET}))
+    yield TestClient(mod.app)
+    mp.undo()
+
+
+def landing(day: str) -> str:
+    return f"{default_data_root_uri()}/landing/flight_delays/ds={day}/flights.csv"
+
+
+def signed(body: bytes, msg_id: str, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
+    ts = int(time.time()) if ts is None else ts
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts),
+            "webhook-signature": wh.standard_signature(secret, msg_id, ts, body), "content-type": "application/json"}
+
+
+def runs(run_id: str) -> list:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        return [(r.run_id, r.conf, r.logical_date, r.data_interval_start, r.data_interval_end, r.triggering_user_name)
+                for r in s.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)]
+
+
+def test_signed_delivery_creates_one_run_and_a_repeat_finds_it(client):
+    body = json.dumps({"source_uri": landing("2013-07-15"), "day": "2013-07-15", "rows": 912}).encode()
+    r = client.post(f"/webhooks/{SOURCE}", content=body, headers=signed(body, "msg_route_1"))
+    assert r.status_code == 202, r.text
+    out = r.json()
+    assert out["dag_run_id"] == "webhook__flight-delays-landing__msg_route_1" and out["created"] is True
+    assert out["dag_id"] == DAG_ID and out["state"] == "queued"
+    [(run_id, conf, logical, start, end, who)] = runs(out["dag_run_id"])
+    assert conf["source_uri"] == landing("2013-07-15") and conf["webhook"]["delivery_id"] == "msg_route_1"
+    assert conf["webhook"]["rows"] == 912
+    assert (start.isoformat(), end.isoformat()) == ("2013-07-15T00:00:00+00:00", "2013-07-16T00:00:00+00:00")
+    assert logical == start and who == f"webhook:{SOURCE}"
+
+    # the sender retries the same delivery (new timestamp, new signature): same run, nothing created
+    again = client.post(f"/webhooks/{SOURCE}", content=body, headers=signed(body, "msg_route_1"))
+    assert again.status_code == 200 and again.json()["dag_run_id"] == out["dag_run_id"] and again.json()["created"] is False
+    assert len(runs(out["dag_run_id"])) == 1
+
+
+def test_github_style_delivery(client):
+    body = json.dumps({"source_uri": landing("2013-07-16"), "day": "2013-07-16"}).encode()
+    headers = {"X-Hub-Signature-256": wh.github_signature(GH_SECRET, body), "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+    r = client.post(f"/webhooks/{GH_SOURCE}", content=body, headers=headers)
+    assert r.status_code == 202, r.text
+    assert len(runs("webhook__flight-delays-github__72d3162e-cc78-11e3-81ab-4c9367dc0958")) == 1
+
+
+def test_refusals_say_why_and_create_nothing(client):
+    good = json.dumps({"source_uri": landing("2013-07-17"), "day": "2013-07-17"}).encode()
+
+    r = client.post("/webhooks/nobody", content=good, headers=signed(good, "m1"))
+    assert (r.status_code, r.json()["detail"]) == (404, "no webhook source named 'nobody'")
+
+    big = b"{" + b" " * 70000 + b"}"
+    r = client.post(f"/webhooks/{SOURCE}", content=big, headers=signed(big, "m2"))
+    assert r.status_code == 413 and "65536 bytes" in r.json()["detail"]
+
+    r = client.post(f"/webhooks/{SOURCE}", content=good, headers=signed(good, "m3", secret="whsec_" + "V3JvbmdXcm9uZ1dyb25nIQ=="))
+    assert (r.status_code, r.json()["detail"]) == (401, "no webhook-signature matches the body")
+
+    r = client.post(f"/webhooks/{SOURCE}", content=good, headers={"webhook-id": "m4"})
+    assert r.status_code == 401 and "missing header" in r.json()["detail"]
+
+    r = client.post(f"/webhooks/{SOURCE}", content=good, headers=signed(good, "m5", ts=int(time.time()) - 400))
+    assert r.status_code == 401 and "s old" in r.json()["detail"]
+
+    bad = json.dumps({"source_uri": landing("2013-07-17"), "day": "17/07/2013"}).encode()
+    r = client.post(f"/webhooks/{SOURCE}", content=bad, headers=signed(bad, "m6"))
+    assert r.status_code == 400 and r.json()["field"] == "day" and r.json()["detail"].startswith("day: ")
+
+    outside = json.dumps({"source_uri": "/etc/passwd", "day": "2013-07-17"}).encode()
+    r = client.post(f"/webhooks/{SOURCE}", content=outside, headers=signed(outside, "m7"))
+    assert r.status_code == 400 and r.json()["field"] == "source_uri" and "landing/flight_delays" in r.json()["detail"]
+
+    for i in range(1, 8):
+        assert runs(f"webhook__{SOURCE}__m{i}") == []
+
+
+def test_a_source_without_its_connection_is_a_server_error(client, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS_GITHUB")
+    body = b'{"source_uri": "/x", "day": "2013-07-18"}'
+    r = client.post(f"/webhooks/{GH_SOURCE}", content=body, headers={"X-Hub-Signature-256": wh.github_signature(GH_SECRET, body), "X-GitHub-Delivery": "x1"})
+    assert r.status_code == 500 and "airloop_webhook_flight_delays_github" in r.json()["detail"]
