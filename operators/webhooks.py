@@ -121,8 +121,8 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
     """Turn one signed delivery into a DAG run (202), or say exactly why not (4xx)."""
     from starlette.concurrency import run_in_threadpool
 
+    from airloop import webhooks as wh
     from airloop.config import find_webhook_source
-    from airloop.webhooks import BatchLanded, WebhookRejected, check_uri_allowed, parse_payload, run_id_for, verify
 
     found = find_webhook_source(source_name)
     if found is None:
@@ -137,16 +137,16 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
         log.error("webhook %s: cannot read connection %s: %s", source.name, source.connection_id, e)
         return _reject(500, f"webhook source {source.name} has no usable secret (connection {source.connection_id})")
     try:
-        delivery = verify(source.scheme, secrets, request.headers, body, tolerance_s=source.tolerance_seconds)
-        payload = parse_payload(source.payload, body)
-        assert isinstance(payload, BatchLanded)
-        check_uri_allowed(payload.source_uri, _allowed_prefixes(cfg, source))
-    except WebhookRejected as e:
+        delivery = wh.verify(source.scheme, secrets, request.headers, body, tolerance_s=source.tolerance_seconds)
+        payload = wh.parse_payload(source.payload, body)
+        assert isinstance(payload, wh.BatchLanded)
+        wh.check_uri_allowed(payload.source_uri, _allowed_prefixes(cfg, source))
+    except wh.WebhookRejected as e:
         log.info("webhook %s: refused (%s): %s", source.name, e.status, e.message)
         return _reject(e.status, e.message, **({"field": e.field} if getattr(e, "field", "") else {}))
 
     dag_id = cfg.dag_id(source.dag)
-    run_id = run_id_for(source.name, delivery.delivery_id)
+    run_id = wh.run_id_for(source.name, delivery.delivery_id)
     conf = {
         "source_uri": payload.source_uri,
         "webhook": {"source": source.name, "delivery_id": delivery.delivery_id,
