@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
+from airloop_airflow.alerting import AirloopFailureNotifier
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
 from airloop_airflow.deploy import CanaryStepSensor, ConcludeCanaryOperator, StartCanaryOperator
@@ -27,9 +28,11 @@ def _start(d: dt.date) -> dt.datetime:
 
 
 def default_args(cfg: PipelineConfig) -> dict[str, Any]:
-    """Owner and retry policy from the config: transient failures retry with exponential backoff."""
+    """Owner and retry policy from the config: transient failures retry with exponential backoff; a task
+    that fails for good sends one on-call alert."""
     return {
         "owner": cfg.owner,
+        "on_failure_callback": [AirloopFailureNotifier()],
         "retries": cfg.retries.retries,
         "retry_delay": dt.timedelta(seconds=cfg.retries.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,

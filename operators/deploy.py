@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from airloop_airflow.alerting import OnCallFailure
 from airloop_airflow.batch import _ModelOperator, _ModelSensor
 
 if TYPE_CHECKING:
@@ -302,7 +303,6 @@ class ConcludeCanaryOperator(_ModelOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from mlflow import MlflowClient
 
-        from airloop.alerts import record_alert
         from airloop.registry import promote
 
         cfg, root = self.pipeline(), self.root()
@@ -324,10 +324,8 @@ class ConcludeCanaryOperator(_ModelOperator):
         target.finish(promoted=False)
         summary = (f"{cfg.name} v{state.version} rolled back at {last['percent']}% of traffic: {last['reason']}. "
                    f"Champion v{state.champion_version} serves all traffic; aliases unchanged.")
-        from airloop.runbooks import RUNBOOKS
-
-        runbook = f"include/runbooks/{RUNBOOKS['canary_rollback']}"
-        record_alert(root, cfg.name, kind="canary_rollback", summary=summary,
-                     details={"dag_id": context["dag"].dag_id, "run_id": context["run_id"], "runbook": runbook,
-                              "figures": last["figures"], "state_uri": state_uri(root, cfg.name, state.version)})
-        raise AirflowFailException(f"{summary} Figures: {json.dumps(last['figures'], default=str)}. Runbook: {runbook}")
+        # the task's failure alert (AirloopFailureNotifier) carries these figures and the runbook link
+        raise OnCallFailure(f"{summary} Figures: {json.dumps(last['figures'], default=str)}", kind="canary_rollback",
+                            details={"figures": last["figures"], "percent": last["percent"], "version": state.version,
+                                     "champion_version": state.champion_version,
+                                     "state_uri": state_uri(root, cfg.name, state.version)})

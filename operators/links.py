@@ -39,3 +39,20 @@ class DriftReportLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return BaseXCom.get_value(ti_key=ti_key, key=DRIFT_REPORT_KEY) or ""
+
+
+#: The plugin's route that finds the runbook of a task's failure (see ``plugins/airloop_plugin.py``).
+RUNBOOK_FOR_TASK_ROUTE = "/airloop/runbooks/for-task"
+
+
+class RunbookLink(BaseOperatorLink):
+    """"Runbook": what this task's failure means and the commands that recover from it (on every task;
+    the plugin picks the runbook from the task's alert, or from the task when it has not failed)."""
+
+    name = "Runbook"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        from urllib.parse import urlencode
+
+        query = {"dag_id": ti_key.dag_id, "run_id": ti_key.run_id, "task_id": ti_key.task_id}
+        return f"{RUNBOOK_FOR_TASK_ROUTE}?{urlencode(query)}"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from airloop_airflow.alerting import OnCallFailure
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import _ModelOperator
 
@@ -201,7 +202,20 @@ class TrainModelOperator(_ModelOperator):
         if self.use_kubernetes(cfg):
             self.log.info("Training mode: Kubernetes pod in namespace %s on image %s with %s GPU(s)",
                           cfg.training.namespace, cfg.training.image, cfg.training.gpus)
-            return self.build_pod_operator(context, cfg, partitions).execute(context)
+            pod = self.build_pod_operator(context, cfg, partitions)
+            try:
+                return pod.execute(context)
+            except Exception as e:
+                if type(e).__name__ not in ("PodLaunchTimeoutException", "PodLaunchFailedException"):
+                    raise
+                raise OnCallFailure(
+                    f"the training pod never started: {e}. Within startup_timeout_seconds="
+                    f"{cfg.training.startup_timeout_seconds} no node could take it: usually no GPU node "
+                    f"({cfg.training.gpus} x nvidia.com/gpu, node selector {dict(cfg.training.node_selector)}) "
+                    "could be scaled up, or the image could not be pulled; the pod's events are in the log above.",
+                    kind="training_pod_pending",
+                    details={"namespace": cfg.training.namespace, "image": cfg.training.image, "gpus": cfg.training.gpus},
+                ) from e
         return self.run_local(context, cfg, partitions)
 
 
@@ -243,11 +257,12 @@ class ChampionChallengerGateOperator(_ModelOperator):
                             by=f"{context['dag'].dag_id}/{context['run_id']}")
         self.log.info("Gate for %s v%s: %s", cfg.name, result["version"], decision.reason)
         if not decision.passed:
-            raise AirflowFailException(
+            raise OnCallFailure(
                 f"{cfg.name} v{decision.challenger_version} did not pass the gate: {decision.reason}. "
                 f"Challenger {decision.metric}={decision.challenger_score:.4f}, champion "
                 f"(v{decision.champion_version}) {decision.metric}="
-                f"{'n/a' if decision.champion_score is None else f'{decision.champion_score:.4f}'}. Aliases unchanged."
+                f"{'n/a' if decision.champion_score is None else f'{decision.champion_score:.4f}'}. Aliases unchanged.",
+                kind="gate_refused", details={"gate": decision.to_dict()},
             )
         extra = {"version": result["version"], "run_id": result["run_id"], "model_uri": result["model_uri"],
                  "metrics": result.get("metrics", {}), "gate": decision.to_dict()}

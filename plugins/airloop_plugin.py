@@ -18,8 +18,9 @@ from pathlib import Path
 from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+from airloop_airflow.links import RunbookLink
 from airloop_airflow.webhooks import router as webhook_router
 
 # Only these zones of the data root are served, and only these file types.
@@ -84,8 +85,63 @@ reject: <code>airloop quarantine reject MODEL PARTITION --reason "..."</code>.</
 </body></html>"""
 
 
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem;max-width:60rem}} code,pre{{background:#f6f8fa}}
+pre{{padding:.6rem;overflow-x:auto}}</style></head><body>{body}</body></html>"""
+
+
+@app.get("/runbooks", response_class=HTMLResponse, dependencies=[Depends(get_user)])
+def runbook_index() -> str:
+    """Every runbook, by failure kind."""
+    from airloop.runbooks import RUNBOOKS, runbook_path
+
+    items = "".join(
+        f"<li><a href='runbooks/{k}'>{html.escape(runbook_path(k).read_text().splitlines()[0].lstrip('# '))}</a>"
+        f" <small>({k})</small></li>" for k in RUNBOOKS
+    )
+    return _PAGE.format(title="airloop runbooks", body=f"<h1>Runbooks</h1><ul>{items}</ul>")
+
+
+@app.get("/runbooks/for-task", dependencies=[Depends(get_user)])
+def runbook_for_task(dag_id: str, run_id: str, task_id: str) -> RedirectResponse:
+    """The runbook of a task's failure: the kind its alert recorded, else what the task's failure means."""
+    from airloop.alerts import read_alerts
+    from airloop.storage import DataRoot
+    from airloop_airflow.alerting import TASK_KINDS
+
+    model = dag_id.split("__")[0]
+    kind = None
+    try:
+        alerts = read_alerts(DataRoot(str(_data_root())), model)
+    except HTTPException:
+        alerts = []
+    for a in reversed(alerts):
+        if (a.get("dag_id"), a.get("run_id"), a.get("task_id")) == (dag_id, run_id, task_id):
+            kind = a["kind"]
+            break
+    kind = kind or TASK_KINDS.get(task_id)
+    return RedirectResponse(f"/airloop/runbooks/{kind}" if kind else "/airloop/runbooks", status_code=307)
+
+
+@app.get("/runbooks/{kind}", response_class=HTMLResponse, dependencies=[Depends(get_user)])
+def runbook_page(kind: str) -> str:
+    """One runbook, rendered from ``include/runbooks/``."""
+    from markdown_it import MarkdownIt
+
+    from airloop.runbooks import runbook_path
+
+    try:
+        path = runbook_path(kind)
+    except KeyError as e:
+        raise HTTPException(404, str(e.args[0])) from None
+    body = MarkdownIt("commonmark", {"html": False}).render(path.read_text())
+    return _PAGE.format(title=f"Runbook: {html.escape(kind)}",
+                        body=f"{body}<hr><small>include/runbooks/{html.escape(path.name)} · <a href='../runbooks'>all runbooks</a></small>")
+
+
 class AirloopPlugin(AirflowPlugin):
     name = "airloop"
+    global_operator_extra_links = [RunbookLink()]
     fastapi_apps = [{"app": app, "url_prefix": "/airloop", "name": "airloop"}]
     external_views = [
         {

@@ -22,10 +22,14 @@ def read_alerts(root: DataRoot, model: str) -> list[dict[str, Any]]:
     return root.read_jsonl(alerts_uri(root, model))
 
 
-def record_alert(root: DataRoot, model: str, *, kind: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
-    """Append one alert (the whole file is rewritten atomically: a crash never leaves half a line)."""
-    record = {"model": model, "kind": kind, "summary": summary, "details": details,
-              "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+def append_alert(root: DataRoot, record: dict[str, Any]) -> dict[str, Any]:
+    """Append one alert record (needs ``model``, ``kind``, ``summary``); the whole file is rewritten
+    atomically, so a crash never leaves half a line."""
+    missing = [k for k in ("model", "kind", "summary") if k not in record]
+    if missing:
+        raise ValueError(f"an alert needs {missing}")
+    record = {**record, "at": record.get("at") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    model = record["model"]
     root.write_jsonl_atomic(alerts_uri(root, model), [*read_alerts(root, model), record])
-    log.warning("ALERT %s %s: %s", model, kind, summary)
+    log.warning("ALERT %s %s: %s", model, record["kind"], record["summary"])
     return record

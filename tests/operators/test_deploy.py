@@ -138,6 +138,7 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     from airloop.alerts import read_alerts
     from airloop.registry import current_alias
     from airloop.storage import DataRoot
+    from airloop_airflow.alerting import AirloopFailureNotifier, OnCallFailure
 
     client, v1, v2 = registry
     url, service = server
@@ -146,13 +147,20 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     service.variants["challenger"].model = SimpleNamespace(predict=lambda df: 1 / 0)  # every request fails
     xcom["watch_canary"] = drive(sensor, Ctx(xcom), url, bodies)
     assert xcom["watch_canary"]["action"] == "rollback" and service.weight == 0.0
-    with pytest.raises(AirflowFailException, match=r"rolled back at 10% of traffic: challenger 5xx rate"):
+    with pytest.raises(OnCallFailure, match=r"rolled back at 10% of traffic: challenger 5xx rate") as failed:
         conclude.execute(Ctx(xcom))
+    assert isinstance(failed.value, AirflowFailException)  # a verdict: no retry
+    # the task's failure callback sends the one alert, with the figures that decided it
+    ti = SimpleNamespace(dag_id="flight_delays__deploy", task_id="conclude_canary", run_id="r1", try_number=1,
+                         log_url="http://ui/dags/flight_delays__deploy/runs/r1/tasks/conclude_canary?try_number=1")
+    AirloopFailureNotifier().notify({"ti": ti, "task": conclude, "exception": failed.value})
     assert current_alias(client, "flight_delays", "champion") == v1
     assert current_alias(client, "flight_delays", "challenger") == v2
     alerts = read_alerts(DataRoot(str(tmp_path)), "flight_delays")
     assert len(alerts) == 1 and alerts[0]["kind"] == "canary_rollback" and alerts[0]["details"]["figures"]["challenger_5xx_rate"] > 0.02
-    assert alerts[0]["details"]["runbook"] == "include/runbooks/canary-rolled-back.md"
+    assert alerts[0]["runbook"] == "include/runbooks/canary-rolled-back.md"
+    assert alerts[0]["runbook_url"].endswith("/airloop/runbooks/canary_rollback")
+    assert alerts[0]["log_url"] == ti.log_url and alerts[0]["try_number"] == 1
     assert load_state(DataRoot(str(tmp_path)), "flight_delays", v2).status == "rolled_back"
     with pytest.raises(AirflowSkipException, match="already ended: rolled_back"):
         start.execute(Ctx({}))

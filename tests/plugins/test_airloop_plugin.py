@@ -74,3 +74,26 @@ def test_report_is_served(client):
 )
 def test_nothing_else_is_served(client, path, status):
     assert client.get(f"/files/{path}").status_code == status
+
+
+def test_runbooks_are_rendered_and_listed(client):
+    page = client.get("/runbooks/batch_quarantined")
+    assert page.status_code == 200 and "<h1>" in page.text and "airloop quarantine release" in page.text
+    assert client.get("/runbooks/nothing").status_code == 404
+    index = client.get("/runbooks")
+    assert index.status_code == 200 and "runbooks/canary_rollback" in index.text
+
+
+def test_a_tasks_runbook_link_follows_its_alert(plugin, client, data_root):
+    from airloop.alerts import append_alert
+    from airloop_airflow.links import RunbookLink
+
+    assert any(isinstance(link, RunbookLink) for link in plugin.AirloopPlugin.global_operator_extra_links)
+    append_alert(data_root, {"model": "flight_delays", "kind": "batch_unreadable", "summary": "not csv",
+                             "dag_id": "flight_delays__ingest", "run_id": "r9", "task_id": "ingest_batch"})
+    q = "/runbooks/for-task?dag_id=flight_delays__ingest&run_id={}&task_id={}"
+    follow = client.get(q.format("r9", "ingest_batch"), follow_redirects=False)
+    assert (follow.status_code, follow.headers["location"]) == (307, "/airloop/runbooks/batch_unreadable")
+    # no alert for that try: what a failure of that task means
+    assert client.get(q.format("r1", "gate_challenger"), follow_redirects=False).headers["location"] == "/airloop/runbooks/gate_refused"
+    assert client.get(q.format("r1", "other"), follow_redirects=False).headers["location"] == "/airloop/runbooks"
