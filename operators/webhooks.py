@@ -78,6 +78,10 @@ def _ui_url(dag_id: str, run_id: str) -> str:
     return f"{conf.get('api', 'base_url', fallback='').rstrip('/')}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
+class RunConflict(Exception):
+    """The run cannot be created next to an existing one (not the same delivery): answered with 409."""
+
+
 def create_run(dag_id: str, run_id: str, day: dt.date, conf: dict[str, Any], source: str) -> tuple[str, bool]:
     """Create the run (or find it); returns (state, created)."""
     from airflow.models.dagbag import DBDagBag
@@ -100,6 +104,8 @@ def create_run(dag_id: str, run_id: str, day: dt.date, conf: dict[str, Any], sou
             raise LookupError(f"DAG {dag_id} is not parsed yet")
         start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
         try:
+            # the run of that day's data interval: Airflow keeps one run per logical date, so a second
+            # delivery (another id) for a day that already has a run is refused with 409 (re-run = clear it)
             run = dag.create_dagrun(
                 run_id=run_id, logical_date=start, data_interval=(start, start + dt.timedelta(days=1)),
                 run_after=dt.datetime.now(dt.UTC), conf=conf, run_type=DagRunType.MANUAL,
@@ -108,12 +114,18 @@ def create_run(dag_id: str, run_id: str, day: dt.date, conf: dict[str, Any], sou
             )
             session.flush()
             return str(run.state), True
-        except IntegrityError:  # the same delivery, at the same moment, on another worker
+        except IntegrityError as e:  # the same delivery, at the same moment, on another worker
             session.rollback()
             found = existing(session)
-            if found is None:
-                raise
-            return str(found.state), False
+            if found is not None:
+                return str(found.state), False
+            same_day = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date == start))
+            if same_day is None:
+                raise RunConflict(f"the run conflicts with an existing one: {e.orig}") from e
+            raise RunConflict(
+                f"{day} already has run {same_day.run_id} ({same_day.state}) of {dag_id}; to ingest that day again, "
+                f"clear it: airloop airflow tasks clear {dag_id} -s {day} -e {day} --yes"
+            ) from e
 
 
 @router.post("/webhooks/{source_name}", status_code=202)
@@ -157,6 +169,8 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
         state, created = await run_in_threadpool(create_run, dag_id, run_id, payload.day, conf, source.name)
     except LookupError as e:
         return _reject(503, f"{e}; retry later", retry_after_s=30)
+    except RunConflict as e:
+        return _reject(409, str(e), dag_id=dag_id)
     except Exception as e:  # e.g. SQLite "database is locked": the sender retries, the run id keeps it safe
         log.warning("webhook %s: could not create run %s: %s", source.name, run_id, e)
         return _reject(503, "the metadata database is busy; retry the same delivery", retry_after_s=5)

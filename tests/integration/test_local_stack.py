@@ -12,29 +12,20 @@ import pytest
 
 from airloop.sources import nycflights13
 from airloop.storage import DataRoot, default_data_root_uri
-from airloop_airflow import cli, stack
+from airloop_airflow import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GOOD = [dt.date(2013, 6, 10), dt.date(2013, 6, 11)]
 BAD = dt.date(2013, 6, 12)
-
-
-@pytest.fixture(scope="module")
-def running_stack(airflow_db):
-    s = airflow_db
-    try:
-        stack.start(s, wait_s=180)
-        api = cli._api(s)
-        yield s, api
-    finally:
-        stack.stop(s)
+HOOKED = dt.date(2013, 6, 13)  # announced by a signed webhook instead of a scheduled run
 
 
 def test_scheduler_runs_ingest_and_gate(running_stack, cfg, capsys):
     s, api = running_stack
     root = DataRoot(default_data_root_uri())
-    nycflights13.replay_days(root, cfg.name, [*GOOD, BAD], file_name=cfg.source.file_name, corruptions={BAD: "missing_column"})
+    nycflights13.replay_days(root, cfg.name, [*GOOD, BAD, HOOKED], file_name=cfg.source.file_name,
+                             corruptions={BAD: "missing_column"})
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
     api.wait_for_dag(cfg.dag_id("release"))
@@ -42,8 +33,26 @@ def test_scheduler_runs_ingest_and_gate(running_stack, cfg, capsys):
     run_ids = {cli.trigger_interval_run(api, dag_id, d) for d in [*GOOD, BAD]}
     # the same interval again is the same run, not a second one
     assert cli.trigger_interval_run(api, dag_id, GOOD[0]) in run_ids
-    states = cli._wait_runs(api, dag_id, run_ids, timeout_s=600)
-    assert states == {f"replay__{d}": "success" for d in GOOD} | {f"replay__{BAD}": "failed"}
+    # an upstream system announces a landed batch with a signed webhook: a real ingestion run of its day
+    status, answer = cli.send_webhook(s, "flight-delays-landing", HOOKED, delivery_id="msg_stack_1")
+    assert status == 202, answer
+    hooked = answer["dag_run_id"]
+    assert hooked == "webhook__flight-delays-landing__msg_stack_1"
+    assert cli.send_webhook(s, "flight-delays-landing", HOOKED, delivery_id="msg_stack_1")[0] == 200  # a repeat
+    states = cli._wait_runs(api, dag_id, {*run_ids, hooked}, timeout_s=600)
+    assert states == {f"replay__{d}": "success" for d in GOOD} | {f"replay__{BAD}": "failed", hooked: "success"}
+    manifest = root.read_json(f"{root.uri}/raw/{cfg.name}/ds={HOOKED}/_manifest.json")
+    assert manifest["source_uri"].endswith(f"landing/{cfg.name}/ds={HOOKED}/flights.csv")
+
+    # on-call: exactly one alert for the failed task, with its log URL and runbook
+    from airloop.alerts import read_alerts
+
+    [alert] = [a for a in read_alerts(root, cfg.name) if a.get("run_id") == f"replay__{BAD}"]
+    assert (alert["task_id"], alert["try_number"], alert["kind"]) == ("validate_batch", 1, "batch_quarantined")
+    assert alert["log_url"] == f"{s.base_url}/dags/{dag_id}/runs/replay__{BAD}/tasks/validate_batch?try_number=1"
+    req = urllib.request.Request(alert["runbook_url"], headers={"Authorization": f"Bearer {api.token()}"})
+    with urllib.request.urlopen(req) as r:
+        assert "airloop quarantine release" in r.read().decode()
 
     # the failed run: the gate failed once (no retry), ingest succeeded, the report is one click away
     tis = {t["task_id"]: t for t in api.task_instances(dag_id, f"replay__{BAD}")}

@@ -79,6 +79,13 @@ def test_signed_delivery_creates_one_run_and_a_repeat_finds_it(client):
     assert again.status_code == 200 and again.json()["dag_run_id"] == out["dag_run_id"] and again.json()["created"] is False
     assert len(runs(out["dag_run_id"])) == 1
 
+    # another delivery (another id) for a day that already has its run: 409, naming the run and the way
+    # to ingest the day again; nothing is created
+    other = client.post(f"/webhooks/{SOURCE}", content=body, headers=signed(body, "msg_route_2"))
+    assert other.status_code == 409 and out["dag_run_id"] in other.json()["detail"]
+    assert "airloop airflow tasks clear flight_delays__ingest -s 2013-07-15 -e 2013-07-15" in other.json()["detail"]
+    assert runs("webhook__flight-delays-landing__msg_route_2") == []
+
 
 def test_github_style_delivery(client):
     body = json.dumps({"source_uri": landing("2013-07-16"), "day": "2013-07-16"}).encode()

@@ -1,0 +1,99 @@
+"""200 webhook deliveries against the real API server: 20% repeats, 10% badly signed.
+
+The ingest DAG is paused meanwhile, so the runs are created and counted but not executed (executing 140
+ingestion runs is not what this measures); they are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from airloop import webhooks as wh
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SOURCE = "flight-delays-landing"
+DAG_ID = "flight_delays__ingest"
+
+
+def _post(base_url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{base_url}/airloop/webhooks/{SOURCE}", data=body, method="POST",
+                                 headers={**headers, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_runs(running_stack):
+    s, api = running_stack
+    secret = json.loads(s.webhook_connections()["AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS"])["password"]
+    wrong = "whsec_" + "bm90IHRoZSBzZWNyZXQgb2YgdGhpcyBzb3VyY2U="
+    api.wait_for_dag(DAG_ID)
+    was_paused = api.get(f"/api/v2/dags/{DAG_ID}")["is_paused"]
+    api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": True})
+
+    tag = uuid.uuid4().hex[:8]
+    rng = random.Random(7)
+    landing = f"{s.data_root}/landing/flight_delays"
+    # one delivery per day (Airflow keeps one run per day of the ingest DAG), days no other test runs
+    unique = [(f"load_{tag}_{i:03d}", dt.date(2013, 8, 1) + dt.timedelta(days=i)) for i in range(140)]
+    plan = [(mid, day, secret) for mid, day in unique]
+    plan += [(mid, day, secret) for mid, day in rng.sample(unique, 40)]                       # 20%: repeats
+    plan += [(f"load_{tag}_bad_{i:02d}", dt.date(2013, 8, 1), wrong) for i in range(20)]       # 10%: bad signature
+    rng.shuffle(plan)
+    assert len(plan) == 200
+
+    def deliver(item):
+        mid, day, key = item
+        body = json.dumps({"source_uri": f"{landing}/ds={day}/flights.csv", "day": day.isoformat()}).encode()
+        busy = 0
+        while True:  # a sender re-sends the same delivery on 503 (metadata database busy)
+            ts = int(time.time())
+            status, answer = _post(s.base_url, body, {"webhook-id": mid, "webhook-timestamp": str(ts),
+                                                      "webhook-signature": wh.standard_signature(key, mid, ts, body)})
+            if status != 503 or busy == 10:
+                return mid, key, status, answer, busy
+            busy += 1
+            time.sleep(0.5 * busy)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(deliver, plan))
+        by_id = collections.defaultdict(list)
+        for mid, key, status, answer, _ in results:
+            by_id[mid].append((key == secret, status, answer))
+
+        for mid, _day in unique:
+            statuses = sorted(st for _, st, _ in by_id[mid])
+            # the first delivery of an id creates its run; every repeat is answered with the same run
+            assert statuses in ([202], [200, 202]), (mid, by_id[mid])
+            assert {a["dag_run_id"] for _, _, a in by_id[mid]} == {wh.run_id_for(SOURCE, mid)}
+        bad = [r for r in results if r[1] == wrong]
+        assert len(bad) == 20 and {r[2] for r in bad} == {401}
+        assert all(r[3]["detail"] == "no webhook-signature matches the body" for r in bad)
+
+        runs = [r["dag_run_id"] for r in api.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=1000,
+                                                 run_id_pattern=f"webhook__{SOURCE}__load_{tag}")["dag_runs"]]
+        assert sorted(runs) == sorted(wh.run_id_for(SOURCE, mid) for mid, _ in unique)
+        counts = collections.Counter(r[2] for r in results)
+        print(f"\n200 deliveries: {dict(counts)}; re-sent after 503: {sum(r[4] for r in results)}")
+    finally:
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            session.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_id.like(f"webhook__{SOURCE}__load_{tag}%")).delete(
+                synchronize_session=False)
+        api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": was_paused})
