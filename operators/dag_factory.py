@@ -81,7 +81,16 @@ checks from the config. Pass: the batch is published as an event on Asset `{cfg.
   in quarantine as received. Ask the producer for a new file and re-run.
 * `ingest_batch` failed with "no batch at": the feed is late; the task already retried with backoff.
 
-Run conf: `source_uri` (optional, any fsspec URI).
+**Trigger from the UI**: set *Logical Date* to the midnight after the batch's day (a manual run's
+interval ends at its logical date: 2013-01-09 00:00 ingests ds=2013-01-08). Dates after the feed's end
+({cfg.schedule.end_date or "none"}) make a run without tasks.
+
+Run conf: `source_uri` (optional, any fsspec URI). Upstream systems start runs with a signed webhook
+(`POST /airloop/webhooks/<source>` on the API server{": " + ", ".join(f"`{w.name}`" for w in cfg.webhooks) if cfg.webhooks else ""}):
+run id `webhook__<source>__<delivery id>`, `source_uri` from the delivery.
+
+Every task that fails for good sends one on-call alert ({", ".join(cfg.alerts.channels)}) with its log URL
+and runbook; `airloop alerts {cfg.name}` lists them, and each task's **Runbook** link opens its runbook.
 """
 
 

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 REPORT_URL_KEY = "validation_report_url"
 #: XCom key under which a drift check pushes the address of its Evidently report.
 DRIFT_REPORT_KEY = "drift_report_url"
+#: XCom key under which training and gate tasks push the MLflow UI address of their run / model version.
+MLFLOW_URL_KEY = "mlflow_url"
 #: The plugin's route that serves reports from the data root (see ``plugins/airloop_plugin.py``).
 REPORTS_ROUTE = "/airloop/files"
 
@@ -56,3 +58,23 @@ class RunbookLink(BaseOperatorLink):
 
         query = {"dag_id": ti_key.dag_id, "run_id": ti_key.run_id, "task_id": ti_key.task_id}
         return f"{RUNBOOK_FOR_TASK_ROUTE}?{urlencode(query)}"
+
+
+def mlflow_ui_url(fragment: str) -> str | None:
+    """The MLflow UI address of ``#/...`` when the tracking URI is an MLflow server (``AIRLOOP_MLFLOW_UI_URL``
+    overrides it, e.g. when tasks reach the server at an internal address); None for a database store."""
+    import os
+
+    base = os.environ.get("AIRLOOP_MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not base.startswith(("http://", "https://")):
+        return None
+    return f"{base.rstrip('/')}/#/{fragment.lstrip('/')}"
+
+
+class MlflowLink(BaseOperatorLink):
+    """"MLflow": the MLflow run this task trained, or the model version it gated or deployed."""
+
+    name = "MLflow"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return BaseXCom.get_value(ti_key=ti_key, key=MLFLOW_URL_KEY) or ""

@@ -30,6 +30,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airloop_airflow.alerting import OnCallFailure
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import _ModelOperator
+from airloop_airflow.links import MLFLOW_URL_KEY, MlflowLink, mlflow_ui_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -67,6 +68,7 @@ class TrainModelOperator(_ModelOperator):
 
     template_fields: Sequence[str] = (*_ModelOperator.template_fields, "reason", "drift")
     ui_color = "#e8fde9"
+    operator_extra_links = (MlflowLink(),)
 
     def __init__(self, *, reason: str = "schedule", drift: Any = None, mode: str = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -204,7 +206,7 @@ class TrainModelOperator(_ModelOperator):
                           cfg.training.namespace, cfg.training.image, cfg.training.gpus)
             pod = self.build_pod_operator(context, cfg, partitions)
             try:
-                return pod.execute(context)
+                return self._link_run(context, pod.execute(context))
             except Exception as e:
                 if type(e).__name__ not in ("PodLaunchTimeoutException", "PodLaunchFailedException"):
                     raise
@@ -216,7 +218,19 @@ class TrainModelOperator(_ModelOperator):
                     kind="training_pod_pending",
                     details={"namespace": cfg.training.namespace, "image": cfg.training.image, "gpus": cfg.training.gpus},
                 ) from e
-        return self.run_local(context, cfg, partitions)
+        return self._link_run(context, self.run_local(context, cfg, partitions))
+
+    def _link_run(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        """Point the task's MLflow link at the run it trained."""
+        from mlflow import MlflowClient
+
+        run_id = (result or {}).get("run_id")
+        if run_id:
+            experiment = MlflowClient().get_run(run_id).info.experiment_id
+            url = mlflow_ui_url(f"experiments/{experiment}/runs/{run_id}")
+            if url:
+                context["ti"].xcom_push(key=MLFLOW_URL_KEY, value=url)
+        return result
 
 
 def _label_value(value: str) -> str:
@@ -235,6 +249,7 @@ class ChampionChallengerGateOperator(_ModelOperator):
     """
 
     ui_color = "#f3e8fd"
+    operator_extra_links = (MlflowLink(),)
 
     def __init__(self, *, train_task_id: str = "train_model", **kwargs: Any) -> None:
         model = kwargs["model"]
@@ -256,6 +271,9 @@ class ChampionChallengerGateOperator(_ModelOperator):
         decision = run_gate(cfg, MlflowClient(), root, result["version"], holdout,
                             by=f"{context['dag'].dag_id}/{context['run_id']}")
         self.log.info("Gate for %s v%s: %s", cfg.name, result["version"], decision.reason)
+        url = mlflow_ui_url(f"models/{cfg.name}/versions/{result['version']}")
+        if url:
+            context["ti"].xcom_push(key=MLFLOW_URL_KEY, value=url)
         if not decision.passed:
             raise OnCallFailure(
                 f"{cfg.name} v{decision.challenger_version} did not pass the gate: {decision.reason}. "

@@ -41,7 +41,12 @@ def flow(dags, cfg):
     parts = [f"ds={d}" for d in DAYS]
     fr = dags["flight_delays__features"].test(run_conf={"partitions": parts})
     assert str(fr.state) == "success"
-    tr = dags["flight_delays__train"].test(run_conf={"reason": "manual"})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRLOOP_MLFLOW_UI_URL", "http://mlflow.example:5000")  # the store here is a database: no UI
+    try:
+        tr = dags["flight_delays__train"].test(run_conf={"reason": "manual"})
+    finally:
+        mp.undo()
     assert str(tr.state) == "success"
     client = MlflowClient()
     champion = client.get_model_version_by_alias(cfg.name, "champion")
@@ -69,6 +74,17 @@ def test_first_model_becomes_champion_with_lineage(flow, cfg):
         assert tags[f"airloop.validation.{p}"].startswith("passed 69/69 (suite flight_delays")
         assert raw["content_hash"] in tags[f"airloop.validation.{p}"]
     assert tags["airloop.feature_version"]
+    # the tasks link their MLflow run and model version in the UI
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        links = {x.task_id: XComModel.deserialize_value(x) for x in session.query(XComModel).filter(
+            XComModel.dag_id == "flight_delays__train", XComModel.run_id == tr.run_id, XComModel.key == "mlflow_url")}
+    assert links == {
+        "train_model": f"http://mlflow.example:5000/#/experiments/{run.info.experiment_id}/runs/{champion.run_id}",
+        "gate_challenger": f"http://mlflow.example:5000/#/models/{cfg.name}/versions/{champion.version}",
+    }
     # exactly one version for this DAG run
     key = f"flight_delays__train/{tr.run_id}"
     assert len(client.search_model_versions(f"name = '{cfg.name}' and tags.airloop_run_key = '{key}'")) == 1
