@@ -47,6 +47,7 @@ def main() -> int:
     stack.init(s)
     stack.run_airflow(s, "dags", "reserialize", capture=True)
     os.environ.update({k: v for k, v in s.env().items() if k.startswith(("AIRFLOW", "AIRLOOP"))})
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # one log line per created run would drown the figures
 
     import importlib.util
 
@@ -68,8 +69,12 @@ def main() -> int:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{server.config.port}/webhooks/flight-delays-landing"
     secret = json.loads(s.webhook_connections()["AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS"])["password"]
-    landing = f"{s.data_root}/landing/flight_delays/ds=2013-08-01/flights.csv"
-    body = json.dumps({"source_uri": landing, "day": "2013-08-01"}).encode()
+    import datetime as dt
+
+    def body_for(n: int) -> bytes:  # one day per delivery: a day has one run
+        day = dt.date(2000, 1, 1) + dt.timedelta(days=n)
+        return json.dumps({"source_uri": f"{s.data_root}/landing/flight_delays/ds={day}/flights.csv",
+                           "day": day.isoformat()}).encode()
 
     real_verify = wh.verify
 
@@ -83,6 +88,7 @@ def main() -> int:
         nonlocal n
         n += 1
         mid = f"bench_{mode}_{n}"
+        body = body_for(n)
         ts = int(time.time())
         headers = {"webhook-id": mid, "webhook-timestamp": str(ts), "Content-Type": "application/json",
                    "webhook-signature": wh.standard_signature(secret, mid, ts, body) if mode == "signed" else "v1,none"}
@@ -105,6 +111,7 @@ def main() -> int:
                 one(mode)
     wh.verify = real_verify
 
+    body = body_for(0)
     headers = {"webhook-id": "x", "webhook-timestamp": str(int(time.time())),
                "webhook-signature": wh.standard_signature(secret, "x", int(time.time()), body)}
     per_check = min(timeit.repeat(lambda: real_verify("standard", [secret], headers, body), number=2000, repeat=5)) / 2000

@@ -112,7 +112,7 @@ def _restart_command(db_url: str) -> list[str]:
     for line in out.splitlines():
         version, name, cport = line.split()[:3]
         if cport == port:
-            return ["pg_ctlcluster", version, name, "restart"]
+            return ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart"]
     raise AssertionError(f"no PostgreSQL cluster on port {port} in pg_lsclusters: {out}")
 
 
