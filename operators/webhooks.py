@@ -122,9 +122,11 @@ def create_run(dag_id: str, run_id: str, day: dt.date, conf: dict[str, Any], sou
             same_day = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.logical_date == start))
             if same_day is None:
                 raise RunConflict(f"the run conflicts with an existing one: {e.orig}") from e
+            earlier = (same_day.conf or {}).get("source_uri") or "the landing file"
             raise RunConflict(
-                f"{day} already has run {same_day.run_id} ({same_day.state}) of {dag_id}; to ingest that day again, "
-                f"clear it: airloop airflow tasks clear {dag_id} -s {day} -e {day} --yes"
+                f"{day} already has run {same_day.run_id} ({same_day.state}) of {dag_id}, reading {earlier}. "
+                f"To ingest that day again from there, clear it: airloop airflow tasks clear {dag_id} -s {day} "
+                f"-e {day} --yes; to ingest another file for it, delete that run first, then send this delivery again"
             ) from e
 
 

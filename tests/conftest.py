@@ -73,20 +73,6 @@ def airflow_db() -> stack.StackSettings:
 
 
 @pytest.fixture(scope="session")
-def running_stack(airflow_db):
-    """The real local stack (API server + UI, scheduler, DAG processor, triggerer, MLflow, model server) on
-    the session's metadata database and a test port, started once for every test that needs it."""
-    from airloop_airflow import cli
-
-    s = airflow_db
-    try:
-        stack.start(s, wait_s=180)
-        yield s, cli._api(s)
-    finally:
-        stack.stop(s)
-
-
-@pytest.fixture(scope="session")
 def spark():
     """One local Spark session for the whole test session."""
     from airloop.spark.build_features import build_session

@@ -1,6 +1,6 @@
 """The webhook routes of the plugin against the session's real metadata database (DAGs parsed into it).
 
-The routes run in-process here (FastAPI's test client); ``tests/integration/test_webhook_load.py`` sends
+The routes run in-process here (FastAPI's test client); ``tests/integration/stack/test_webhook_load.py`` sends
 deliveries to the real API server.
 """
 
