@@ -87,15 +87,11 @@ def classify(task_id: str, exc: BaseException | None) -> tuple[str, dict[str, An
     return TASK_KINDS.get(task_id, "rerun_interval"), {}
 
 
-def _base_url() -> str:
-    from airflow.configuration import conf
-
-    return conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
-
-
 def runbook_url(kind: str) -> str:
     """The rendered runbook of a failure kind on the API server (the airloop plugin serves it)."""
-    return f"{_base_url()}/airloop/runbooks/{kind}"
+    from airloop_airflow.links import ui_base_url
+
+    return f"{ui_base_url()}/airloop/runbooks/{kind}"
 
 
 def build_alert(context: Context, model: str) -> dict[str, Any]:

@@ -230,13 +230,12 @@ def send_webhook(s: stack.StackSettings, source_name: str, day: dt.date, uri: st
     import uuid
 
     from airloop import webhooks as wh
-    from airloop.config import find_webhook_source, get_pipeline
+    from airloop.config import find_webhook_source
 
     found = find_webhook_source(source_name)
     if found is None:
         raise SystemExit(f"no webhook source named {source_name!r}; see webhooks: in the pipeline configs")
     cfg, source = found
-    cfg = get_pipeline(cfg.name)
     secret = json.loads(s.webhook_connections()[f"AIRFLOW_CONN_{source.connection_id.upper()}"])["password"]
     uri = uri or f"{s.data_root}/landing/{cfg.name}/ds={day.isoformat()}/{cfg.source.file_name}"
     body = json.dumps({"source_uri": uri, "day": day.isoformat()}).encode()

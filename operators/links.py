@@ -20,6 +20,13 @@ MLFLOW_URL_KEY = "mlflow_url"
 REPORTS_ROUTE = "/airloop/files"
 
 
+def ui_base_url() -> str:
+    """The Airflow UI's address (``[api] base_url``), for links that leave the UI (alerts, webhook answers)."""
+    from airflow.configuration import conf
+
+    return conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
+
+
 def report_url(relative_path: str) -> str:
     """The UI address of a file under the data root, as served by the airloop plugin."""
     return f"{REPORTS_ROUTE}/{relative_path.lstrip('/')}"

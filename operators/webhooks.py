@@ -73,9 +73,9 @@ def _allowed_prefixes(cfg: PipelineConfig, source: WebhookSourceConfig) -> tuple
 def _ui_url(dag_id: str, run_id: str) -> str:
     from urllib.parse import quote
 
-    from airflow.configuration import conf
+    from airloop_airflow.links import ui_base_url
 
-    return f"{conf.get('api', 'base_url', fallback='').rstrip('/')}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
+    return f"{ui_base_url()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
 class RunConflict(Exception):

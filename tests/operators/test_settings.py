@@ -27,7 +27,7 @@ def test_apply_is_idempotent(airflow_db):
     apply_settings(REPO / "airflow_settings.yaml")
     assert _state() == state1
     conns, pools, variables = state1
-    assert first == {"connections": 2, "pools": 2, "variables": 1}
+    assert first == {"connections": 1, "pools": 2, "variables": 1}  # spark_default; secrets come from elsewhere
     assert conns["spark_default"][:2] == ("spark", "local[2]")
     assert pools["spark"] == 1 and pools["training"] == 1
     assert variables["airloop_environment"] == "local"
