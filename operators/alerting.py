@@ -116,7 +116,7 @@ def build_alert(context: Context, model: str) -> dict[str, Any]:
         "error": error[:MAX_ERROR_CHARS],
         "error_type": type(exc).__name__ if isinstance(exc, BaseException) else None,
         "details": details,
-        "log_url": ti.log_url,
+        "log_url": getattr(ti, "log_url", None),  # (a callback run outside the task process may lack it)
         "runbook": f"include/runbooks/{RUNBOOKS[kind]}",
         "runbook_url": runbook_url(kind),
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
