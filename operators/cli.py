@@ -540,8 +540,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.model, args.last, args.json = cfg.name, 5, False
     cmd_alerts(args)
     print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
-          "the extra link 'Validation report'; Browse > Quarantine lists quarantined batches. "
-          f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); "
+          "the extra links 'Validation report' and 'Runbook'; Browse > Quarantine lists quarantined batches. "
+          f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); the "
+          f"train tasks link their MLflow run and model version; the last week's ingest runs came from webhooks; "
           f"`airloop models history {cfg.name}` prints the alias history.")
     _print_login(s)
     # Success means: every real day published, exactly the broken day stopped at the gate, a champion
