@@ -41,14 +41,9 @@ TASK_KINDS = {
     "conclude_canary": "canary_rollback",
     "rollback_champion": "model_rollback",
 }
-#: exception class name -> failure kind, looked for along the exception's causes
-EXCEPTION_KINDS = {
-    "BatchValidationError": "batch_quarantined",
-    "BatchFormatError": "batch_unreadable",
-    "BatchNotFoundError": "batch_late",
-    "PodLaunchTimeoutException": "training_pod_pending",
-    "PodLaunchFailedException": "training_pod_pending",
-}
+#: the Kubernetes provider's exceptions for a pod that never started (matched by name: the provider is
+#: only imported where a cluster is configured); airloop's own errors carry ``runbook_kind`` themselves
+POD_PENDING_EXCEPTIONS = ("PodLaunchTimeoutException", "PodLaunchFailedException")
 MAX_ERROR_CHARS = 4000
 
 
@@ -76,7 +71,8 @@ def classify(task_id: str, exc: BaseException | None) -> tuple[str, dict[str, An
         if isinstance(e, OnCallFailure):
             return e.kind, e.details
     for e in _chain(exc):
-        kind = EXCEPTION_KINDS.get(type(e).__name__)
+        kind = getattr(e, "runbook_kind", None) or (
+            "training_pod_pending" if type(e).__name__ in POD_PENDING_EXCEPTIONS else None)
         if kind:
             details = {}
             if summary := getattr(e, "summary", None):
@@ -104,7 +100,7 @@ def build_alert(context: Context, model: str) -> dict[str, Any]:
         error = str(exc) or type(exc).__name__
     else:  # failed outside the task process: killed, out of memory, heartbeat lost
         error = str(exc or "the task process ended without reporting (killed, out of memory, or lost heartbeat)")
-    headline = error.strip().splitlines()[0][:300] if error.strip() else type(exc).__name__
+    headline = (error.strip().splitlines() or [error])[0][:300]
     return {
         "model": model,
         "kind": kind,

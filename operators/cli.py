@@ -236,16 +236,10 @@ def send_webhook(s: stack.StackSettings, source_name: str, day: dt.date, uri: st
     if found is None:
         raise SystemExit(f"no webhook source named {source_name!r}; see webhooks: in the pipeline configs")
     cfg, source = found
-    secret = json.loads(s.webhook_connections()[f"AIRFLOW_CONN_{source.connection_id.upper()}"])["password"]
     uri = uri or f"{s.data_root}/landing/{cfg.name}/ds={day.isoformat()}/{cfg.source.file_name}"
     body = json.dumps({"source_uri": uri, "day": day.isoformat()}).encode()
-    delivery_id = delivery_id or f"msg_{uuid.uuid4().hex}"
-    if source.scheme == "github":
-        headers = {"X-Hub-Signature-256": wh.github_signature(secret, body), "X-GitHub-Delivery": delivery_id}
-    else:
-        ts = int(time.time())
-        headers = {"webhook-id": delivery_id, "webhook-timestamp": str(ts),
-                   "webhook-signature": wh.standard_signature(secret, delivery_id, ts, body)}
+    headers = wh.signed_headers(source.scheme, s.webhook_secret(source.connection_id),
+                                delivery_id or f"msg_{uuid.uuid4().hex}", body)
     req = urllib.request.Request(f"{s.base_url}/airloop/webhooks/{source_name}", data=body, method="POST",
                                  headers={**headers, "Content-Type": "application/json"})
     try:

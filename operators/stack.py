@@ -106,12 +106,20 @@ class StackSettings:
             parallelism=int(saved.get("parallelism", 4)),
         )
 
+    def webhook_secret(self, connection_id: str) -> str:
+        """The local stack's secret of one webhook connection (what a sender signs with)."""
+        return self._webhook_secrets()[connection_id]
+
     def webhook_connections(self) -> dict[str, str]:
         """``AIRFLOW_CONN_<ID>`` values for every configured webhook source of the local stack.
 
         Each source gets a random ``whsec_`` secret, generated once and kept in ``<state>/webhook_secrets.json``
         (mode 600). In production these connections come from a secrets backend instead.
         """
+        return {f"AIRFLOW_CONN_{i.upper()}": json.dumps({"conn_type": "generic", "password": secret})
+                for i, secret in self._webhook_secrets().items()}
+
+    def _webhook_secrets(self) -> dict[str, str]:
         from airloop.config import load_all_pipelines
 
         f = Path(self.state_dir) / "webhook_secrets.json"
@@ -128,7 +136,7 @@ class StackSettings:
             tmp.write_text(json.dumps(saved, indent=2))
             tmp.chmod(0o600)
             tmp.replace(f)
-        return {f"AIRFLOW_CONN_{i.upper()}": json.dumps({"conn_type": "generic", "password": saved[i]}) for i in ids}
+        return {i: saved[i] for i in ids}
 
     def save(self) -> None:
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)

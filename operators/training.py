@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airloop_airflow.alerting import OnCallFailure
+from airloop_airflow.alerting import POD_PENDING_EXCEPTIONS, OnCallFailure
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import _ModelOperator
 from airloop_airflow.links import MLFLOW_URL_KEY, MlflowLink, mlflow_ui_url
@@ -208,7 +208,7 @@ class TrainModelOperator(_ModelOperator):
             try:
                 return self._link_run(context, pod.execute(context))
             except Exception as e:
-                if type(e).__name__ not in ("PodLaunchTimeoutException", "PodLaunchFailedException"):
+                if type(e).__name__ not in POD_PENDING_EXCEPTIONS:
                     raise
                 raise OnCallFailure(
                     f"the training pod never started: {e}. Within startup_timeout_seconds="

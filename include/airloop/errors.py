@@ -10,7 +10,10 @@ from typing import Any
 
 
 class AirloopError(Exception):
-    """Base class of every error airloop raises on purpose."""
+    """Base class of every error airloop raises on purpose. ``runbook_kind`` names the runbook of the
+    failure (a key of ``airloop.runbooks.RUNBOOKS``) where one kind fits the class."""
+
+    runbook_kind: str | None = None
 
 
 class ConfigError(AirloopError):
@@ -24,13 +27,19 @@ class DataProblem(AirloopError):
 class BatchNotFoundError(AirloopError):
     """No batch has landed yet for the interval (may be transient: the upstream feed can be late)."""
 
+    runbook_kind = "batch_late"
+
 
 class BatchFormatError(DataProblem):
     """The batch could not be read in its declared format."""
 
+    runbook_kind = "batch_unreadable"
+
 
 class BatchValidationError(DataProblem):
     """The batch failed its expectation suite and was moved to quarantine."""
+
+    runbook_kind = "batch_quarantined"
 
     def __init__(self, message: str, *, summary: dict[str, Any] | None = None, quarantine_uri: str = ""):
         super().__init__(message)

@@ -102,6 +102,16 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
     return "v1," + base64.b64encode(hmac.new(secret_key(secret), signed, hashlib.sha256).digest()).decode()
 
 
+def signed_headers(scheme: Literal["github", "standard"], secret: str, delivery_id: str, body: bytes,
+                   timestamp: int | None = None) -> dict[str, str]:
+    """The headers a sender adds to ``body`` (what upstream systems, the CLI and the tests send)."""
+    if scheme == "github":
+        return {"X-Hub-Signature-256": github_signature(secret, body), "X-GitHub-Delivery": delivery_id}
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {"webhook-id": delivery_id, "webhook-timestamp": str(ts),
+            "webhook-signature": standard_signature(secret, delivery_id, ts, body)}
+
+
 def verify_github(secrets: Sequence[str], headers: Mapping[str, str], body: bytes) -> Delivery:
     """Check ``X-Hub-Signature-256`` against every configured secret (constant-time compares)."""
     got = _header(headers, "X-Hub-Signature-256")

@@ -47,9 +47,7 @@ def landing(day: str) -> str:
 
 
 def signed(body: bytes, msg_id: str, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
-    ts = int(time.time()) if ts is None else ts
-    return {"webhook-id": msg_id, "webhook-timestamp": str(ts),
-            "webhook-signature": wh.standard_signature(secret, msg_id, ts, body), "content-type": "application/json"}
+    return {**wh.signed_headers("standard", secret, msg_id, body, ts), "content-type": "application/json"}
 
 
 def runs(run_id: str) -> list:
@@ -89,7 +87,7 @@ def test_signed_delivery_creates_one_run_and_a_repeat_finds_it(client):
 
 def test_github_style_delivery(client):
     body = json.dumps({"source_uri": landing("2013-07-16"), "day": "2013-07-16"}).encode()
-    headers = {"X-Hub-Signature-256": wh.github_signature(GH_SECRET, body), "X-GitHub-Delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}
+    headers = wh.signed_headers("github", GH_SECRET, "72d3162e-cc78-11e3-81ab-4c9367dc0958", body)
     r = client.post(f"/webhooks/{GH_SOURCE}", content=body, headers=headers)
     assert r.status_code == 202, r.text
     assert len(runs("webhook__flight-delays-github__72d3162e-cc78-11e3-81ab-4c9367dc0958")) == 1
@@ -129,5 +127,5 @@ def test_refusals_say_why_and_create_nothing(client):
 def test_a_source_without_its_connection_is_a_server_error(client, monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS_GITHUB")
     body = b'{"source_uri": "/x", "day": "2013-07-18"}'
-    r = client.post(f"/webhooks/{GH_SOURCE}", content=body, headers={"X-Hub-Signature-256": wh.github_signature(GH_SECRET, body), "X-GitHub-Delivery": "x1"})
+    r = client.post(f"/webhooks/{GH_SOURCE}", content=body, headers=wh.signed_headers("github", GH_SECRET, "x1", body))
     assert r.status_code == 500 and "airloop_webhook_flight_delays_github" in r.json()["detail"]

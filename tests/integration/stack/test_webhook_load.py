@@ -38,7 +38,7 @@ def _post(base_url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dic
 
 def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_runs(running_stack):
     s, api = running_stack
-    secret = json.loads(s.webhook_connections()["AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS"])["password"]
+    secret = s.webhook_secret("airloop_webhook_flight_delays")
     wrong = "whsec_" + "bm90IHRoZSBzZWNyZXQgb2YgdGhpcyBzb3VyY2U="
     api.wait_for_dag(DAG_ID)
     was_paused = api.get(f"/api/v2/dags/{DAG_ID}")["is_paused"]
@@ -60,9 +60,7 @@ def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_ru
         body = json.dumps({"source_uri": f"{landing}/ds={day}/flights.csv", "day": day.isoformat()}).encode()
         busy = 0
         while True:  # a sender re-sends the same delivery on 503 (metadata database busy)
-            ts = int(time.time())
-            status, answer = _post(s.base_url, body, {"webhook-id": mid, "webhook-timestamp": str(ts),
-                                                      "webhook-signature": wh.standard_signature(key, mid, ts, body)})
+            status, answer = _post(s.base_url, body, wh.signed_headers("standard", key, mid, body))
             if status != 503 or busy == 10:
                 return mid, key, status, answer, busy
             busy += 1
