@@ -98,3 +98,26 @@ def test_entrypoint_runs_as_a_command(feature_root, tracking, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(Path(result).read_text())["version"]
+
+
+def test_linear_start_is_the_regularised_logistic_regression(feature_root):
+    """With no epoch of joint training, the model is the L2 logistic regression (scikit-learn's objective,
+    C=1) on the same matrix: the start every training run is measured against on its validation days."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from airloop.training.train import fit, load_partitions, predict
+
+    root, parts = feature_root
+    df = load_partitions(root, "features", "flight_delays", parts[:14])
+    df = df[df["arrived_late"].notna()].sort_values("time_hour", kind="stable").reset_index(drop=True)
+    train_df, val_df = df.iloc[:-1500], df.iloc[-1500:]
+    r = fit(TrainRequest(model="flight_delays", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
+            "binary_classification", train_df, val_df, "arrived_late")
+    assert r["best_epoch"] == -1 and r["history"] == []  # refit = the linear model on train + validation
+    full = pd.concat([train_df, val_df], ignore_index=True)
+    lr = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(r["pre"].transform(full), full["arrived_late"])
+    ours = predict(r["net"], r["pre"], full, "binary_classification")
+    np.testing.assert_allclose(ours, lr.predict_proba(r["pre"].transform(full))[:, 1], atol=2e-3)
+    assert set(r["linear_start_val"]) >= {"val_loss", "val_roc_auc"}

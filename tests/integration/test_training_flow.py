@@ -1,9 +1,10 @@
 """Three weeks of real flights through Airflow (``dag.test()``) on the configured metadata database:
 ingest -> validate -> features (spark-submit) -> train (local process) -> register -> gate.
 
-The registered model must beat a majority-class baseline computed here on the same holdout days.
-(Whether it beats a logistic regression on the same features is measured, not asserted: on three
-weeks of flights the two are within seed-to-seed noise of each other; see the README.)
+The registered model must beat a majority-class baseline computed here on the same holdout days, and
+must not fall behind a logistic regression fitted here on the same features by more than 0.01 ROC AUC.
+That it *beats* the logistic regression is measured, not asserted: across 21- and 60-day windows of
+2013 the two are within seed-to-seed noise of each other (``benchmarks/bench_model_vs_logistic.py``).
 """
 
 from __future__ import annotations
@@ -127,3 +128,25 @@ def test_a_drift_triggered_run_carries_the_drift_context_in_its_conf_and_tags(fl
     (version,) = client.search_model_versions(f"name = '{cfg.name}' and tags.airloop_run_key = '{key}'")
     tags = client.get_run(version.run_id).data.tags
     assert tags["airloop.reason"] == "drift" and json.loads(tags["airloop.drift"]) == context
+
+
+def test_model_keeps_up_with_a_logistic_regression_on_the_same_features(flow, cfg):
+    """The training recipe starts from the regularised linear model and keeps only epochs that improve on it
+    on the validation days; before it did, a seed could stop after one epoch 0.07 ROC AUC behind."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from airloop.training.model import Preprocessor
+    from airloop.training.train import load_partitions
+
+    root, _, _, _, result, _ = flow
+    target = cfg.task.target
+    train_f = load_partitions(root, "features", cfg.name, tuple(result["train_partitions"]))
+    hold_f = load_partitions(root, "features", cfg.name, tuple(result["holdout_partitions"]))
+    train_f, hold_f = train_f[train_f[target].notna()], hold_f[hold_f[target].notna()]
+    pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES).fit(train_f)
+    lr = LogisticRegression(max_iter=5000).fit(pre.transform(train_f), train_f[target])
+    lr_auc = roc_auc_score(hold_f[target], lr.predict_proba(pre.transform(hold_f))[:, 1])
+    assert len(hold_f) > 1000  # four days of flights
+    assert result["metrics"]["roc_auc"] >= lr_auc - 0.01, (result["metrics"]["roc_auc"], lr_auc)
