@@ -184,7 +184,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     root = DataRoot(s.data_root)
     if args.action == "history":
         for r in registry.read_history(root, args.model):
-            print(f"{r['at']}  {r['alias']:10s} v{r['version']:<4s} (was v{r['replaced']})  by {r['by']}: {r['why']}")
+            now = "removed" if r["version"] is None else f"v{r['version']}"
+            was = "unset" if r["replaced"] is None else f"v{r['replaced']}"
+            print(f"{r['at']}  {r['alias']:10s} {now:<7s} (was {was})  by {r['by']}: {r['why']}")
         return 0
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_url)
     try:

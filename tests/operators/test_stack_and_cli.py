@@ -99,3 +99,23 @@ def test_release_needs_a_running_stack(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(state / "data"))
     assert cli.main(["--state-dir", str(state), "quarantine", "release", "flight_delays", "ds=2013-01-01"]) == 2
     assert "no quarantined batch flight_delays/ds=2013-01-01" in capsys.readouterr().err
+
+
+def test_cli_alias_history_prints_first_settings_and_removals(tmp_path, capsys, monkeypatch):
+    """A promotion removes ``challenger`` (version None) and a first champion replaces nothing (None):
+    the history command prints both instead of failing on them."""
+    from airloop import registry
+    from airloop.storage import DataRoot
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("AIRLOOP_HOME", str(state))
+    monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(state / "data"))
+    root = DataRoot(state / "data")
+    registry._record(root, "flight_delays", "champion", "1", None, by="train/r1", why="gate passed: no champion yet")
+    registry._record(root, "flight_delays", "challenger", None, "2", by="deploy/r2", why="v2 is the champion now")
+    capsys.readouterr()
+    assert cli.main(["--state-dir", str(state), "models", "history", "flight_delays"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert "champion   v1      (was unset)  by train/r1: gate passed: no champion yet" in lines[0]
+    assert "challenger removed (was v2)  by deploy/r2: v2 is the champion now" in lines[1]
