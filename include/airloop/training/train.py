@@ -1,10 +1,11 @@
 """Training entrypoint: ``python -m airloop.training.train`` (the same command in a Kubernetes pod and locally).
 
 Reads a window of feature partitions, trains a PyTorch wide-and-deep model for the config's task with early
-stopping on a time-ordered validation split (the wide part starts from the L2-regularised linear solution, so
-the first candidate is a linear model and training only keeps epochs that improve on it), logs everything to MLflow (parameters, per-epoch metrics, the model as a
-pyfunc with signature, input example and feature transform, a reference sample for drift checks, lineage
-tags) and registers exactly one model version per training run key, even when the task is retried.
+stopping on a time-ordered validation split (the wide part starts from the L2-regularised linear solution,
+so the first candidate is a linear model and training keeps only epochs that improve on it), logs
+everything to MLflow (parameters, per-epoch metrics, the model as a pyfunc with signature, input example
+and feature transform, a reference sample for drift checks, lineage tags) and registers exactly one model
+version per training run key, even when the task is retried.
 
 Deterministic: fixed seed, deterministic kernels, batches sliced from tensors in a seeded order. CUDA when
 present (pinned memory, bf16 autocast), the CPU otherwise.
@@ -309,8 +310,8 @@ def train(req: TrainRequest) -> dict[str, Any]:
         mlflow.log_params({
             "task": task, "target": target, "seed": req.seed, "max_epochs": req.max_epochs, "patience": req.patience,
             "batch_size": req.batch_size, "learning_rate": req.learning_rate, "hidden": list(req.hidden),
-            "dropout": req.dropout, "linear_start": req.linear_start, "linear_c": req.linear_c, "train_rows": len(train_df), "val_rows": len(val_df),
-            "holdout_rows": len(holdout_feats), "partitions": len(req.partitions),
+            "dropout": req.dropout, "linear_start": req.linear_start, "linear_c": req.linear_c,
+            "train_rows": len(train_df), "val_rows": len(val_df), "holdout_rows": len(holdout_feats), "partitions": len(req.partitions),
         })
         result = fit(req, task, train_df, val_df, target,
                      on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
