@@ -37,7 +37,7 @@ def window(year, days: int, end: dt.date):
     import pandas as pd
 
     from airloop.features import compute_features, label
-    from airloop.training.train import split_partitions
+    from airloop.training.train import split_partitions, split_validation
 
     date = pd.to_datetime(year[["year", "month", "day"]]).dt.date
     start = end - dt.timedelta(days=days - 1)
@@ -45,11 +45,10 @@ def window(year, days: int, end: dt.date):
     f = compute_features(raw)
     f["y"] = label(raw, "arr_delay", 15)
     f["_partition"] = [f"ds={d}" for d in date[raw.index]]
-    f = f[f["y"].notna()].sort_values(["time_hour", "_partition"], kind="stable").reset_index(drop=True)
+    f = f[f["y"].notna()]
     train_parts, hold_parts = split_partitions(tuple(sorted(set(f["_partition"]))), 0.2)
-    train, hold = f[f["_partition"].isin(train_parts)], f[f["_partition"].isin(hold_parts)]
-    n_val = max(1, int(len(train) * 0.15))
-    return train.iloc[:-n_val], train.iloc[-n_val:], hold
+    train, val = split_validation(f[f["_partition"].isin(train_parts)], "y", 0.15)
+    return train, val, f[f["_partition"].isin(hold_parts)]
 
 
 def logistic_auc(train, val, hold) -> float:

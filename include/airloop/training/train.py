@@ -83,6 +83,16 @@ def split_partitions(partitions: tuple[str, ...], holdout_fraction: float) -> tu
     return parts[:-k], parts[-k:]
 
 
+def split_validation(feats, target: str, val_fraction: float):
+    """Rows with a known target, in time order: the last ``val_fraction`` of them are the validation split.
+
+    :returns: (train rows, validation rows)
+    """
+    feats = feats[feats[target].notna()].sort_values(["time_hour", "_partition"], kind="stable").reset_index(drop=True)
+    n_val = max(1, int(len(feats) * val_fraction))
+    return feats.iloc[:-n_val], feats.iloc[-n_val:]
+
+
 def metrics_for(task: str, y_true, y_pred) -> dict[str, float]:
     import numpy as np
     from sklearn import metrics as skm
@@ -283,9 +293,7 @@ def train(req: TrainRequest) -> dict[str, Any]:
 
     train_parts, holdout_parts = split_partitions(req.partitions, req.holdout_fraction)
     feats = load_partitions(root, "features", cfg.name, train_parts)
-    feats = feats[feats[target].notna()].sort_values(["time_hour", "_partition"], kind="stable").reset_index(drop=True)
-    n_val = max(1, int(len(feats) * req.val_fraction))
-    train_df, val_df = feats.iloc[:-n_val], feats.iloc[-n_val:]
+    train_df, val_df = split_validation(feats, target, req.val_fraction)
     holdout_feats = load_partitions(root, "features", cfg.name, holdout_parts)
     holdout_feats = holdout_feats[holdout_feats[target].notna()]
 
