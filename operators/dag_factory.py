@@ -236,7 +236,8 @@ Runs when a challenger passes the gate (`{cfg.asset_name('challenger')}`), or by
 2. `watch_canary` looks every {c.poke_seconds} s (reschedule mode: no worker slot held in between). A step
    is judged after {c.interval_seconds} s and {c.min_requests} challenger requests, comparing challenger and
    champion on that step's traffic: 5xx rate (at most {c.max_5xx_rate:.0%}), p99 latency (at most
-   {c.max_p99_latency_ratio}x the champion's), prediction shift (PSI at most {c.max_prediction_psi}).
+   {c.max_p99_latency_ratio}x the champion's; with few requests, the highest quantile leaving
+   {c.latency_min_tail_requests} requests above it), prediction shift (PSI at most {c.max_prediction_psi}).
    No traffic holds the step; a rollout still holding after {c.deadline_minutes} min is rolled back.
 3. `conclude_canary`: promote = `champion` -> new version, old champion -> `previous` (alias history);
    rollback = challenger share 0, aliases unchanged, an alert, and this task fails with the figures.

@@ -151,6 +151,9 @@ class CanaryConfig(_Frozen):
     steps: tuple[int, ...] = (10, 25, 50, 100)
     max_5xx_rate: float = 0.02
     max_p99_latency_ratio: float = 2.0
+    latency_min_tail_requests: int = Field(
+        default=10, ge=0, description="requests the judged latency quantile must leave above it: a step with fewer "
+        "than this / (1 - 0.99) requests is judged at a lower quantile than p99 (0: always p99)")
     max_prediction_psi: float = 0.25
     max_online_metric_drop: float = 0.03
     min_requests: int = Field(default=200, ge=1, description="challenger requests a step needs before judging")

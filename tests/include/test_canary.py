@@ -129,3 +129,45 @@ def test_a_prediction_shift_with_a_better_online_metric_is_the_improvement_not_a
     assert better.action == "continue", better.reason
     unknown = judge_step(CFG, 0, stats(), stats(200, pred=shifted), 120, 120)  # no outcomes: the shift rolls back
     assert unknown.action == "rollback" and "predictions shifted" in unknown.reason
+
+
+# --- latency: the tail quantile a step's sample can support -------------------------------------------
+
+def lat_hist(n_fast, n_mid, n_slow):
+    """Cumulative latency buckets: ``n_fast`` requests at 25-50 ms, ``n_mid`` at 100-250 ms, ``n_slow`` at 0.5-1 s."""
+    total = n_fast + n_mid + n_slow
+    return {0.025: 0, 0.05: n_fast, 0.1: n_fast, 0.25: n_fast + n_mid, 0.5: n_fast + n_mid, 1.0: total,
+            float("inf"): total}
+
+
+def test_the_judged_latency_quantile_leaves_enough_requests_above_it():
+    from airloop.canary import tail_quantile
+
+    assert tail_quantile(0.99, 300, 10) == pytest.approx(1 - 10 / 300)
+    assert tail_quantile(0.99, 1000, 10) == pytest.approx(0.99)
+    assert tail_quantile(0.99, 50_000, 10) == 0.99
+    assert tail_quantile(0.99, 300, 0) == 0.99  # 0: always the p99
+    assert tail_quantile(0.99, 12, 10) == 0.5  # never below the median
+
+
+def test_a_few_stalled_requests_among_300_do_not_roll_back_the_same_model():
+    # The same model on both sides; 4 of the challenger's 300 requests were caught in process stalls
+    # (0.5-1 s), as on a busy 2-core machine: the p99 of 300 is decided by its top 3 requests.
+    champion = VariantStats(900, 0, lat_hist(890, 9, 1), dict(PRED))
+    challenger = VariantStats(300, 0, lat_hist(293, 3, 4), dict(PRED))
+    d = judge_step(CFG, 1, champion, challenger, 120, 300)
+    assert d.action == "continue", d.reason
+    assert d.figures["latency_quantile"] == pytest.approx(1 - 10 / 300, abs=1e-4)
+    # the same figures judged at the bare p99 would have rolled it back: this is the case the rule is for
+    p99_only = judge_step(CFG.model_copy(update={"latency_min_tail_requests": 0}), 1, champion, challenger, 120, 300)
+    assert p99_only.action == "rollback" and "p99 latency" in p99_only.reason
+
+
+def test_a_slow_tail_is_rolled_back_once_a_step_has_the_requests_to_see_it():
+    # 3 % of the challenger's requests take 0.5-1 s: a real tail regression
+    champion = VariantStats(5000, 0, lat_hist(4960, 40, 0), dict(PRED))
+    few = VariantStats(200, 0, lat_hist(194, 0, 6), dict(PRED))  # 6 of 200: p95 judged, under it
+    assert judge_step(CFG, 1, champion, few, 120, 300).action == "continue"
+    many = VariantStats(2000, 0, lat_hist(1940, 0, 60), dict(PRED))
+    d = judge_step(CFG, 1, champion, many, 120, 300)
+    assert d.action == "rollback" and "p99 latency" in d.reason and d.figures["latency_quantile"] == 0.99
