@@ -1,10 +1,10 @@
 """Three weeks of real flights through Airflow (``dag.test()``) on the configured metadata database:
 ingest -> validate -> features (spark-submit) -> train (local process) -> register -> gate.
 
-The registered model must beat a majority-class baseline computed here on the same holdout days, and
-must not fall behind a logistic regression fitted here on the same features by more than 0.01 ROC AUC.
-That it *beats* the logistic regression is measured, not asserted: across 21- and 60-day windows of
-2013 the two are within seed-to-seed noise of each other (``benchmarks/bench_model_vs_logistic.py``).
+The registered model must beat a majority-class baseline and a logistic regression (standardised numeric
+columns, one-hot categoricals), both computed here on the same feature partitions and holdout days. How
+far it is ahead across other windows and seeds is measured, not asserted here: see
+``benchmarks/bench_model_vs_logistic.py`` (9 windows of 2013, 3 seeds each).
 """
 
 from __future__ import annotations
@@ -130,9 +130,9 @@ def test_a_drift_triggered_run_carries_the_drift_context_in_its_conf_and_tags(fl
     assert tags["airloop.reason"] == "drift" and json.loads(tags["airloop.drift"]) == context
 
 
-def test_model_keeps_up_with_a_logistic_regression_on_the_same_features(flow, cfg):
-    """The training recipe starts from the regularised linear model and keeps only epochs that improve on it
-    on the validation days; before it did, a seed could stop after one epoch 0.07 ROC AUC behind."""
+def test_model_beats_a_logistic_regression_on_the_same_features(flow, cfg):
+    """The recipe starts from the regularised linear model (so a seed cannot stop far behind it) and encodes
+    the time of day piecewise-linearly (the shape of delays through the day, which a linear term misses)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
@@ -149,4 +149,4 @@ def test_model_keeps_up_with_a_logistic_regression_on_the_same_features(flow, cf
     lr = LogisticRegression(max_iter=5000).fit(pre.transform(train_f), train_f[target])
     lr_auc = roc_auc_score(hold_f[target], lr.predict_proba(pre.transform(hold_f))[:, 1])
     assert len(hold_f) > 1000  # four days of flights
-    assert result["metrics"]["roc_auc"] >= lr_auc - 0.01, (result["metrics"]["roc_auc"], lr_auc)
+    assert result["metrics"]["roc_auc"] > lr_auc, (result["metrics"]["roc_auc"], lr_auc)

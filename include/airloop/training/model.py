@@ -18,17 +18,37 @@ OTHER = "__other__"
 @dataclass
 class Preprocessor:
     """Standardise numeric features (missing -> mean, plus a missing flag) and one-hot categoricals
-    (values seen fewer than ``min_count`` times in training map to ``__other__``)."""
+    (values seen fewer than ``min_count`` times in training map to ``__other__``).
+
+    ``piecewise`` numeric features are also given a piecewise-linear encoding: ``bins`` quantile bins of the
+    training values, one column per bin rising from 0 at its lower edge to 1 at its upper edge (0 below,
+    1 above). With the standardised column kept, a linear model on the result is a linear spline in that
+    feature that still extrapolates linearly beyond the training range. Used for the time of day, whose
+    effect on delays has a stable, non-linear shape (they build up through the day).
+    """
 
     numeric: list[str]
     categorical: list[str]
     min_count: int = 20
+    piecewise: list[str] = field(default_factory=list)
+    bins: int = 16
     means: dict[str, float] = field(default_factory=dict)
     stds: dict[str, float] = field(default_factory=dict)
     flag_missing: list[str] = field(default_factory=list)
     vocab: dict[str, list[str]] = field(default_factory=dict)
+    edges: dict[str, list[float]] = field(default_factory=dict)
 
     def fit(self, df: pd.DataFrame) -> Preprocessor:
+        import numpy as np
+
+        for c in self.piecewise:
+            if c not in self.numeric:
+                raise ValueError(f"piecewise feature {c!r} is not one of the numeric features")
+            col = df[c].to_numpy(dtype="float64", na_value=np.nan)
+            col = col[~np.isnan(col)]
+            edges = np.unique(np.quantile(col, np.linspace(0.0, 1.0, self.bins + 1))) if len(col) else []
+            if len(edges) > 2:  # fewer than two bins would only repeat the standardised column
+                self.edges[c] = [float(e) for e in edges]
         for c in self.numeric:
             col = df[c].astype("float64")
             self.means[c] = float(col.mean()) if col.notna().any() else 0.0
@@ -43,7 +63,8 @@ class Preprocessor:
 
     @property
     def width(self) -> int:
-        return len(self.numeric) + len(self.flag_missing) + sum(len(v) for v in self.vocab.values())
+        return (len(self.numeric) + len(self.flag_missing) + sum(len(v) for v in self.vocab.values())
+                + sum(len(e) - 1 for e in self.edges.values()))
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         import numpy as np
@@ -65,6 +86,15 @@ class Preprocessor:
             codes = np.fromiter((index.get(v, other) if isinstance(v, str) else other for v in df[c]), dtype=np.int64, count=n)
             out[np.arange(n), j + codes] = 1.0
             j += len(vocab)
+        for c in self.piecewise:  # in this list's order: the JSON of ``edges`` sorts its keys
+            if c not in self.edges:
+                continue
+            edges = self.edges[c]
+            col = df[c].to_numpy(dtype="float64", na_value=np.nan)
+            col = np.where(np.isnan(col), self.means[c], col)
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+                out[:, j] = np.clip((col - lo) / (hi - lo), 0.0, 1.0)
+                j += 1
         return out
 
     def to_json(self) -> str:
