@@ -27,6 +27,10 @@ COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer",
 #: the model the local stack's model server serves (the first pipeline; one server per model in production)
 SERVED_MODEL = "flight_delays"
 DEFAULT_PORT = 8080
+#: ``[database] sql_alchemy_connect_args`` on SQLite: wait up to 30 s for a lock (the sqlite3 default is 5 s).
+#: On a busy 2-core machine a writer can hold the lock longer, and a scheduler that meets "database is
+#: locked" exits, leaving every queued run waiting.
+SQLITE_CONNECT_ARGS = {"timeout": 30}
 
 
 class StackError(RuntimeError):
@@ -193,6 +197,8 @@ def write_airflow_cfg(s: StackSettings) -> Path:
         "simple_auth_manager_passwords_file": str(home / "simple_auth_manager_passwords.json.generated"),
     }
     cfg["database"] = {"sql_alchemy_conn": s.db_url}
+    if s.db_url.startswith("sqlite"):
+        cfg["database"]["sql_alchemy_connect_args"] = "airloop_airflow.stack.SQLITE_CONNECT_ARGS"
     cfg["api"] = {
         "host": "127.0.0.1",
         "port": str(s.port),

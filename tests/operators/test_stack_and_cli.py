@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import configparser
+import importlib
 
 import pytest
 
@@ -19,6 +20,9 @@ def test_airflow_cfg_follows_the_port_and_keeps_secrets(tmp_path):
     assert cfg["api"]["host"] == "127.0.0.1"
     assert cfg["logging"]["worker_log_server_port"] == "19124"
     assert cfg["database"]["sql_alchemy_conn"] == f"sqlite:///{tmp_path}/airflow/airflow.db"
+    # a lock held longer than sqlite3's 5 s default must not end the scheduler: Airflow imports this dict
+    module, name = cfg["database"]["sql_alchemy_connect_args"].rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name)["timeout"] >= 30
     assert cfg["core"]["executor"] == "LocalExecutor" and int(cfg["core"]["parallelism"]) <= 4
     secret, fernet = cfg["api_auth"]["jwt_secret"], cfg["core"]["fernet_key"]
     s.port = 19200
@@ -27,6 +31,11 @@ def test_airflow_cfg_follows_the_port_and_keeps_secrets(tmp_path):
     cfg2.read(path)
     assert (cfg2["api_auth"]["jwt_secret"], cfg2["core"]["fernet_key"]) == (secret, fernet)
     assert cfg2["api"]["base_url"].endswith(":19200")
+    s.database_url = "postgresql://airloop@127.0.0.1:5432/airflow"
+    stack.write_airflow_cfg(s)
+    cfg3 = configparser.ConfigParser(interpolation=None)
+    cfg3.read(path)
+    assert "sql_alchemy_connect_args" not in cfg3["database"]  # psycopg2 would reject a "timeout" argument
 
 
 def test_settings_precedence(tmp_path, monkeypatch):
