@@ -153,9 +153,9 @@ def test_piecewise_encoding_of_the_time_of_day():
     assert pre.edges["t"] == pytest.approx([0.0, 249.75, 499.5, 749.25, 999.0])
     plain = Preprocessor(["t", "x"], ["c"]).fit(train)
     assert pre.width == plain.width + 4 and plain.edges == {}
-    out = pre.transform(pd.DataFrame({"t": [-50.0, 0.0, 374.625, 999.0, 2000.0, np.nan], "x": [0.0] * 6, "c": ["a"] * 6}))
-    np.testing.assert_array_equal(out[:, : plain.width], plain.transform(
-        pd.DataFrame({"t": [-50.0, 0.0, 374.625, 999.0, 2000.0, np.nan], "x": [0.0] * 6, "c": ["a"] * 6})))
+    rows = pd.DataFrame({"t": [-50.0, 0.0, 374.625, 999.0, 2000.0, np.nan], "x": [0.0] * 6, "c": ["a"] * 6})
+    out = pre.transform(rows)
+    np.testing.assert_array_equal(out[:, : plain.width], plain.transform(rows))
     np.testing.assert_allclose(out[:, plain.width :], [
         [0, 0, 0, 0],  # below the range: every bin 0, the standardised column carries it
         [0, 0, 0, 0],
