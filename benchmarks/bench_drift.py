@@ -22,21 +22,21 @@ import json, resource, sys, time
 import pandas as pd
 from airloop.config import get_pipeline
 from airloop.drift import compare
-from airloop.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, compute_features
+from airloop.features import categorical_features, compute_features, feature_columns
 from airloop.sources.nycflights13 import load_flights_with_weather
 
 rows, mode = int(sys.argv[1]), sys.argv[2]
 cfg = get_pipeline("flight_delays")
 year = load_flights_with_weather()
 jan = year[(year.month == 1) & (year.day <= 21)]
-reference = compute_features(jan).sample(n=5000, random_state=13)
-july = compute_features(year[year.month == 7])
+reference = compute_features(jan, cfg.features).sample(n=5000, random_state=13)
+july = compute_features(year[year.month == 7], cfg.features)
 current = pd.concat([july] * (rows // len(july) + 1), ignore_index=True).head(rows)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 out = None
 if mode != "inputs":
-    out, _ = compare(reference, current, FEATURE_COLUMNS, CATEGORICAL_FEATURES, cfg.drift, 13,
+    out, _ = compare(reference, current, feature_columns(cfg.features), categorical_features(cfg.features), cfg.drift, 13,
                      None if mode == "full" else cfg.drift.sample_rows)
 wall = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

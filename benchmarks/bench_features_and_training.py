@@ -30,7 +30,7 @@ cfg = get_pipeline("flight_delays")
 spark = build_session("bench")
 t1 = time.perf_counter()
 df = spark.read.parquet(sys.argv[1])
-df.mapInPandas(make_mapper(cfg), schema=spark_schema(cfg.task.target)).write.mode("overwrite").parquet(sys.argv[2])
+df.mapInPandas(make_mapper(cfg), schema=spark_schema(cfg)).write.mode("overwrite").parquet(sys.argv[2])
 t2 = time.perf_counter()
 spark.stop()
 print(f"{t1 - t0:.3f} {t2 - t1:.3f}")
@@ -41,12 +41,12 @@ def pandas_path(src: str, dst: str) -> float:
     import pandas as pd
 
     from airloop.config import get_pipeline
-    from airloop.features import FEATURE_COLUMNS, compute_features, label
+    from airloop.features import compute_features, feature_columns, label
 
     cfg = get_pipeline("flight_delays")
     t = time.perf_counter()
     raw = pd.read_parquet(src)
-    out = compute_features(raw)[[*FEATURE_COLUMNS, "time_hour"]]
+    out = compute_features(raw, cfg.features, keep=[cfg.event_time])[[*feature_columns(cfg.features), cfg.event_time]]
     out[cfg.task.target] = label(raw, "arr_delay", 15)
     out.to_parquet(dst, index=False)
     return time.perf_counter() - t
@@ -79,13 +79,15 @@ def bench_features(tmp: Path) -> list[tuple[str, int, float, float, float]]:
 def bench_training() -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
+    from airloop.config import get_pipeline
     from airloop.features import compute_features, label
     from airloop.sources.nycflights13 import load_flights_with_weather
     from airloop.training.train import TrainRequest, fit, predict
 
+    cfg = get_pipeline("flight_delays")
     df = load_flights_with_weather()
     df = df[(df.month == 1) & (df.day <= 21)].assign(time_hour=lambda d: d["time_hour"].dt.tz_localize(None))
-    f = compute_features(df)
+    f = compute_features(df, cfg.features, keep=["time_hour"])
     f["y"] = label(df, "arr_delay", 15)
     f["day"] = df["day"].to_numpy()
     f = f[f.y.notna()].sort_values("time_hour", kind="stable")
@@ -93,7 +95,7 @@ def bench_training() -> dict[str, float]:
     n_val = int(len(train) * 0.15)
     t = time.perf_counter()
     r = fit(TrainRequest(model="", data_root="", partitions=(), run_key="", tracking_uri=""), "binary_classification",
-            train.iloc[:-n_val], train.iloc[-n_val:], "y")
+            train.iloc[:-n_val], train.iloc[-n_val:], "y", cfg.features)
     wall = time.perf_counter() - t
     auc = roc_auc_score(hold.y, predict(r["net"], r["pre"], hold, "binary_classification"))
     return {"device": r["device"], "samples_per_s": r["samples_per_s"], "train_rows": len(train), "wall_s": wall,

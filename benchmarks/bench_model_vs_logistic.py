@@ -33,25 +33,28 @@ WINDOWS = [(21, dt.date(2013, m, 21)) for m in (1, 5, 7)] + [
     (60, dt.date(2013, 8, 31)), (60, dt.date(2013, 10, 31)), (60, dt.date(2013, 12, 31)),
 ]
 SEEDS = (13, 14, 15)
-RECIPES = {"before": {"linear_start": False, "learning_rate": 3e-3, "piecewise": ()}, "linear": {"piecewise": ()}, "now": {}}
+#: TrainRequest overrides, and whether the config's piecewise encoding is used
+RECIPES = {"before": ({"linear_start": False, "learning_rate": 3e-3}, False), "linear": ({}, False), "now": ({}, True)}
 
 
 def window(year, days: int, end: dt.date):
     """Train, validation and holdout feature frames of ``days`` days ending at ``end``."""
     import pandas as pd
 
+    from airloop.config import get_pipeline
     from airloop.features import compute_features, label
     from airloop.training.train import split_partitions, split_validation
 
+    cfg = get_pipeline("flight_delays")
     date = pd.to_datetime(year[["year", "month", "day"]]).dt.date
     start = end - dt.timedelta(days=days - 1)
     raw = year[(date >= start) & (date <= end)]
-    f = compute_features(raw)
+    f = compute_features(raw, cfg.features, keep=["time_hour"])
     f["y"] = label(raw, "arr_delay", 15)
     f["_partition"] = [f"ds={d}" for d in date[raw.index]]
     f = f[f["y"].notna()]
     train_parts, hold_parts = split_partitions(tuple(sorted(set(f["_partition"]))), 0.2)
-    train, val = split_validation(f[f["_partition"].isin(train_parts)], "y", 0.15)
+    train, val = split_validation(f[f["_partition"].isin(train_parts)], "y", 0.15, cfg.event_time)
     return train, val, f[f["_partition"].isin(hold_parts)]
 
 
@@ -60,11 +63,13 @@ def logistic_auc(train, val, hold, piecewise: tuple[str, ...] = ()) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from airloop.config import get_pipeline
+    from airloop.features import categorical_features, numeric_features
     from airloop.training.model import Preprocessor
 
+    features = get_pipeline("flight_delays").features
     full = pd.concat([train, val], ignore_index=True)
-    pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES, piecewise=list(piecewise)).fit(full)
+    pre = Preprocessor(numeric_features(features), categorical_features(features), piecewise=list(piecewise)).fit(full)
     lr = LogisticRegression(C=1.0, max_iter=5000).fit(pre.transform(full), full["y"])
     return float(roc_auc_score(hold["y"], lr.predict_proba(pre.transform(hold))[:, 1]))
 
@@ -75,8 +80,11 @@ def main() -> None:
     args = ap.parse_args()
     from sklearn.metrics import roc_auc_score
 
+    from airloop.config import get_pipeline
     from airloop.sources.nycflights13 import load_flights_with_weather
     from airloop.training.train import TrainRequest, fit, predict
+
+    features = get_pipeline("flight_delays").features
 
     year = load_flights_with_weather()
     year = year.assign(time_hour=year["time_hour"].dt.tz_localize(None))
@@ -91,15 +99,16 @@ def main() -> None:
     for days, end in windows:
         train, val, hold = window(year, days, end)
         lr_auc = logistic_auc(train, val, hold)
-        pw_auc = logistic_auc(train, val, hold, TrainRequest.piecewise)
+        pw_auc = logistic_auc(train, val, hold, features.piecewise)
         pw_gaps.append(pw_auc - lr_auc)
         cells = []
-        for name, overrides in RECIPES.items():
+        for name, (overrides, piecewise) in RECIPES.items():
+            recipe_features = features if piecewise else features.model_copy(update={"piecewise": ()})
             scores = []
             for seed in SEEDS:
                 req = TrainRequest(model="", data_root="", partitions=(), run_key="", tracking_uri="", seed=seed, **overrides)
                 t = time.perf_counter()
-                r = fit(req, "binary_classification", train, val, "y")
+                r = fit(req, "binary_classification", train, val, "y", recipe_features)
                 seconds[name] += time.perf_counter() - t
                 scores.append(float(roc_auc_score(hold["y"], predict(r["net"], r["pre"], hold, "binary_classification"))))
             aucs[name] += scores

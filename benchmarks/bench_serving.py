@@ -35,7 +35,7 @@ def free_port() -> int:
 def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
     """Register one model in a fresh MLflow store; return its tracking URI, request bodies, rows."""
     from airloop.config import get_pipeline
-    from airloop.features import FEATURE_COLUMNS, SOURCE_COLUMNS, compute_features, feature_version, label
+    from airloop.features import compute_features, feature_columns, feature_version, label
     from airloop.ingest import Interval, ingest_batch
     from airloop.sources import nycflights13
     from airloop.storage import DataRoot, frame_to_parquet_bytes
@@ -50,10 +50,10 @@ def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
         p = f"ds={d}"
         m = ingest_batch(cfg, root, partition=p, interval=Interval(None, None), run_id="bench")
         raw = load_partitions(root, "raw", cfg.name, (p,))
-        feats = compute_features(raw)[[*FEATURE_COLUMNS, "time_hour"]]
+        feats = compute_features(raw, cfg.features, keep=[cfg.event_time])[[*feature_columns(cfg.features), cfg.event_time]]
         feats[cfg.task.target] = label(raw, "arr_delay", 15)
         uri = root.partition_uri("features", cfg.name, p)
-        root.write_partition(uri, {}, {"source_content_hash": m["content_hash"], "feature_version": feature_version()})
+        root.write_partition(uri, {}, {"source_content_hash": m["content_hash"], "feature_version": feature_version(cfg.features)})
         (Path(uri) / "data").mkdir()
         (Path(uri) / "data" / "part.parquet").write_bytes(frame_to_parquet_bytes(feats))
         parts.append(p)
@@ -62,7 +62,7 @@ def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
     from mlflow import MlflowClient
 
     MlflowClient(tracking).set_registered_model_alias(cfg.name, "champion", res["version"])
-    rows = load_partitions(root, "raw", cfg.name, (parts[-1],))[SOURCE_COLUMNS]
+    rows = load_partitions(root, "raw", cfg.name, (parts[-1],))[cfg.request_columns]
     bodies = [json.dumps({"dataframe_split": json.loads(rows.iloc[[i]].to_json(orient="split", index=False))}).encode()
               for i in range(len(rows))]
     return tracking, bodies, rows

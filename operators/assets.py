@@ -8,7 +8,7 @@ STAGES = ("validated", "features", "challenger", "drift")
 
 
 def model_asset(model: str, stage: str) -> Asset:
-    """The Asset a stage of a model publishes, e.g. ``flight_delays.validated``.
+    """The Asset a stage of a model publishes, e.g. ``<model>.validated``.
 
     Event ``extra`` carries URIs, hashes, row counts, versions and metrics, never data.
     """

@@ -163,7 +163,7 @@ def build_target(cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
 
     d = cfg.deployment
     if d.target == "local":
-        conn = BaseHook.get_connection(d.model_server_conn_id)
+        conn = BaseHook.get_connection(cfg.model_server_conn_id)
         return LocalServerTarget(f"{conn.schema or 'http'}://{conn.host}:{conn.port}")
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
     from kubernetes.client import CustomObjectsApi
@@ -250,13 +250,13 @@ class CanaryStepSensor(_ModelSensor):
             raise AirflowFailException(f"no canary state at {started['state_uri']}")
         if state.status != "running":
             return PokeReturnValue(is_done=True, xcom_value=state.decisions[-1] if state.decisions else {})
-        from airloop.registry import LOWER_IS_BETTER
+        from airloop.config import higher_is_better
 
         target = build_target(cfg)
         readings = target.readings()
         if cfg.deployment.target == "local" and cfg.deployment.outcome_key and root.is_local:
             self.add_online_metrics(cfg, root, state, readings)
-        decision = advance(state, cfg.canary, readings, time.time(), lower_is_better=cfg.gate.metric in LOWER_IS_BETTER)
+        decision = advance(state, cfg.canary, readings, time.time(), lower_is_better=not higher_is_better(cfg.gate.metric))
         if decision.action == "rollback":
             target.set_percent(0)  # first stop the harm, then record
         save_state(root, state)

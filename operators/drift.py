@@ -64,7 +64,7 @@ class DriftCheckOperator(_ModelOperator):
         from mlflow.exceptions import MlflowException
 
         from airloop import drift
-        from airloop.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS
+        from airloop.features import categorical_features, feature_columns
 
         cfg, root = self.pipeline(), self.root()
         start, end = context["data_interval_start"], context["data_interval_end"]
@@ -82,8 +82,9 @@ class DriftCheckOperator(_ModelOperator):
             ref_path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=drift.REFERENCE_ARTIFACT,
                                                            dst_path=tmp)
             reference = pd.read_parquet(ref_path).rename(columns={cfg.task.target: "y"})
-            current = drift.current_frame(entries)
-            verdict, report = drift.compare(reference, current, FEATURE_COLUMNS, CATEGORICAL_FEATURES, cfg.drift,
+            current = drift.current_frame(entries, cfg)
+            verdict, report = drift.compare(reference, current, feature_columns(cfg.features),
+                                            categorical_features(cfg.features), cfg.drift,
                                             cfg.drift.seed, cfg.drift.sample_rows)
             folder = f"{root.uri}/reports/{cfg.name}/drift/{start:%Y-%m-%d}"
             html = Path(tmp) / "drift_report.html"

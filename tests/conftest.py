@@ -136,14 +136,13 @@ def champion(feature_root, tmp_path_factory):
     """A real trained model, registered and made champion in a throwaway MLflow store."""
     from mlflow import MlflowClient
 
-    from airloop.features import SOURCE_COLUMNS
     from airloop.training.train import TrainRequest, load_partitions, train
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path_factory.mktemp('serving-mlflow') / 'mlflow.db'}"
     res = train(TrainRequest(model="flight_delays", data_root=root.uri, partitions=parts, run_key="serve/1", tracking_uri=uri))
     MlflowClient(uri).set_registered_model_alias("flight_delays", "champion", res["version"])
-    rows = load_partitions(root, "raw", "flight_delays", (parts[-1],))[SOURCE_COLUMNS].head(40).reset_index(drop=True)
+    rows = load_partitions(root, "raw", "flight_delays", (parts[-1],)).head(40).reset_index(drop=True)
     return uri, rows
 
 

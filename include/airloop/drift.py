@@ -100,7 +100,11 @@ def column_scores(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[
 
 def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], categorical: list[str],
             cfg: DriftConfig, seed: int, sample_rows: int | None) -> tuple[dict[str, Any], Any]:
-    """Scores and verdicts of ``current`` against ``reference`` (both sampled to ``sample_rows``)."""
+    """Scores and verdicts of ``current`` against ``reference`` (both sampled to ``sample_rows``).
+
+    :param features: every feature column compared; ``categorical`` says which of them are categorical. The
+        prediction column is compared as a numeric column whatever the task (a probability or a quantity).
+    """
     ref, cur = sample(reference, sample_rows, seed), sample(current, sample_rows, seed + 1)
     numeric = [c for c in features if c not in categorical]
     if PREDICTION in ref.columns and PREDICTION in cur.columns:
@@ -121,14 +125,14 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str],
     }, report
 
 
-def current_frame(entries: list[dict[str, Any]]) -> pd.DataFrame:
-    """Logged predictions -> the shared features of their inputs, the served prediction, the outcome key."""
+def current_frame(entries: list[dict[str, Any]], cfg: PipelineConfig) -> pd.DataFrame:
+    """Logged predictions -> the model's features of their inputs, the served prediction, the outcome key."""
     import pandas as pd
 
     from airloop.features import compute_features
 
     inputs = pd.DataFrame([e["inputs"] for e in entries])
-    out = compute_features(inputs)
+    out = compute_features(inputs, cfg.features, search_dirs=cfg.feature_search_dirs)
     out[PREDICTION] = [float(e["output"]) for e in entries]
     for c in inputs.columns:  # identifiers and date parts, for joining outcomes
         if c not in out.columns:

@@ -13,13 +13,11 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airloop.config import PipelineConfig
+from airloop.config import PipelineConfig, higher_is_better
 from airloop.storage import DataRoot
 
 log = logging.getLogger(__name__)
 
-#: Metrics where lower is better; every other gate metric is higher-is-better.
-LOWER_IS_BETTER = {"rmse", "mae", "log_loss", "brier"}
 
 
 @dataclass(frozen=True)
@@ -113,12 +111,12 @@ def score_model(model_uri: str, raw_df: Any, cfg: PipelineConfig) -> float:
     """The gate metric of a registered model on raw rows (the pyfunc applies the feature transform)."""
     import mlflow
 
-    from airloop.features import SOURCE_COLUMNS, label
+    from airloop.features import label
     from airloop.training.train import metrics_for
 
     y = label(raw_df, cfg.task.label.source_column, cfg.task.label.positive_above)
     rows = raw_df[y.notna()].reset_index(drop=True)
-    preds = mlflow.pyfunc.load_model(model_uri).predict(rows[SOURCE_COLUMNS])["prediction"]
+    preds = mlflow.pyfunc.load_model(model_uri).predict(rows[cfg.request_columns])["prediction"]
     metrics = metrics_for(cfg.task.type, y[y.notna()].to_numpy(), preds.to_numpy())
     if cfg.gate.metric not in metrics:
         raise ValueError(f"gate.metric {cfg.gate.metric!r} is not computed for {cfg.task.type}: {sorted(metrics)}")
@@ -128,7 +126,7 @@ def score_model(model_uri: str, raw_df: Any, cfg: PipelineConfig) -> float:
 def decide(cfg: PipelineConfig, challenger: float, champion: float | None) -> tuple[bool, str]:
     """Apply the thresholds: an absolute floor, and at most ``max_regression`` behind the champion."""
     g = cfg.gate
-    lower = g.metric in LOWER_IS_BETTER
+    lower = not higher_is_better(g.metric)
     meets_floor = challenger <= g.min_metric if lower else challenger >= g.min_metric
     floor_txt = f"{g.metric} {challenger:.4f} {'<=' if lower else '>='} {g.min_metric} required"
     if not meets_floor:

@@ -7,7 +7,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from airloop.config import PIPELINES_DIR, load_all_pipelines, load_pipeline_config
+from airloop.config import (
+    EXPECTATIONS_DIR,
+    PIPELINES_DIR,
+    get_pipeline,
+    higher_is_better,
+    load_all_pipelines,
+    load_pipeline_config,
+    load_pipelines,
+)
 from airloop.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -31,7 +39,8 @@ def test_shipped_config_loads_with_types():
     assert cfg.asset_name("validated") == "flight_delays.validated"
     assert cfg.suite_path.is_file()
     # leakage columns are label sources only
-    assert not set(cfg.features) & set(cfg.data_schema.leakage_columns)
+    assert not set(cfg.request_columns) & set(cfg.data_schema.leakage_columns)
+    assert cfg.event_time == "time_hour" and cfg.model_server_conn_id == "airloop_model_server_flight_delays"
     with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "other"  # type: ignore[misc]
 
@@ -48,7 +57,17 @@ def test_every_shipped_config_loads():
         (lambda r: r["schedule"].update(start_date="yesterday"), "schedule.start_date", "date"),
         (lambda r: r.update(colour="blue"), "colour", "Extra inputs"),
         (lambda r: r["schema"]["columns"].update(distance="integer"), "schema.columns.distance", "'int'"),
-        (lambda r: r["features"].append("arr_delay"), "<top level>", "leak the outcome"),
+        (lambda r: r["features"]["columns"].append({"name": "arr_delay"}), "<top level>", "leak the outcome"),
+        (lambda r: r["features"]["columns"].append({"name": "nosuch"}), "<top level>", "not in schema.columns: ['nosuch']"),
+        (lambda r: r["features"]["columns"].append({"name": "x", "transform": "cyclical"}), "features.columns.17",
+         "needs ['period']"),
+        (lambda r: r["features"].update(piecewise=["carrier"]), "features", "not numeric features"),
+        (lambda r: r["gate"].update(metric="rmse"), "<top level>", "does not fit task.type binary_classification"),
+        (lambda r: r["task"].update(type="regression"), "task", "positive_above is only for binary"),
+        (lambda r: r["deployment"].update(outcome_key=["year", "nosuch"]), "<top level>", "outcome_key names columns"),
+        (lambda r: r["deployment"].update(outcome_partition="ds={tailnum}"), "<top level>", "must be outcome_key"),
+        (lambda r: r["drift"]["column_thresholds"].update(nosuch=1.0), "<top level>", "column_thresholds names ['nosuch']"),
+        (lambda r: r["schema"].update(event_time="year"), "schema", "must be one of timestamp_columns"),
         (lambda r: r["validation"].update(suite="nope.json"), "<top level>", "nope.json"),
         (lambda r: r["canary"].update(steps=[50, 10, 100]), "canary.steps", "rise strictly"),
         (lambda r: r["task"]["label"].pop("positive_above"), "task", "positive_above is required"),
@@ -87,5 +106,22 @@ def test_load_all_sees_new_files(tmp_path):
     shutil.copy(PIPELINES_DIR / "flight_delays.yaml", tmp_path / "flight_delays.yaml")
     assert [c.name for c in load_all_pipelines(tmp_path)] == ["flight_delays"]
     (tmp_path / "flight_delays.yaml").write_text("name: [broken")
-    with pytest.raises(ConfigError):
-        load_all_pipelines(tmp_path)
+    assert load_all_pipelines(tmp_path) == ()
+    configs, errors = load_pipelines(tmp_path)
+    assert configs == () and "flight_delays.yaml: not valid YAML" in errors[str(tmp_path / "flight_delays.yaml")]
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        get_pipeline("flight_delays", tmp_path)
+
+
+def test_suite_resolves_next_to_the_yaml_first(tmp_path):
+    shutil.copy(PIPELINES_DIR / "flight_delays.yaml", tmp_path / "flight_delays.yaml")
+    assert load_pipeline_config(tmp_path / "flight_delays.yaml").suite_path == EXPECTATIONS_DIR / "flight_delays.json"
+    shutil.copy(EXPECTATIONS_DIR / "flight_delays.json", tmp_path / "flight_delays.json")
+    cfg = load_pipeline_config(tmp_path / "flight_delays.yaml")
+    assert cfg.folder == tmp_path and cfg.suite_path == tmp_path / "flight_delays.json"
+
+
+@pytest.mark.parametrize("metric, higher", [("roc_auc", True), ("pr_auc", True), ("log_loss", False),
+                                            ("rmse", False), ("mae", False), ("r2", True)])
+def test_gate_metrics_know_their_direction(metric, higher):
+    assert higher_is_better(metric) is higher

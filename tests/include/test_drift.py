@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from airloop import drift
-from airloop.features import CATEGORICAL_FEATURES, FEATURE_COLUMNS, compute_features
+from airloop.config import get_pipeline
+from airloop.features import categorical_features, compute_features, feature_columns
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +23,7 @@ def year():
 
 def feats(year, month, first, last):
     rows = year[(year.month == month) & (year.day >= first) & (year.day <= last)]
-    return compute_features(rows).reset_index(drop=True)
+    return compute_features(rows, get_pipeline("flight_delays").features).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def january(year):
 
 
 def verdict(cfg, reference, current, sample_rows=5000, seed=13):
-    return drift.compare(reference, current, FEATURE_COLUMNS, CATEGORICAL_FEATURES, cfg.drift, seed, sample_rows)[0]
+    return drift.compare(reference, current, feature_columns(cfg.features), categorical_features(cfg.features),
+                         cfg.drift, seed, sample_rows)[0]
 
 
 def test_summer_traffic_drifts_and_a_week_of_its_own_period_does_not(cfg, year, january):

@@ -100,8 +100,8 @@ def test_entrypoint_runs_as_a_command(feature_root, tracking, tmp_path):
     assert json.loads(Path(result).read_text())["version"]
 
 
-@pytest.mark.parametrize("piecewise", [(), TrainRequest.piecewise], ids=["standard", "piecewise"])
-def test_linear_start_is_the_regularised_logistic_regression(feature_root, piecewise):
+@pytest.mark.parametrize("piecewise", [False, True], ids=["standard", "piecewise"])
+def test_linear_start_is_the_regularised_logistic_regression(feature_root, cfg, piecewise):
     """With no epoch of joint training, the model is the L2 logistic regression (scikit-learn's objective,
     C=1) on the same matrix: the start every training run is measured against on its validation days.
 
@@ -118,8 +118,9 @@ def test_linear_start_is_the_regularised_logistic_regression(feature_root, piece
     df = load_partitions(root, "features", "flight_delays", parts[:14])
     df = df[df["arrived_late"].notna()].sort_values("time_hour", kind="stable").reset_index(drop=True)
     train_df, val_df = df.iloc[:-1500], df.iloc[-1500:]
-    r = fit(TrainRequest(model="flight_delays", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0,
-                         piecewise=piecewise), "binary_classification", train_df, val_df, "arrived_late")
+    features = cfg.features if piecewise else cfg.features.model_copy(update={"piecewise": ()})
+    r = fit(TrainRequest(model="flight_delays", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
+            "binary_classification", train_df, val_df, "arrived_late", features)
     assert r["best_epoch"] == -1 and r["history"] == []  # refit = the linear model on train + validation
     assert bool(r["pre"].edges) == bool(piecewise)
     full = pd.concat([train_df, val_df], ignore_index=True)

@@ -14,8 +14,7 @@ import time
 import pytest
 
 from airloop.canary import advance, start_rollout
-from airloop.config import CanaryConfig
-from airloop.features import SOURCE_COLUMNS
+from airloop.config import CanaryConfig, get_pipeline
 from airloop.serving import replay
 from airloop.serving.server import HttpModel, ModelService, Variant, create_app, load_variants
 from airloop.training.train import load_partitions
@@ -61,7 +60,7 @@ class Constant:
 def traffic(feature_root):
     root, parts = feature_root
     rows = load_partitions(root, "raw", "flight_delays", tuple(parts[-2:]))
-    return list(replay.request_bodies(rows, SOURCE_COLUMNS))
+    return replay.bodies_for(get_pipeline("flight_delays"), rows)
 
 
 def rollout(champion_uri, make_challenger, traffic):

@@ -99,7 +99,7 @@ def test_model_beats_the_majority_class_baseline(flow, cfg):
     import numpy as np
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
-    from airloop.features import SOURCE_COLUMNS, label
+    from airloop.features import label
     from airloop.training.train import load_partitions
 
     root, parts, client, champion, result, _ = flow
@@ -107,7 +107,7 @@ def test_model_beats_the_majority_class_baseline(flow, cfg):
     hold_raw = load_partitions(root, "raw", cfg.name, tuple(result["holdout_partitions"]))
     y_tr, y_ho = label(train_raw, "arr_delay", 15), label(hold_raw, "arr_delay", 15)
     hold_raw, y_ho = hold_raw[y_ho.notna()].reset_index(drop=True), y_ho[y_ho.notna()].to_numpy()
-    model_p = mlflow.pyfunc.load_model(f"models:/{cfg.name}@champion").predict(hold_raw[SOURCE_COLUMNS])["prediction"].to_numpy()
+    model_p = mlflow.pyfunc.load_model(f"models:/{cfg.name}@champion").predict(hold_raw[cfg.request_columns])["prediction"].to_numpy()
     base_p = np.full(len(y_ho), float(y_tr[y_tr.notna()].mean()))  # the base rate: no ranking skill
     assert roc_auc_score(y_ho, model_p) > roc_auc_score(y_ho, base_p) + 0.1
     assert brier_score_loss(y_ho, model_p) < brier_score_loss(y_ho, base_p)
@@ -136,7 +136,7 @@ def test_model_beats_a_logistic_regression_on_the_same_features(flow, cfg):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from airloop.features import categorical_features, numeric_features
     from airloop.training.model import Preprocessor
     from airloop.training.train import load_partitions
 
@@ -145,7 +145,7 @@ def test_model_beats_a_logistic_regression_on_the_same_features(flow, cfg):
     train_f = load_partitions(root, "features", cfg.name, tuple(result["train_partitions"]))
     hold_f = load_partitions(root, "features", cfg.name, tuple(result["holdout_partitions"]))
     train_f, hold_f = train_f[train_f[target].notna()], hold_f[hold_f[target].notna()]
-    pre = Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES).fit(train_f)
+    pre = Preprocessor(numeric_features(cfg.features), categorical_features(cfg.features)).fit(train_f)
     lr = LogisticRegression(max_iter=5000).fit(pre.transform(train_f), train_f[target])
     lr_auc = roc_auc_score(hold_f[target], lr.predict_proba(pre.transform(hold_f))[:, 1])
     assert len(hold_f) > 1000  # four days of flights

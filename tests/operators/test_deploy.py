@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airloop.features import SOURCE_COLUMNS
+from airloop.config import get_pipeline
 from airloop.serving import replay
 from airloop.training.train import load_partitions
 from airloop_airflow.deploy import (
@@ -61,7 +61,7 @@ def server(registry, monkeypatch, tmp_path):
 
     service = ModelService("flight_delays", None, None, 0.0, None, seed=3)
     with serve_in_thread(create_app(service, lambda: load_variants("flight_delays"))) as url:
-        monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER", url)
+        monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_FLIGHT_DELAYS", url)
         yield url, service
 
 
@@ -92,7 +92,7 @@ def drive(sensor, ctx, url, bodies, looks=600):
 @pytest.fixture()
 def bodies(feature_root):
     root, parts = feature_root
-    return list(replay.request_bodies(load_partitions(root, "raw", "flight_delays", (parts[-1],)), SOURCE_COLUMNS))
+    return replay.bodies_for(get_pipeline("flight_delays"), load_partitions(root, "raw", "flight_delays", (parts[-1],)))
 
 
 @pytest.fixture()

@@ -12,12 +12,14 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException, DagRunTriggerException
 
-from airloop.features import SOURCE_COLUMNS
+from airloop.config import get_pipeline
 from airloop.serving.prediction_log import PredictionLog
 from airloop.serving.server import ModelService, load_variants
 from airloop.sources import nycflights13
 from airloop.storage import DataRoot
 from airloop_airflow.drift import DriftCheckOperator, DriftSensor, RetrainOnDriftOperator
+
+CFG = get_pipeline("flight_delays")
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +50,7 @@ def served(champion, tmp_path_factory):
             rows = nycflights13.day_frame(day)
             for chunk_start in range(0, len(rows), 200):
                 chunk = rows.iloc[chunk_start:chunk_start + 200]
-                body = json.dumps({"dataframe_split": json.loads(chunk[SOURCE_COLUMNS + ["flight"]].to_json(orient="split", index=False))})
+                body = json.dumps({"dataframe_split": json.loads(chunk[[*CFG.request_columns, *CFG.deployment.outcome_key]].to_json(orient="split", index=False))})
                 status, _ = service.invoke(body.encode(), "application/json", None, f"{day}T12:00:00")
                 assert status == 200
     service.log.close()

@@ -1,5 +1,5 @@
-"""Replay real rows as live scoring traffic: one request per row (one flight), the way an upstream
-booking or ops system would call the model, with a sticky ``X-Request-Key`` per flight.
+"""Replay real rows as live scoring traffic: one request per row, the way an upstream system would call
+the model, with a sticky ``X-Request-Key`` per row (its ``schema.key_columns``) and its event time.
 
 Used by the demo (so the canary is judged on real traffic) and by the canary tests.
 """
@@ -12,24 +12,36 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-#: Sent along with the model's inputs so logged predictions can be joined with outcomes later.
-ID_COLUMNS = ["flight", "tailnum"]
+if TYPE_CHECKING:
+    from airloop.config import PipelineConfig
 
 
-def request_bodies(df: Any, columns: list[str], event_time_column: str = "time_hour") -> Iterable[tuple[str, bytes, str | None]]:
-    """(request key, JSON body in ``dataframe_split`` form, event time) per row; the event time (for
-    ``X-Event-Time``) is the row's scheduled departure hour when it has one."""
-    cols = [c for c in columns + ID_COLUMNS if c in df.columns]
+def request_bodies(df: Any, columns: list[str], event_time_column: str | None = None,
+                   key_columns: list[str] | tuple[str, ...] = ()) -> Iterable[tuple[str | None, bytes, str | None]]:
+    """(request key, JSON body in ``dataframe_split`` form, event time) per row.
+
+    :param columns: what each request carries (the model's inputs, plus the columns outcomes join on)
+    :param event_time_column: the row's event time, sent as ``X-Event-Time``
+    :param key_columns: the row's identity, sent as the sticky ``X-Request-Key`` (None without keys)
+    """
+    cols = [c for c in dict.fromkeys([*columns, *key_columns]) if c in df.columns]
     split = json.loads(df[cols].to_json(orient="split", index=False, date_format="iso"))
-    times = [None] * len(df)
-    if event_time_column in df.columns:
+    times: list[str | None] = [None] * len(df)
+    if event_time_column and event_time_column in df.columns:
         times = [t.isoformat() if hasattr(t, "isoformat") else None for t in df[event_time_column]]
     for values, when in zip(split["data"], times, strict=True):
         row = dict(zip(cols, values, strict=True))
-        key = f"{row.get('year')}-{row.get('month')}-{row.get('day')}-{row.get('carrier')}{row.get('flight')}-{row.get('origin')}"
+        key = "-".join(str(row.get(k)) for k in key_columns) if key_columns else None
         yield key, json.dumps({"dataframe_split": {"columns": cols, "data": [values]}}).encode(), when
+
+
+def bodies_for(cfg: PipelineConfig, df: Any) -> list[tuple[str | None, bytes, str | None]]:
+    """One request per row of ``df`` (raw rows of the model's schema), as the model's config describes
+    them: its request columns plus the outcome key, its key columns, its event time."""
+    columns = [*cfg.request_columns, *cfg.deployment.outcome_key]
+    return list(request_bodies(df, columns, cfg.event_time, cfg.data_schema.key_columns))
 
 
 def send(url: str, body: bytes, key: str | None, timeout: float = 10.0,
@@ -50,7 +62,7 @@ def send(url: str, body: bytes, key: str | None, timeout: float = 10.0,
         return 0, None
 
 
-def replay(url: str, bodies: list[tuple[str, bytes, str | None]], *, concurrency: int = 4,
+def replay(url: str, bodies: list[tuple[str | None, bytes, str | None]], *, concurrency: int = 4,
            stop: Callable[[], bool] | None = None, loop: bool = False) -> collections.Counter[str]:
     """Send ``bodies`` from ``concurrency`` threads until all are sent (or, with ``loop``, until ``stop()``).
 
@@ -61,7 +73,7 @@ def replay(url: str, bodies: list[tuple[str, bytes, str | None]], *, concurrency
     lock = threading.Lock()
     position = {"i": 0}
 
-    def next_body() -> tuple[str, bytes, str | None] | None:
+    def next_body() -> tuple[str | None, bytes, str | None] | None:
         with lock:
             if stop is not None and stop():
                 return None

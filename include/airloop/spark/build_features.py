@@ -2,12 +2,12 @@
 
 Run by ``spark-submit`` (the feature DAG submits it through the ``spark_default`` connection)::
 
-    spark-submit include/airloop/spark/build_features.py --model flight_delays \
+    spark-submit include/airloop/spark/build_features.py --model <model> \
         --data-root /path/to/data --partitions ds=2013-01-01,ds=2013-01-02
 
 Airflow-free: it imports only ``airloop`` and PySpark. One Spark session per job; each partition is read
-from ``raw/<model>/<partition>/data.parquet``, mapped through :func:`airloop.features.compute_features`
-(the function serving uses) with ``mapInPandas``, and written to ``features/<model>/<partition>/`` via a
+from ``raw/<model>/<partition>/data.parquet``, mapped through the model's feature definition
+(:func:`airloop.features.compute_features`, the function serving uses) with ``mapInPandas``, and written to ``features/<model>/<partition>/`` via a
 temporary folder that replaces the old partition in one rename, with a ``_manifest.json`` written last.
 """
 
@@ -23,26 +23,35 @@ import time
 log = logging.getLogger("airloop.spark.build_features")
 
 
-def spark_schema(label_name: str):
+def kept_columns(cfg) -> list[str]:
+    """Raw columns carried into the feature partitions untouched: the event time (training's order)."""
+    return [cfg.event_time] if cfg.event_time else []
+
+
+def spark_schema(cfg):
+    """The feature partition's schema: numeric features as doubles, categorical as strings, the event
+    time, the label."""
     from pyspark.sql import types as T
 
-    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from airloop.features import categorical_features, numeric_features
 
-    fields = [T.StructField(c, T.DoubleType()) for c in NUMERIC_FEATURES]
-    fields += [T.StructField(c, T.StringType()) for c in CATEGORICAL_FEATURES]
-    fields += [T.StructField("time_hour", T.TimestampNTZType()), T.StructField(label_name, T.DoubleType())]
+    fields = [T.StructField(c, T.DoubleType()) for c in numeric_features(cfg.features)]
+    fields += [T.StructField(c, T.StringType()) for c in categorical_features(cfg.features)]
+    fields += [T.StructField(c, T.TimestampNTZType()) for c in kept_columns(cfg)]
+    fields.append(T.StructField(cfg.task.target, T.DoubleType()))
     return T.StructType(fields)
 
 
 def make_mapper(cfg):
-    """The per-batch function Spark runs: shared features plus the label."""
+    """The per-batch function Spark runs: the model's features plus the label."""
     label_cfg = cfg.task.label
+    features, keep, search_dirs = cfg.features, kept_columns(cfg), [str(d) for d in cfg.feature_search_dirs]
 
     def mapper(batches):
-        from airloop.features import FEATURE_COLUMNS, compute_features, label
+        from airloop.features import compute_features, feature_columns, label
 
         for pdf in batches:
-            out = compute_features(pdf)[[*FEATURE_COLUMNS, "time_hour"]]
+            out = compute_features(pdf, features, keep=keep, search_dirs=search_dirs)[[*feature_columns(features), *keep]]
             out[cfg.task.target] = label(pdf, label_cfg.source_column, label_cfg.positive_above)
             yield out
 
@@ -78,9 +87,9 @@ def run(model: str, data_root: str, partitions: list[str], spark=None) -> list[d
     root = DataRoot(data_root)
     own = spark is None
     spark = spark or build_session(f"airloop-features-{model}")
-    schema = spark_schema(cfg.task.target)
+    schema = spark_schema(cfg)
     mapper = make_mapper(cfg)
-    version = feature_version()
+    version = feature_version(cfg.features, cfg.feature_search_dirs)
     manifests = []
     try:
         for part in partitions:

@@ -24,7 +24,7 @@ class Preprocessor:
     training values, one column per bin rising from 0 at its lower edge to 1 at its upper edge (0 below,
     1 above). With the standardised column kept, a linear model on the result is a linear spline in that
     feature that still extrapolates linearly beyond the training range. Used for the time of day, whose
-    effect on delays has a stable, non-linear shape (they build up through the day).
+    effect has a stable, non-linear shape (the config's ``features.piecewise``).
     """
 
     numeric: list[str]
@@ -132,15 +132,20 @@ def make_pyfunc_class():
     import mlflow.pyfunc
 
     class AirloopPyfunc(mlflow.pyfunc.PythonModel):
-        """Raw rows in, predictions out: shared features -> preprocessor -> MLP (-> sigmoid)."""
+        """Raw rows in, predictions out: the config's features -> preprocessor -> MLP (-> sigmoid)."""
 
         def load_context(self, context):
             import torch
 
+            from airloop.config import FeaturesConfig
             from airloop.training.model import Preprocessor, build_mlp
 
             meta = json.loads(open(context.artifacts["meta"]).read())
             self.task = meta["task"]
+            #: interior bounds of the prediction histogram (deciles of the reference predictions)
+            self.prediction_edges = meta.get("prediction_edges")
+            self.request_columns = meta.get("request_columns")
+            self.features = FeaturesConfig.model_validate_json(open(context.artifacts["features"]).read())
             self.pre = Preprocessor.from_json(open(context.artifacts["preprocessor"]).read())
             self.net = build_mlp(self.pre.width, tuple(meta["hidden"]), meta["dropout"])
             self.net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
@@ -154,7 +159,7 @@ def make_pyfunc_class():
             from airloop.features import compute_features
 
             df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-            x = torch.from_numpy(self.pre.transform(compute_features(df)))
+            x = torch.from_numpy(self.pre.transform(compute_features(df, self.features)))
             with torch.no_grad():
                 out = self.net(x).squeeze(1)
                 if self.task == "binary_classification":

@@ -49,10 +49,6 @@ class TrainRequest:
     #: and the deep part's output at zero, so the starting model is that linear model
     linear_start: bool = True
     linear_c: float = 1.0
-    #: numeric features also given a piecewise-linear encoding in ``piecewise_bins`` quantile bins (see
-    #: ``Preprocessor``): the time of day, whose effect is a stable non-linear shape
-    piecewise: tuple[str, ...] = ("dep_minute_of_day", "arr_minute_of_day")
-    piecewise_bins: int = 16
     hidden: tuple[int, ...] = (32,)
     dropout: float = 0.1
     refit: bool = True
@@ -87,12 +83,14 @@ def split_partitions(partitions: tuple[str, ...], holdout_fraction: float) -> tu
     return parts[:-k], parts[-k:]
 
 
-def split_validation(feats, target: str, val_fraction: float):
-    """Rows with a known target, in time order: the last ``val_fraction`` of them are the validation split.
+def split_validation(feats, target: str, val_fraction: float, event_time: str | None = None):
+    """Rows with a known target, in time order (the partition, then ``event_time`` within it when the
+    model has one): the last ``val_fraction`` of them are the validation split.
 
     :returns: (train rows, validation rows)
     """
-    feats = feats[feats[target].notna()].sort_values(["time_hour", "_partition"], kind="stable").reset_index(drop=True)
+    order = [event_time, "_partition"] if event_time and event_time in feats.columns else ["_partition"]
+    feats = feats[feats[target].notna()].sort_values(order, kind="stable").reset_index(drop=True)
     n_val = max(1, int(len(feats) * val_fraction))
     return feats.iloc[:-n_val], feats.iloc[-n_val:]
 
@@ -107,13 +105,16 @@ def metrics_for(task: str, y_true, y_pred) -> dict[str, float]:
         p = np.clip(y_pred, 1e-7, 1 - 1e-7)
         return {
             "roc_auc": float(skm.roc_auc_score(y_true, p)) if len(set(y_true)) > 1 else float("nan"),
+            "pr_auc": float(skm.average_precision_score(y_true, p)) if len(set(y_true)) > 1 else float("nan"),
             "log_loss": float(skm.log_loss(y_true, p, labels=[0, 1])),
             "accuracy": float(((p >= 0.5) == (y_true >= 0.5)).mean()),
             "brier": float(np.mean((p - y_true) ** 2)),
             "positive_rate": float(y_true.mean()),
         }
     err = y_pred - y_true
-    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+    var = float(np.var(y_true))
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+            "r2": 1.0 - float(np.mean(err**2)) / var if var > 0 else float("nan")}
 
 
 def _device(choice: str):
@@ -155,7 +156,7 @@ def fit_linear(linear, x, y, task: str, c: float) -> None:
         linear.bias.copy_(lin64.bias)
 
 
-def fit(req: TrainRequest, task: str, train_df, val_df, target: str, on_epoch=None) -> dict[str, Any]:
+def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: Any, on_epoch=None) -> dict[str, Any]:
     """Train with early stopping on the validation loss, then (``refit``) train again from the same seed
     on train + validation for the best number of epochs, so the most recent days are learnt too.
 
@@ -165,13 +166,14 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, on_epoch=No
     Without it, a split whose validation days differ from the training days could stop after one epoch
     with an underfit linear part (a seed-dependent, much weaker model).
 
+    :param features: the model's ``FeaturesConfig`` (which columns are numeric, categorical, piecewise)
     :returns: the net, the preprocessor, the per-epoch history and throughput figures
     """
     import numpy as np
     import pandas as pd
     import torch
 
-    from airloop.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+    from airloop.features import categorical_features, numeric_features
     from airloop.training.model import Preprocessor, build_mlp
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -182,8 +184,8 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, on_epoch=No
     loss_fn = torch.nn.BCEWithLogitsLoss() if task == "binary_classification" else torch.nn.MSELoss()
 
     def preprocessor(df):
-        return Preprocessor(NUMERIC_FEATURES, CATEGORICAL_FEATURES, piecewise=list(req.piecewise),
-                            bins=req.piecewise_bins).fit(df)
+        return Preprocessor(numeric_features(features), categorical_features(features),
+                            piecewise=list(features.piecewise), bins=features.piecewise_bins).fit(df)
 
     def tensors(pre, df):
         x = torch.from_numpy(pre.transform(df))
@@ -294,7 +296,7 @@ def train(req: TrainRequest) -> dict[str, Any]:
     from mlflow.models import infer_signature
 
     from airloop.config import get_pipeline
-    from airloop.features import FEATURE_COLUMNS, SOURCE_COLUMNS, feature_version
+    from airloop.features import feature_columns, feature_version
     from airloop.storage import DataRoot
     from airloop.training.model import make_pyfunc_class
 
@@ -312,15 +314,16 @@ def train(req: TrainRequest) -> dict[str, Any]:
 
     train_parts, holdout_parts = split_partitions(req.partitions, req.holdout_fraction)
     feats = load_partitions(root, "features", cfg.name, train_parts)
-    train_df, val_df = split_validation(feats, target, req.val_fraction)
+    train_df, val_df = split_validation(feats, target, req.val_fraction, cfg.event_time)
     holdout_feats = load_partitions(root, "features", cfg.name, holdout_parts)
     holdout_feats = holdout_feats[holdout_feats[target].notna()]
 
     artifact_root = None if req.tracking_uri.startswith(("http://", "https://", "databricks")) else \
         f"{root.file_uri(root.uri + '/mlflow-artifacts')}/{cfg.name}"
     exp_id = _ensure_experiment(client, f"airloop-{cfg.name}", artifact_root)
+    version_of_features = feature_version(cfg.features, cfg.feature_search_dirs)
     tags = {**req.lineage, RUN_KEY_TAG: req.run_key, "airloop.model": cfg.name,
-            "airloop.feature_version": feature_version(),
+            "airloop.feature_version": version_of_features,
             "airloop.train_partitions": ",".join(train_parts), "airloop.holdout_partitions": ",".join(holdout_parts)}
     for p in req.partitions:
         m = root.read_json(f"{root.partition_uri('features', cfg.name, p)}/_manifest.json")
@@ -338,10 +341,11 @@ def train(req: TrainRequest) -> dict[str, Any]:
             "task": task, "target": target, "seed": req.seed, "max_epochs": req.max_epochs, "patience": req.patience,
             "batch_size": req.batch_size, "learning_rate": req.learning_rate, "hidden": list(req.hidden),
             "dropout": req.dropout, "linear_start": req.linear_start, "linear_c": req.linear_c,
-            "piecewise": list(req.piecewise), "piecewise_bins": req.piecewise_bins,
+            "piecewise": list(cfg.features.piecewise), "piecewise_bins": cfg.features.piecewise_bins,
+            "features": ",".join(feature_columns(cfg.features))[:6000],
             "train_rows": len(train_df), "val_rows": len(val_df), "holdout_rows": len(holdout_feats), "partitions": len(req.partitions),
         })
-        result = fit(req, task, train_df, val_df, target,
+        result = fit(req, task, train_df, val_df, target, cfg.features,
                      on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
         net, pre = result["net"], result["pre"]
         hold = metrics_for(task, holdout_feats[target], predict(net, pre, holdout_feats, task))
@@ -354,25 +358,24 @@ def train(req: TrainRequest) -> dict[str, Any]:
         raw = load_partitions(root, "raw", cfg.name, holdout_parts[:1])
         # the signature keeps the batch schema's types: ints where the pipeline declares int (never null
         # after the gate), doubles where it declares float (nullable)
-        example = raw[SOURCE_COLUMNS].dropna().head(5).reset_index(drop=True)
+        request_columns = cfg.request_columns
+        example = raw[request_columns].dropna().head(5).reset_index(drop=True)
+        if example.empty:
+            example = raw[request_columns].head(5).reset_index(drop=True)
+        ref = train_df.sample(n=min(REFERENCE_ROWS, len(train_df)), random_state=req.seed)[[*feature_columns(cfg.features), target]]
+        ref = ref.assign(prediction=predict(result["net"], result["pre"], ref, task))  # for prediction drift
         with tempfile.TemporaryDirectory() as tmp:
             import torch
 
-            paths = {"weights": f"{tmp}/weights.pt", "preprocessor": f"{tmp}/preprocessor.json", "meta": f"{tmp}/meta.json"}
-            torch.save(net.state_dict(), paths["weights"])
-            Path(paths["preprocessor"]).write_text(pre.to_json())
-            Path(paths["meta"]).write_text(json.dumps({"task": task, "hidden": list(req.hidden), "dropout": req.dropout,
-                                                       "feature_version": feature_version()}))
+            paths = model_artifacts(tmp, cfg, net, pre, req, task, version_of_features, prediction_edges(ref["prediction"]))
             pyfunc = make_pyfunc_class()()
             pyfunc.load_context(type("Ctx", (), {"artifacts": paths})())
             signature = infer_signature(example, pyfunc.predict(None, example))
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=pyfunc, artifacts=paths, signature=signature, input_example=example,
-                code_paths=[str(Path(__file__).resolve().parents[1])],
+                code_paths=model_code_paths(cfg),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pandas<3"],
             )
-            ref = train_df.sample(n=min(REFERENCE_ROWS, len(train_df)), random_state=req.seed)[[*FEATURE_COLUMNS, target]]
-            ref = ref.assign(prediction=predict(result["net"], result["pre"], ref, task))  # for prediction drift
             ref_path = f"{tmp}/reference_sample.parquet"
             ref.to_parquet(ref_path, index=False)
             mlflow.log_artifact(ref_path, artifact_path="reference")
@@ -388,6 +391,51 @@ def train(req: TrainRequest) -> dict[str, Any]:
         client.set_tag(run.info.run_id, "airloop_result", json.dumps(out))
     log.info("trained %s v%s on %s (holdout %s)", cfg.name, version.version, result["device"], hold)
     return out
+
+
+#: the prediction histogram's interior bounds: the deciles of the model's own reference predictions
+PREDICTION_QUANTILES = tuple(i / 10 for i in range(1, 10))
+
+
+def prediction_edges(predictions) -> list[float]:
+    """Sorted, distinct interior bucket bounds of a model's prediction histogram (the canary's PSI), taken
+    from its reference predictions, so the histogram fits the model's output scale."""
+    import numpy as np
+
+    values = np.asarray(predictions, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return []
+    return sorted({float(q) for q in np.quantile(values, PREDICTION_QUANTILES)})
+
+
+def model_artifacts(folder: str, cfg, net, pre, req: TrainRequest, task: str, version_of_features: str,
+                    edges: list[float]) -> dict[str, str]:
+    """Write the files the pyfunc loads: weights, preprocessor, feature definition and metadata."""
+    import torch
+
+    paths = {"weights": f"{folder}/weights.pt", "preprocessor": f"{folder}/preprocessor.json",
+             "features": f"{folder}/features.json", "meta": f"{folder}/meta.json"}
+    torch.save(net.state_dict(), paths["weights"])
+    Path(paths["preprocessor"]).write_text(pre.to_json())
+    Path(paths["features"]).write_text(cfg.features.model_dump_json())
+    Path(paths["meta"]).write_text(json.dumps({
+        "task": task, "hidden": list(req.hidden), "dropout": req.dropout, "feature_version": version_of_features,
+        "request_columns": cfg.request_columns, "event_time": cfg.event_time, "prediction_edges": edges}))
+    return paths
+
+
+def model_code_paths(cfg) -> list[str]:
+    """The code the logged model imports: the ``airloop`` package, and a ``features.module`` file that
+    lives in the pipelines folder rather than in an installed package."""
+    from airloop.features import module_file
+
+    paths = [str(Path(__file__).resolve().parents[1])]
+    if cfg.features.module:
+        f = module_file(cfg.features.module, cfg.feature_search_dirs)
+        if f is not None and any(f.resolve().is_relative_to(Path(d).resolve()) for d in cfg.feature_search_dirs):
+            paths.append(str(f))
+    return paths
 
 
 def _registered_model_exists(client, name: str) -> bool:
