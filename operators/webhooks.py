@@ -67,7 +67,8 @@ def _allowed_prefixes(cfg: PipelineConfig, source: WebhookSourceConfig) -> tuple
         return source.allowed_prefixes
     from airloop.storage import default_data_root_uri
 
-    return (f"{default_data_root_uri().rstrip('/')}/landing/{cfg.name}",)
+    landing = cfg.source.landing_uri.rstrip("/") if cfg.source.landing_uri else f"{default_data_root_uri().rstrip('/')}/landing"
+    return (f"{landing}/{cfg.name}",)
 
 
 def _ui_url(dag_id: str, run_id: str) -> str:

