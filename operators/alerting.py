@@ -9,7 +9,16 @@ Slack provider's incoming-webhook hook, and a generic HTTP webhook (JSON POST). 
 stops the others, and never changes the task's outcome.
 
 Operators that fail on a verdict raise :class:`OnCallFailure` with the failure kind and the figures that
-decided it; other failures are classified from the exception (and its causes) and the task.
+decided it, and operators whose external job failed raise :class:`JobFailure` (a spark-submit run:
+:func:`spark_job_failure`); other failures are classified from the exception and its causes (a domain
+error's ``runbook_kind``, a pod that never started, a spark-submit failure), and only then from the task,
+where the task's failure can only mean one thing. A verdict (gate refused, canary rolled back, batch
+quarantined) is never inferred from the task: a deploy that could not reach the model server is a failed
+deploy, not a rollback.
+
+Every alert leads with the root error (:func:`root_error`): the innermost exception of the chain, or the
+job's own error found in its output (the last line of the Python traceback inside a spark-submit failure),
+then the outer message, so the reader sees ``KeyError: '<column>'`` before a spark-submit command line.
 """
 
 from __future__ import annotations
@@ -17,12 +26,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from airflow.sdk import Context
 
     from airloop.config import PipelineConfig
@@ -30,21 +43,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: what a task's failure means when its exception does not say: task id -> failure kind (runbook)
+#: the runbook of each task: its **Runbook** link (``plugins/airloop_plugin.py``), and its alert's kind when
+#: neither the exception nor ``FAULT_KINDS`` says otherwise
 TASK_KINDS = {
     "ingest_batch": "rerun_interval",
     "validate_batch": "batch_quarantined",
     "release_batch": "batch_quarantined",
+    "build_features": "feature_job_failed",
     "gate_challenger": "gate_refused",
-    "start_canary": "canary_rollback",
-    "watch_canary": "canary_rollback",
+    "start_canary": "deploy_failed",
+    "watch_canary": "deploy_failed",
     "conclude_canary": "canary_rollback",
     "rollback_champion": "model_rollback",
+}
+#: a verdict is only ever declared by the code that reached it (``OnCallFailure``, ``runbook_kind``): the
+#: same task failing on anything else (a crash, an unreachable service) failed on a fault
+FAULT_KINDS = {
+    "validate_batch": "rerun_interval",
+    "gate_challenger": "rerun_interval",
+    "conclude_canary": "deploy_failed",
 }
 #: the Kubernetes provider's exceptions for a pod that never started (matched by name: the provider is
 #: only imported where a cluster is configured); airloop's own errors carry ``runbook_kind`` themselves
 POD_PENDING_EXCEPTIONS = ("PodLaunchTimeoutException", "PodLaunchFailedException")
+#: the Spark provider's failed spark-submit run ("Cannot execute: spark-submit ... Error code is: 1."), and
+#: the header of the submit output it appends
+SPARK_SUBMIT_FAILED = re.compile(r"Cannot execute: \S*spark\d?-submit\b.*?Error code is: (-?\d+)", re.S)
+SPARK_OUTPUT_HEADER = "Last spark-submit output:"
+#: where the Spark provider's modules live (its other failures: no driver id, a failed driver pod, ...)
+SPARK_PROVIDER_PATH = "/providers/apache/spark/"
 MAX_ERROR_CHARS = 4000
+#: the summary: the root error, then the outer message (each cut to this many characters)
+MAX_ROOT_CHARS, MAX_OUTER_CHARS = 300, 200
 
 
 class OnCallFailure(AirflowFailException):
@@ -57,20 +87,81 @@ class OnCallFailure(AirflowFailException):
         self.details = details or {}
 
 
-def _chain(exc: BaseException | None) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen and len(seen) < 10:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return seen
+class JobFailure(AirflowException):
+    """An external job failed (a spark-submit run, ...): a fault, retried like any other, whose alert is of
+    ``kind`` and leads with ``root_error``, the job's own error found in its output."""
+
+    def __init__(self, message: str, *, kind: str, root_error: str = "", details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.root_error = root_error
+        self.details = details or {}
+
+
+def _raised_in(tb: TracebackType | None, path: str) -> bool:
+    while tb is not None:
+        if path in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _spark_submit_failed(exc: BaseException) -> bool:
+    return bool(SPARK_SUBMIT_FAILED.search(str(exc))) or _raised_in(exc.__traceback__, SPARK_PROVIDER_PATH)
+
+
+def root_error(exc: BaseException) -> str:
+    """The error that started a failure, in one line: a job's own error found in its output (the Python
+    traceback's last line inside a spark-submit failure, or the ``root_error`` its operator found), else
+    the innermost exception of the chain (``__cause__`` / ``__context__``), as ``Type: message``."""
+    from airloop.alerts import error_in_output, exception_chain, one_line
+
+    chain = exception_chain(exc)
+    for e in reversed(chain):
+        text = str(e)
+        _, header, output = text.partition(SPARK_OUTPUT_HEADER)
+        found = getattr(e, "root_error", None) or (
+            error_in_output(output, bare_lines=True) if header else error_in_output(text))
+        if found:
+            return found
+    for e in reversed(chain):
+        if m := SPARK_SUBMIT_FAILED.search(str(e)):
+            return (f"spark-submit exited with code {m.group(1)} and its output names no Python or JVM error "
+                    "(the driver's log has it: the task log in client mode, the driver pod's in cluster mode)")
+    return one_line(chain[-1], bare=(AirflowException,))
+
+
+def spark_job_failure(exc: BaseException, output: Iterable[str] = (), *, job: str, kind: str = "feature_job_failed",
+                      details: dict[str, Any] | None = None) -> JobFailure:
+    """What a task raises when its spark-submit run failed (``raise spark_job_failure(e, ...) from e``):
+    what failed and the driver's own error, found in ``output`` (the submit output the provider's hook
+    kept) or in the provider's message, then the provider's message (the command line, its output).
+
+    :param job: what ran, for people: "The feature job of <model> on 2 partition(s) (...)"
+    """
+    from airloop.alerts import error_in_output
+
+    text = str(exc)
+    root = error_in_output("\n".join(output), bare_lines=True) or root_error(exc)
+    code = SPARK_SUBMIT_FAILED.search(text)
+    how = f"spark-submit exited with code {code.group(1)}" if code else f"spark-submit failed ({type(exc).__name__})"
+    return JobFailure(
+        f"{job} failed: {how}.\nDriver error: {root}\nThe driver's traceback is in the spark-submit output "
+        f"(the task log); fix its cause, then rebuild (runbook: {kind}).\n\n{text}",
+        kind=kind, root_error=root, details={**(details or {}), "exit_code": int(code.group(1)) if code else None},
+    )
 
 
 def classify(task_id: str, exc: BaseException | None) -> tuple[str, dict[str, Any]]:
-    """The failure kind (a key of ``airloop.runbooks.RUNBOOKS``) and the details the exception carries."""
-    for e in _chain(exc):
-        if isinstance(e, OnCallFailure):
+    """The failure kind (a key of ``airloop.runbooks.RUNBOOKS``) and the details the exception carries:
+    from the exception and its causes first, from the task only where its exception names nothing."""
+    from airloop.alerts import exception_chain
+
+    chain = exception_chain(exc)
+    for e in chain:
+        if isinstance(e, OnCallFailure | JobFailure):
             return e.kind, e.details
-    for e in _chain(exc):
+    for e in chain:
         kind = getattr(e, "runbook_kind", None) or (
             "training_pod_pending" if type(e).__name__ in POD_PENDING_EXCEPTIONS else None)
         if kind:
@@ -80,7 +171,25 @@ def classify(task_id: str, exc: BaseException | None) -> tuple[str, dict[str, An
             if uri := getattr(e, "quarantine_uri", ""):
                 details["quarantine_uri"] = uri
             return kind, details
-    return TASK_KINDS.get(task_id, "rerun_interval"), {}
+    if any(_spark_submit_failed(e) for e in chain):
+        return "feature_job_failed", {}
+    return FAULT_KINDS.get(task_id) or TASK_KINDS.get(task_id) or "rerun_interval", {}
+
+
+def _message(line: str) -> str:
+    return line.split(": ", 1)[1] if re.match(r"^[\w.]+: ", line) else line
+
+
+def _restates(line: str, root: str) -> bool:
+    """Whether the one-line ``line`` says no more than ``root``: it repeats it (an operator's failure
+    raised with its cause's message), or wraps it in a few words (``URLError: <urlopen error [Errno 111]
+    Connection refused>`` after ``ConnectionRefusedError: [Errno 111] Connection refused``)."""
+    outer, core = _message(line), _message(root)
+    return outer in root or (core in outer and len(outer) - len(core) <= max(20, len(core)))
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def runbook_url(kind: str) -> str:
@@ -92,19 +201,28 @@ def runbook_url(kind: str) -> str:
 
 def build_alert(context: Context, model: str) -> dict[str, Any]:
     """The alert of a failed task, from its context (no I/O)."""
+    from airloop.alerts import one_line
     from airloop.runbooks import RUNBOOKS
 
     ti, exc = context["ti"], context.get("exception")
-    kind, details = classify(ti.task_id, exc if isinstance(exc, BaseException) else None)
     if isinstance(exc, BaseException):
-        error = str(exc) or type(exc).__name__
+        kind, details = classify(ti.task_id, exc)
+        error = str(exc).strip() or type(exc).__name__
+        root, outer = root_error(exc), one_line(exc, bare=(AirflowException,))
+        headline = _clip(root, MAX_ROOT_CHARS)
+        if not _restates(outer, root):
+            headline += f" | {_clip(outer, MAX_OUTER_CHARS)}"
+        if root not in "\n".join(error.splitlines()[:2]):  # the root error on top of the full text
+            error = f"{root}\n{error}"
     else:  # failed outside the task process: killed, out of memory, heartbeat lost
+        kind, details = classify(ti.task_id, None)
         error = str(exc or "the task process ended without reporting (killed, out of memory, or lost heartbeat)")
-    headline = (error.strip().splitlines() or [error])[0][:300]
+        root = headline = (error.strip().splitlines() or [error])[0][:MAX_ROOT_CHARS]
     return {
         "model": model,
         "kind": kind,
         "summary": f"{ti.dag_id}.{ti.task_id} failed (try {ti.try_number}): {headline}",
+        "root_error": root,
         "dag_id": ti.dag_id,
         "task_id": ti.task_id,
         "run_id": ti.run_id,

@@ -35,16 +35,18 @@ def partitions_to_build(context: Context, model: str, data_root: str) -> list[st
     current content are ever returned (a batch re-ingested and quarantined since its event is dropped).
     """
     from airloop.catalog import stale_feature_partitions, validated_partitions
+    from airloop.config import get_pipeline
     from airloop.features import feature_version
     from airloop.storage import DataRoot
 
+    cfg = get_pipeline(model)
     root = DataRoot(data_root)
     valid = set(validated_partitions(root, model))
     conf = (context.get("dag_run").conf if context.get("dag_run") else None) or {}
     if conf.get("partitions"):
         wanted = set(conf["partitions"])
     else:
-        wanted = set(stale_feature_partitions(root, model, feature_version()))
+        wanted = set(stale_feature_partitions(root, model, feature_version(cfg.features, cfg.feature_search_dirs)))
         for asset, evs in (context.get("triggering_asset_events") or {}).items():
             if getattr(asset, "name", "") == f"{model}.validated":
                 wanted.update(e.extra["partition"] for e in evs if e.extra and e.extra.get("partition"))
@@ -102,7 +104,18 @@ class FeatureJobOperator(_ModelOperator):
         self.log.info("Building features of %s for %d partition(s): %s", cfg.name, len(partitions), partitions)
         with tempfile.TemporaryDirectory() as tmp:
             result_file = f"{tmp}/result.json"
-            self.spark_submit_operator(partitions, result_file).execute(context)
+            submit = self.spark_submit_operator(partitions, result_file)
+            try:
+                submit.execute(context)
+            except Exception as e:  # the driver's own error first (its traceback's last line), then the command
+                from airloop_airflow.alerting import spark_job_failure
+
+                shown = ", ".join(partitions[:5]) + (f", ... ({len(partitions) - 5} more)" if len(partitions) > 5 else "")
+                raise spark_job_failure(
+                    e, getattr(getattr(submit, "_hook", None), "_last_submit_log_lines", None) or (),
+                    job=f"The feature job of {cfg.name} on {len(partitions)} partition(s) ({shown})",
+                    details={"partitions": partitions},
+                ) from e
             manifests = json.loads(Path(result_file).read_text())
         extra = {
             "partitions": [m["partition"] for m in manifests],
