@@ -1,16 +1,24 @@
 """Build every model's DAGs from its pipeline config: ``<model>__<verb>``.
 
-Called by the one DAG file ``dags/airloop_pipelines.py``. Building a DAG reads only the (small, shipped)
+Called by the one DAG factory file ``dags/airloop_pipelines.py``. Building a DAG reads only the (small, shipped)
 pipeline configs; no heavy module is imported, no database or connection is touched.
+
+A broken config costs only its own model's DAGs: :func:`build_pipeline_dags` leaves it out, and
+:func:`check_pipeline_configs` (called by ``dags/airloop_pipeline_configs.py``, a file of its own) raises
+the error naming the YAML and its bad fields. The DAG processor records an import error against the
+whole file that raised it and marks every DAG of that file stale, so the error must not come from the
+file that defines the good models' DAGs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
+from airloop.errors import ConfigError
 from airloop_airflow.alerting import AirloopFailureNotifier
 from airloop_airflow.assets import model_asset
 from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
@@ -56,6 +64,16 @@ def _model_dag(cfg: PipelineConfig, verb: str, *, schedule: Any, tags: list[str]
     )
 
 
+def _manual_run_example(cfg: PipelineConfig) -> str:
+    """How a manual run's logical date picks its batch, with the config's first batch as the example."""
+    first = cfg.schedule.start_date
+    rule = ("a manual run's data interval is the schedule's last whole interval ending at or before its "
+            "logical date, and its batch is `ds=<the interval's start date>`")
+    if cfg.schedule.cron in ("@daily", "@midnight", "0 0 * * *"):
+        return f"{rule}: {first + dt.timedelta(days=1)} 00:00 ingests ds={first}, the first batch"
+    return f"{rule}; the first batch is ds={first}"
+
+
 def _ingest_doc(cfg: PipelineConfig) -> str:
     return f"""
 # {cfg.name}: ingest and validate one batch
@@ -81,9 +99,9 @@ checks from the config. Pass: the batch is published as an event on Asset `{cfg.
   in quarantine as received. Ask the producer for a new file and re-run.
 * `ingest_batch` failed with "no batch at": the feed is late; the task already retried with backoff.
 
-**Trigger from the UI**: set *Logical Date* to the midnight after the batch's day (a manual run's
-interval ends at its logical date: 2013-01-09 00:00 ingests ds=2013-01-08). Dates after the feed's end
-({cfg.schedule.end_date or "none"}) make a run without tasks.
+**Trigger from the UI**: set *Logical Date* to the end of the batch's data interval
+({_manual_run_example(cfg)}). Dates after the feed's end ({cfg.schedule.end_date or "none"}) make a run
+without tasks.
 
 Run conf: `source_uri` (optional, any fsspec URI). Upstream systems start runs with a signed webhook
 (`POST /airloop/webhooks/<source>` on the API server{": " + ", ".join(f"`{w.name}`" for w in cfg.webhooks) if cfg.webhooks else ""}):
@@ -129,6 +147,7 @@ def build_ingest_dag(cfg: PipelineConfig) -> DAG:
 
 def build_release_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__release``: on-call re-validates a quarantined batch and publishes it if it now passes."""
+    example = f"ds={cfg.schedule.start_date}"
     with _model_dag(
         cfg, "release", tags=["quarantine", "on-call"], retries=0,
         description=f"Release a quarantined {cfg.name} batch (re-validate, then publish)",
@@ -136,16 +155,34 @@ def build_release_dag(cfg: PipelineConfig) -> DAG:
         doc_md=f"""
 # {cfg.name}: release a quarantined batch
 
-Trigger with conf `{{"partition": "ds=2013-01-08"}}` (or run `airloop quarantine release {cfg.name} ds=2013-01-08`).
+Trigger with conf `{{"partition": "{example}"}}` (or run `airloop quarantine release {cfg.name} {example}`).
 The batch in `quarantine/{cfg.name}/<partition>/` is validated again with the current suite. If it passes it
 is written to `raw/` and published on `{cfg.asset_name('validated')}`, and the quarantine entry is marked
 `released`; if it still fails, the task fails with the failed expectations and the report is refreshed.
 To give up on a batch instead: `airloop quarantine reject {cfg.name} <partition> --reason "..."`.
 """,
-        params={"partition": Param(type="string", description="quarantined partition, e.g. ds=2013-01-08")},
+        params={"partition": Param(type="string", description=f"quarantined partition, e.g. {example}")},
     ) as dag:
         QuarantineReleaseOperator(task_id="release_batch", model=cfg.name, partition="{{ params.partition }}")
     return dag
+
+
+def _feature_definition(cfg: PipelineConfig) -> str:
+    """The config's feature definition in a sentence: its function, or its vocabulary entries."""
+    f = cfg.features
+    if f.module:
+        def listed(names: tuple[str, ...]) -> str:
+            return ", ".join(f"`{n}`" for n in names) or "none"
+
+        what = (f"the config's function `{f.module}` (installed, or a module next to the model's YAML): reads "
+                f"{listed(f.inputs)}; returns numeric {listed(f.numeric)} and categorical {listed(f.categorical)}")
+    else:
+        what = "the config's feature vocabulary: " + ", ".join(f"`{c.name}` ({c.transform})" for c in f.columns)
+    if f.piecewise:
+        names = ", ".join(f"`{c}`" for c in f.piecewise)
+        what += (f"; {names} {'also gets' if len(f.piecewise) == 1 else 'also get'} a piecewise-linear "
+                 f"encoding in {f.piecewise_bins} quantile bins")
+    return what
 
 
 def build_features_dag(cfg: PipelineConfig) -> DAG:
@@ -162,9 +199,11 @@ Runs when `{cfg.asset_name('validated')}` has new events: the PySpark job
 `include/airloop/spark/build_features.py` (through the `spark_default` connection: `local[2]` locally, a
 `spark://` or `k8s://` master in production) reads the partitions those events announce, plus any
 validated partition whose features are missing or stale, and only partitions that passed the gate; applies
-the feature definitions shared with serving (`airloop.features.compute_features`), and replaces
-`features/{cfg.name}/<partition>/` atomically. Publishes `{cfg.asset_name('features')}` with the
-partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
+the model's feature definition through `airloop.features.compute_features` (the same code serving applies
+to requests), and replaces `features/{cfg.name}/<partition>/` atomically. Publishes
+`{cfg.asset_name('features')}` with the partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
+
+**Features**: {_feature_definition(cfg)}.
 
 **On call**: a failed Spark job is retried; its driver log is in the task log. Rebuild a partition with a
 manual run and conf `partitions`.
@@ -217,7 +256,7 @@ def build_deploy_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__deploy``: the canary of a challenger, ending in promote or rollback."""
     c = cfg.canary
     steps = " -> ".join(f"{p}%" for p in c.steps)
-    target = ("the project's model server (connection `" + cfg.deployment.model_server_conn_id + "`)"
+    target = (f"the project's model server (connection `{cfg.model_server_conn_id}`)"
               if cfg.deployment.target == "local" else
               f"KServe InferenceService `{cfg.deployment.namespace}/{(cfg.deployment.service_name or cfg.name.replace('_', '-'))}`")
     with _model_dag(
@@ -320,14 +359,42 @@ the replaced champion becomes `previous`, and both changes go to the alias histo
     return dag
 
 
-def build_pipeline_dags() -> dict[str, DAG]:
-    """Every DAG of every pipeline config, by dag_id."""
-    from airloop.config import load_all_pipelines
+#: one builder per ``<model>__<verb>`` DAG
+BUILDERS = (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_deploy_dag,
+            build_drift_dag, build_rollback_dag)
+
+
+def build_pipeline_dags(folder: str | None = None) -> dict[str, DAG]:
+    """Every DAG of every valid pipeline config, by dag_id. A broken config is left out (its model has no
+    DAGs until it is fixed); :func:`check_pipeline_configs` reports it.
+
+    :param folder: the pipelines folder (default: ``AIRLOOP_PIPELINES_DIR`` or the package's)
+    """
+    from airloop.config import load_pipelines
 
     dags: dict[str, DAG] = {}
-    for cfg in load_all_pipelines():
-        for builder in (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_deploy_dag,
-                        build_drift_dag, build_rollback_dag):
+    for cfg in load_pipelines(folder)[0]:
+        for builder in BUILDERS:
             dag = builder(cfg)
             dags[dag.dag_id] = dag
     return dags
+
+
+def check_pipeline_configs(folder: str | None = None) -> None:
+    """Raise one :class:`ConfigError` naming every broken pipeline config (file and bad fields); return
+    quietly when all of them load.
+
+    :param folder: the pipelines folder (default: ``AIRLOOP_PIPELINES_DIR`` or the package's)
+    """
+    from airloop.config import load_pipelines
+
+    errors = load_pipelines(folder)[1]
+    if not errors:
+        return
+    models = ", ".join(Path(path).stem for path in sorted(errors))
+    details = "\n".join(errors[path] for path in sorted(errors))
+    raise ConfigError(
+        f"{len(errors)} pipeline config(s) broken, so these models have no DAGs: {models}. Every other "
+        f"model's DAGs load as usual. Fix the fields named below and save; the DAG processor picks the "
+        f"file up on its next pass.\n{details}"
+    )
