@@ -1,9 +1,12 @@
 """The local stack: an Airflow home under the state folder, and its processes on a loopback port.
 
 ``init`` writes ``airflow.cfg`` (SQLite by default, PostgreSQL when a database URL is given), migrates the
-metadata database and applies ``airflow_settings.yaml``. ``start`` runs the API server (UI + REST +
-execution API), scheduler (LocalExecutor), DAG processor and triggerer as background processes with
-their logs and pids under the state folder; ``stop`` ends them.
+metadata database and applies ``airflow_settings.yaml``. ``start`` runs MLflow, the API server (UI + REST +
+execution API), scheduler (LocalExecutor), DAG processor and triggerer, and one model server per valid
+pipeline config, as background processes with their logs and pids under the state folder; ``stop`` ends them.
+
+Ports: the API server on ``port``, the log servers on ``port+1`` and ``port+2``, MLflow on ``port+3``, and
+the model servers from ``port+4`` on, one per model in name order (``port+4+i`` for the i-th).
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer", "model-server")
-#: the model the local stack's model server serves (the first pipeline; one server per model in production)
-SERVED_MODEL = "flight_delays"
+#: the stack's fixed processes; the model servers (one per model) follow them, see :func:`components`
+COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
+#: the name of a model server component is ``model-server-<model>``
+MODEL_SERVER = "model-server"
 DEFAULT_PORT = 8080
+#: the first model server's port is ``port + MODEL_SERVER_OFFSET``
+MODEL_SERVER_OFFSET = 4
 #: ``[database] sql_alchemy_connect_args`` on SQLite: wait up to 30 s for a lock (the sqlite3 default is 5 s).
 #: On a busy 2-core machine a writer can hold the lock longer, and a scheduler that meets "database is
 #: locked" exits, leaving every queued run waiting.
@@ -75,13 +81,46 @@ class StackSettings:
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
-    @property
-    def model_server_port(self) -> int:
-        return self.port + 4
+    def served_models(self) -> list[str]:
+        """The models the stack serves: every valid pipeline config, by name (a broken YAML is left out)."""
+        from airloop.config import load_all_pipelines
 
-    @property
-    def model_server_url(self) -> str:
-        return f"http://127.0.0.1:{self.model_server_port}"
+        return sorted(cfg.name for cfg in load_all_pipelines())
+
+    def model_server_ports(self) -> dict[str, int]:
+        """Each served model's port: ``port + 4 + i`` for the i-th model by name."""
+        return {m: self.port + MODEL_SERVER_OFFSET + i for i, m in enumerate(self.served_models())}
+
+    def model_server_url_for(self, model: str) -> str:
+        """The address of one model's server in the local stack."""
+        ports = self.model_server_ports()
+        if model not in ports:
+            from airloop.config import pipelines_dir
+
+            raise StackError(
+                f"the local stack serves no model {model!r} (it serves {sorted(ports) or 'none'}): a model is "
+                f"served when its pipeline config in {pipelines_dir()} loads; see `airloop model check {model}`"
+            )
+        return f"http://127.0.0.1:{ports[model]}"
+
+    def model_server_connections(self) -> dict[str, str]:
+        """``AIRFLOW_CONN_<ID>`` values: each model's server under its ``cfg.model_server_conn_id``
+        (default ``airloop_model_server_<model>``), which the deploy DAG reads."""
+        from airloop.config import load_all_pipelines
+
+        ports = self.model_server_ports()
+        out: dict[str, str] = {}
+        owner: dict[str, str] = {}
+        for cfg in sorted(load_all_pipelines(), key=lambda c: c.name):
+            key = f"AIRFLOW_CONN_{cfg.model_server_conn_id.upper()}"
+            if key in out:
+                raise StackError(
+                    f"{owner[key]} and {cfg.name} both name the model server connection "
+                    f"{cfg.model_server_conn_id!r}; give each model its own deployment.model_server_conn_id "
+                    "(or leave it unset for airloop_model_server_<model>)"
+                )
+            out[key], owner[key] = f"http://127.0.0.1:{ports[cfg.name]}", cfg.name
+        return out
 
     @property
     def mlflow_db_url(self) -> str:
@@ -156,12 +195,12 @@ class StackSettings:
             SPARK_LOCAL_IP="127.0.0.1",
             GX_ANALYTICS_ENABLED="False",
             MLFLOW_TRACKING_URI=self.mlflow_url,
-            # the deploy DAG finds the model server through this Airflow connection
-            AIRFLOW_CONN_AIRLOOP_MODEL_SERVER=self.model_server_url,
             # spark-submit and python -m ... must resolve to this environment in task processes
             PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
             NO_PROXY="127.0.0.1,localhost",
         )
+        # each model's deploy DAG finds its model server through an Airflow connection of its own
+        env.update(self.model_server_connections())
         # webhook secrets of the local stack, as Airflow connections the webhook routes read
         env.update(self.webhook_connections())
         # Settings from airflow.cfg must win over whatever the calling shell exported.
@@ -290,9 +329,27 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def model_server_component(model: str) -> str:
+    """The component name of one model's server (its log and pid file are named after it)."""
+    return f"{MODEL_SERVER}-{model}"
+
+
+def components(s: StackSettings) -> list[str]:
+    """Every component of this stack: the fixed ones, then one model server per served model."""
+    return [*COMPONENTS, *(model_server_component(m) for m in s.served_models())]
+
+
+def _known_components(s: StackSettings) -> list[str]:
+    """:func:`components` plus model servers that still have a pid file (of a model since removed)."""
+    names = components(s)
+    if s.run_dir.is_dir():
+        names += sorted(p.stem for p in s.run_dir.glob(f"{MODEL_SERVER}-*.pid") if p.stem not in names)
+    return names
+
+
 def running_components(s: StackSettings) -> dict[str, int]:
     out = {}
-    for c in COMPONENTS:
+    for c in _known_components(s):
         f = _pid_file(s, c)
         if f.is_file():
             pid = int(f.read_text().strip() or 0)
@@ -328,49 +385,95 @@ def _http_ok(url: str, timeout: float = 3.0) -> bool:
 
 
 
-def start(s: StackSettings, wait_s: float = 120.0) -> None:
-    """Start every component not already running, then wait until the API server and scheduler are healthy."""
+def component_command(s: StackSettings, component: str) -> list[str]:
+    """The command line that runs one component of this stack."""
+    if component.startswith(MODEL_SERVER + "-"):
+        model = component.removeprefix(MODEL_SERVER + "-")
+        s.model_server_url_for(model)  # a clear error for a model the stack does not serve
+        port = str(s.model_server_ports()[model])
+        # --allow-empty: without a champion the server answers 503 until POST /admin/reload loads one
+        return [sys.executable, "-m", "airloop.serving.server", "--model", model, "--port", port,
+                "--data-root", s.data_root, "--allow-empty"]
+    if component == "mlflow":
+        return [_bin("mlflow"), "server", "--backend-store-uri", s.mlflow_db_url,
+                "--artifacts-destination", f"{s.data_root}/mlflow-artifacts", "--serve-artifacts",
+                "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1"]
+    if component == "api-server":
+        return [_bin("airflow"), component, "--host", "127.0.0.1", "--port", str(s.port)]
+    if component in COMPONENTS:
+        return [_bin("airflow"), component]
+    raise StackError(f"unknown stack component {component!r}; known: {components(s)}")
+
+
+def _ports_needed(s: StackSettings, to_start: list[str], running: dict[str, int]) -> list[tuple[int, str]]:
+    """(port, component) for every port the components about to start will listen on."""
+    needed = []
+    if "api-server" not in running:  # the log servers come and go with the scheduler and triggerer
+        needed += [(s.port, "api-server"), (s.port + 1, "the worker log server"), (s.port + 2, "the trigger log server")]
+    ports = s.model_server_ports()
+    for c in to_start:
+        if c == "mlflow":
+            needed.append((s.mlflow_port, c))
+        elif c.startswith(MODEL_SERVER + "-"):
+            needed.append((ports[c.removeprefix(MODEL_SERVER + "-")], c))
+    return needed
+
+
+def _check_ports(s: StackSettings, to_start: list[str], running: dict[str, int]) -> None:
+    for port, component in _ports_needed(s, to_start, running):
+        if not _port_free(port):
+            last = s.port + MODEL_SERVER_OFFSET + max(len(s.served_models()) - 1, 0)
+            raise StackError(
+                f"port {port} on 127.0.0.1 is taken by another program (needed by {component}); start on another "
+                f"port with `airloop stack start --port N` (uses N to N+{last - s.port}); if this stack is already "
+                "running with another set of models, restart it (`airloop stack stop`, then start)"
+            )
+
+
+def _launch(s: StackSettings, component: str, logs: Path) -> None:
+    with (logs / f"{component}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            component_command(s, component), env=s.env(), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=_repo_root(),
+        )
+    _pid_file(s, component).write_text(str(proc.pid))
+
+
+def start(s: StackSettings, wait_s: float = 120.0) -> list[str]:
+    """Start every component not already running, then wait until the API server, scheduler, MLflow and
+    every model server that is still running are healthy.
+
+    A model server that exits does not stop the stack (the other models are served): its model is
+    returned so the caller can point at its log.
+
+    :returns: the models whose server exited during start
+    """
     s.run_dir.mkdir(parents=True, exist_ok=True)
     logs = Path(s.state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    Path(s.state_dir, "mlflow").mkdir(parents=True, exist_ok=True)
     running = running_components(s)
-    if "api-server" not in running:
-        for port in (s.port, s.port + 1, s.port + 2, s.mlflow_port, s.model_server_port):
-            if not _port_free(port):
-                raise StackError(
-                    f"port {port} on 127.0.0.1 is taken by another program; start on another port with "
-                    f"`airloop stack start --port N` (uses N to N+4)"
-                )
-    for component in COMPONENTS:
-        if component in running:
-            continue
-        if component == "model-server":
-            args = [sys.executable, "-m", "airloop.serving.server", "--model", SERVED_MODEL, "--port",
-                    str(s.model_server_port), "--data-root", s.data_root, "--allow-empty"]
-        elif component == "mlflow":
-            Path(s.state_dir, "mlflow").mkdir(parents=True, exist_ok=True)
-            args = [_bin("mlflow"), "server", "--backend-store-uri", s.mlflow_db_url,
-                    "--artifacts-destination", f"{s.data_root}/mlflow-artifacts", "--serve-artifacts",
-                    "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1"]
-        else:
-            args = [_bin("airflow"), component]
-        if component == "api-server":
-            args += ["--host", "127.0.0.1", "--port", str(s.port)]
-        with (logs / f"{component}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                args, env=s.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=_repo_root(),
-            )
-        _pid_file(s, component).write_text(str(proc.pid))
+    wanted = components(s)
+    to_start = [c for c in wanted if c not in running]
+    _check_ports(s, to_start, running)
+    for component in to_start:
+        _launch(s, component, logs)
+    return _await_healthy(s, wanted, logs, wait_s)
+
+
+def _await_healthy(s: StackSettings, wanted: list[str], logs: Path, wait_s: float) -> list[str]:
+    servers = {c: c.removeprefix(MODEL_SERVER + "-") for c in wanted if c.startswith(MODEL_SERVER + "-")}
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        h = health(s)
-        if (h and h.get("scheduler", {}).get("status") == "healthy" and h.get("metadatabase", {}).get("status") == "healthy"
-                and _http_ok(f"{s.mlflow_url}/health") and _http_ok(f"{s.model_server_url}/ping")):
-            return
-        dead = [c for c in COMPONENTS if c not in running_components(s)]
+        alive = running_components(s)
+        dead = [c for c in wanted if c not in alive and c not in servers]
         if dead:
             raise StackError(f"{', '.join(dead)} exited during start; see {logs}/<component>.log")
+        h = health(s)
+        core_ok = (h and h.get("scheduler", {}).get("status") == "healthy"
+                   and h.get("metadatabase", {}).get("status") == "healthy" and _http_ok(f"{s.mlflow_url}/health"))
+        if core_ok and all(c not in alive or _http_ok(f"{s.model_server_url_for(m)}/ping") for c, m in servers.items()):
+            return [m for c, m in servers.items() if c not in alive]
         time.sleep(1.0)
     raise StackError(f"the stack did not become healthy within {wait_s:.0f} s; see {logs}/")
 
@@ -392,7 +495,7 @@ def stop(s: StackSettings, grace_s: float = 30.0) -> list[str]:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    for c in COMPONENTS:
+    for c in _known_components(s):
         _pid_file(s, c).unlink(missing_ok=True)
     return sorted(running)
 

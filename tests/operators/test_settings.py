@@ -47,3 +47,13 @@ def test_malformed_file_names_the_entry(tmp_path):
     f.write_text("airflow:\n  connections:\n    - conn_id: x\n")
     with pytest.raises(SettingsError, match=r"airflow.connections\[0\] is missing \['conn_type'\]"):
         load_settings(f)
+
+
+def test_model_server_connections_are_left_to_the_stack():
+    """Each model's server address follows the stack's port and the set of models, so the stack sets it
+    as an environment connection; a row from this file would only be shadowed by it."""
+    from airloop.config import load_all_pipelines
+
+    conn_ids = {c["conn_id"] for c in load_settings(REPO / "airflow_settings.yaml")["connections"]}
+    served = {cfg.model_server_conn_id for cfg in load_all_pipelines()}
+    assert served and not conn_ids & served
