@@ -103,14 +103,20 @@ def parse_metrics(text: str) -> dict[str, VariantStats]:
 
 
 def psi(expected: dict[float, float], actual: dict[float, float], eps: float = 1e-4) -> float:
-    """Population stability index between two cumulative histograms with the same bucket bounds."""
+    """Population stability index between two cumulative histograms (``le`` bound -> count).
+
+    Any bounds work (the server's are the champion's reference quantiles); both sides should have the
+    same. Where they differ, only the bounds both have are used: a cumulative count at a shared bound
+    is exact on both sides, so the comparison is coarser but still like with like.
+    """
+    bounds = sorted(set(expected) & set(actual))
+
     def shares(cum: dict[float, float]) -> list[float]:
-        bounds = sorted(cum)
         counts = [cum[b] - (cum[bounds[i - 1]] if i else 0.0) for i, b in enumerate(bounds)]
         total = sum(counts) or 1.0
         return [max(c / total, eps) for c in counts]
 
-    if not expected or not actual:
+    if not bounds:
         return 0.0
     e, a = shares(expected), shares(actual)
     return float(sum((ai - ei) * math.log(ai / ei) for ai, ei in zip(a, e, strict=True)))
@@ -128,7 +134,8 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
                lower_is_better: bool = False) -> StepDecision:
     """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it.
 
-    :param lower_is_better: the online metric's direction (e.g. RMSE)
+    :param lower_is_better: the online metric's direction (RMSE, MAE, log loss:
+        ``not airloop.config.higher_is_better(metric)``)
     :param concurrent: whether ``champion`` was measured on the same traffic in the same window. When not
         (the 100 % step, where the champion has no traffic and its figures come from an earlier step),
         only errors and latency are compared: prediction distributions and online metrics of different
@@ -168,7 +175,8 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
     if concurrent and champion.online_metric is not None and challenger.online_metric is not None \
             and sign * (champion.online_metric - challenger.online_metric) > cfg.max_online_metric_drop:
         return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "
-                            f"{champion.online_metric:.4f} (at most {cfg.max_online_metric_drop} lower)", figures)
+                            f"{champion.online_metric:.4f} (at most {cfg.max_online_metric_drop} "
+                            f"{'higher' if lower_is_better else 'lower'})", figures)
     if step == len(cfg.steps) - 1:
         return StepDecision("promote", f"healthy at {cfg.steps[step]}% of traffic", figures)
     return StepDecision("continue", f"healthy at {cfg.steps[step]}%; next {cfg.steps[step + 1]}%", figures)
@@ -188,9 +196,17 @@ def _stats_from_dict(d: dict[str, Any]) -> VariantStats:
                         {float(k): v for k, v in d["prediction_buckets"].items()}, d.get("online_metric"))
 
 
+def _hist_reset(now: dict[float, float], base: dict[float, float]) -> bool:
+    """Whether a cumulative histogram was reset between two readings: a count went down, or its bucket
+    bounds changed (the server's prediction bounds follow the champion, and a new champion resets them)."""
+    return bool(base) and bool(now) and (set(now) != set(base) or any(now[k] < v for k, v in base.items()))
+
+
 def since(now: VariantStats, base: VariantStats) -> VariantStats:
     """What happened between two readings of cumulative counters. A counter that went down means the
-    server restarted (counters reset), as Prometheus' ``increase()`` assumes: then ``now`` is the delta."""
+    server restarted (counters reset), as Prometheus' ``increase()`` assumes: then ``now`` is the delta.
+    The prediction histogram alone is also reset when the server loads a champion with other bucket
+    bounds (the request counters go on): then its ``now`` is its delta."""
     reset = now.requests < base.requests or now.server_errors < base.server_errors or any(
         now.latency_buckets.get(k, 0.0) < v for k, v in base.latency_buckets.items())
     if reset:
@@ -198,7 +214,7 @@ def since(now: VariantStats, base: VariantStats) -> VariantStats:
                             now.online_metric)
 
     def sub(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
-        return {k: v - b.get(k, 0.0) for k, v in a.items()}
+        return dict(a) if _hist_reset(a, b) else {k: v - b.get(k, 0.0) for k, v in a.items()}
 
     return VariantStats(now.requests - base.requests, now.server_errors - base.server_errors,
                         sub(now.latency_buckets, base.latency_buckets),
@@ -279,14 +295,21 @@ MIN_LABELED = 50
 
 
 def outcome_metric(cfg: PipelineConfig) -> Any:
-    """``(y_true, y_pred) -> float | None``: the gate metric on known outcomes; None below
-    :data:`MIN_LABELED` of them or when only one class was seen."""
+    """``(y_true, y_pred) -> float | None``: the gate metric (``cfg.gate.metric``, any task; its direction
+    is :func:`airloop.config.higher_is_better`) on known outcomes; None below :data:`MIN_LABELED` of
+    them, when a classifier's outcomes are all of one class, or where the metric is undefined (an R² of
+    outcomes that do not vary)."""
     def metric(y: Any, p: Any) -> float | None:
         from airloop.training.train import metrics_for
 
-        if len(y) < MIN_LABELED or len(set(y)) < 2:
+        if len(y) < MIN_LABELED or (cfg.task.type == "binary_classification" and len(set(y)) < 2):
             return None
-        return float(metrics_for(cfg.task.type, y, p)[cfg.gate.metric])
+        values = metrics_for(cfg.task.type, y, p)
+        if cfg.gate.metric not in values:
+            raise ValueError(f"gate.metric {cfg.gate.metric!r} of {cfg.name} is not computed for "
+                             f"{cfg.task.type}: pick one of {sorted(values)}")
+        value = float(values[cfg.gate.metric])
+        return value if math.isfinite(value) else None
 
     return metric
 

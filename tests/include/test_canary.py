@@ -171,3 +171,160 @@ def test_a_slow_tail_is_rolled_back_once_a_step_has_the_requests_to_see_it():
     many = VariantStats(2000, 0, lat_hist(1940, 0, 60), dict(PRED))
     d = judge_step(CFG, 1, champion, many, 120, 300)
     assert d.action == "rollback" and "p99 latency" in d.reason and d.figures["latency_quantile"] == 0.99
+
+
+# --- regression through the server and the rollout: PSI over the champion's quantile bounds -----------
+
+class Regressor:
+    """A stub regression model: predictions ``center + sd * N(0, 1)``, whatever the input; its
+    ``prediction_edges`` are the deciles of its own reference predictions, as training writes them."""
+
+    def __init__(self, center: float, sd: float = 10.0, seed: int = 0, edges: bool = True):
+        import numpy as np
+
+        self.center, self.sd, self.rng = center, sd, np.random.default_rng(seed)
+        ref = center + sd * np.random.default_rng(seed + 1000).standard_normal(2000)
+        self.prediction_edges = sorted(float(q) for q in np.quantile(ref, [i / 10 for i in range(1, 10)])) \
+            if edges else None
+
+    def predict(self, df):
+        import pandas as pd
+
+        return pd.DataFrame({"prediction": self.center + self.sd * self.rng.standard_normal(len(df))})
+
+
+REG_CFG = CanaryConfig(min_requests=40, interval_seconds=1, deadline_minutes=30)
+
+
+def regression_service(champion, challenger):
+    from airloop.serving.server import ModelService, Variant
+
+    return ModelService("stub_regression", Variant("champion", "1", champion), Variant("challenger", "2", challenger),
+                        0.0, None, seed=11, request_columns=["x"])
+
+
+def serve_step(service, percent, challenger_requests=60, rows=4, t=0):
+    """Set the challenger's share and send enough requests for about ``challenger_requests`` of them."""
+    import json
+
+    service.set_weight(percent / 100)
+    body = json.dumps({"dataframe_records": [{"x": i} for i in range(rows)]}).encode()
+    for i in range(int(challenger_requests * 100 / percent)):
+        status, out = service.invoke(body, "application/json", f"t{t}-{i}")
+        assert status == 200, out
+
+
+def run_rollout(service, cfg=REG_CFG):
+    from airloop.canary import advance, start_rollout
+    from airloop.config import higher_is_better
+
+    state = start_rollout("stub_regression", "2", "1", parse_metrics(service.metrics.render()), now=0.0)
+    t, decisions = 0.0, []
+    for percent in cfg.steps:
+        serve_step(service, percent, t=t)
+        t += 10
+        d = advance(state, cfg, parse_metrics(service.metrics.render()), t, lower_is_better=not higher_is_better("rmse"))
+        decisions.append(d)
+        if d.action != "continue":
+            break
+    return state, decisions
+
+
+def test_a_regression_challenger_shifted_by_two_sd_is_rolled_back_on_its_predictions():
+    champion = Regressor(60.0, 10.0, seed=1)
+    shifted = Regressor(60.0 + 2 * 10.0, 10.0, seed=2)  # its own edges are not used: the champion's are
+    state, decisions = run_rollout(regression_service(champion, shifted))
+    d = decisions[-1]
+    assert d.action == "rollback" and state.status == "rolled_back" and len(decisions) == 1, d.reason
+    assert "predictions shifted: PSI" in d.reason and d.figures["prediction_psi"] > 1.0
+    assert d.figures["challenger_requests"] >= REG_CFG.min_requests
+
+
+def test_a_healthy_regression_challenger_is_promoted_through_every_step():
+    state, decisions = run_rollout(regression_service(Regressor(60.0, 10.0, seed=1), Regressor(60.0, 10.0, seed=2)))
+    assert [d.action for d in decisions] == ["continue", "continue", "continue", "promote"], decisions[-1].reason
+    assert state.status == "promoted"
+    psis = [x["figures"]["prediction_psi"] for x in state.decisions]
+    assert all(p < REG_CFG.max_prediction_psi for p in psis[:-1]) and psis[-1] is None  # 100 %: no concurrent champion
+
+
+def test_fixed_buckets_saw_no_shift_at_a_regression_scale_and_the_champions_quantiles_do():
+    from airloop.serving.server import PREDICTION_BUCKETS
+
+    old = regression_service(Regressor(60.0, 10.0, seed=1, edges=False), Regressor(300.0, 10.0, seed=2))
+    new = regression_service(Regressor(60.0, 10.0, seed=1), Regressor(300.0, 10.0, seed=2))
+    for service in (old, new):
+        serve_step(service, 50)
+    before, after = parse_metrics(old.metrics.render()), parse_metrics(new.metrics.render())
+    assert sorted(before["champion"].prediction_buckets) == [*PREDICTION_BUCKETS, float("inf")]  # a stub without edges
+    assert psi(before["champion"].prediction_buckets, before["challenger"].prediction_buckets) == 0.0  # all above 1.0
+    assert psi(after["champion"].prediction_buckets, after["challenger"].prediction_buckets) > 5.0
+
+
+def test_a_new_champions_bounds_reset_the_step_s_prediction_histograms():
+    from airloop.canary import advance, since, start_rollout
+    from airloop.serving.server import Variant
+
+    service = regression_service(Regressor(60.0, 10.0, seed=1), Regressor(60.0, 10.0, seed=2))
+    serve_step(service, 50, t=-1)
+    state = start_rollout("stub_regression", "2", "1", parse_metrics(service.metrics.render()), now=0.0)
+    base = parse_metrics(service.metrics.render())
+    # the server loads a champion with other bounds (another scale) mid-step: the prediction histograms
+    # restart over the new bounds while the request counters go on
+    service.reload(Variant("champion", "5", Regressor(500.0, 50.0, seed=3)), service.variants["challenger"])
+    service.variants["challenger"] = Variant("challenger", "2", Regressor(500.0, 50.0, seed=4))
+    serve_step(service, 50, t=1)
+    now = parse_metrics(service.metrics.render())
+    delta = since(now["challenger"], base["challenger"])
+    assert delta.prediction_buckets == now["challenger"].prediction_buckets  # the new histogram is the delta
+    assert delta.requests == now["challenger"].requests - base["challenger"].requests  # counters were not reset
+    assert all(v >= 0 for v in delta.prediction_buckets.values())
+    d = advance(state, REG_CFG, now, 10)
+    assert d.action == "continue" and d.figures["prediction_psi"] < REG_CFG.max_prediction_psi, d.reason
+
+
+def test_psi_on_cumulative_histograms_with_any_bounds():
+    champion = {-5.0: 10, 0.0: 50, 5.0: 90, float("inf"): 100}
+    assert psi(champion, champion) == pytest.approx(0.0)
+    assert psi(champion, {-5.0: 0, 0.0: 0, 5.0: 0, float("inf"): 100}) > 1.0
+    # different bounds on the two sides: compared on the ones both have (here -5 and +Inf)
+    assert psi(champion, {-5.0: 10, 1.0: 40, float("inf"): 100}) == pytest.approx(0.0)
+
+
+# --- the online metric for regression ------------------------------------------------------------------
+
+def regression_cfg(metric):
+    from airloop.config import get_pipeline
+
+    cfg = get_pipeline("flight_delays")
+    task = cfg.task.model_copy(update={"type": "regression", "label": cfg.task.label.model_copy(update={"positive_above": None})})
+    return cfg.model_copy(update={"task": task, "gate": cfg.gate.model_copy(update={"metric": metric})})
+
+
+def test_the_online_metric_of_a_regression_model_and_its_direction():
+    import numpy as np
+    import pandas as pd
+
+    from airloop.canary import MIN_LABELED, online_metrics, outcome_metric
+
+    rng = np.random.default_rng(0)
+    y = 60 + 10 * rng.standard_normal(200)
+    entries = [{"timestamp": "2024-01-01T00:00:00", "variant": v, "inputs": {"id": i}, "output": float(y[i] + err)}
+               for i in range(200) for v, err in (("champion", rng.normal(0, 2)), ("challenger", rng.normal(0, 8)))]
+    outcomes = pd.DataFrame({"id": range(200), "y": y})
+    rmse = online_metrics(entries, outcomes, ["id"], outcome_metric(regression_cfg("rmse")), "2024-01-01")
+    assert rmse["champion"]["labeled"] == 200 and rmse["champion"]["value"] < 3 < 6 < rmse["challenger"]["value"]
+    r2 = online_metrics(entries, outcomes, ["id"], outcome_metric(regression_cfg("r2")), "2024-01-01")
+    assert r2["champion"]["value"] > r2["challenger"]["value"]
+    # one outcome value repeated is no reason for "no metric" in regression (it is for a classifier's AUC),
+    # but R² of outcomes that do not vary is undefined
+    flat = np.full(MIN_LABELED, 5.0)
+    assert outcome_metric(regression_cfg("mae"))(flat, flat + 1) == pytest.approx(1.0)
+    assert outcome_metric(regression_cfg("r2"))(flat, flat + 1) is None
+    assert outcome_metric(regression_cfg("rmse"))(y[:MIN_LABELED - 1], y[:MIN_LABELED - 1]) is None
+    # RMSE is lower-is-better: a higher challenger RMSE rolls back, a lower one continues
+    champ, chall = rmse["champion"]["value"], rmse["challenger"]["value"]
+    worse = judge_step(CFG, 0, stats(metric=champ), stats(200, metric=chall), 120, 120, lower_is_better=True)
+    assert worse.action == "rollback" and "online metric" in worse.reason and "higher" in worse.reason
+    better = judge_step(CFG, 0, stats(metric=chall), stats(200, metric=champ), 120, 120, lower_is_better=True)
+    assert better.action == "continue", better.reason

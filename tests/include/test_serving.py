@@ -7,10 +7,20 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from airloop.features import SOURCE_COLUMNS
+from airloop.config import get_pipeline
 from airloop.serving.prediction_log import PredictionLog, read_log
 from airloop.serving.protocol import RequestError, parse_request
-from airloop.serving.server import ModelService, Variant, choose_variant, create_app, load_variants
+from airloop.serving.server import (
+    LATENCY_BUCKETS,
+    PREDICTION_BUCKETS,
+    Metrics,
+    ModelService,
+    Variant,
+    choose_variant,
+    create_app,
+    load_variants,
+    prediction_bounds,
+)
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.unit
@@ -28,7 +38,8 @@ def service(champion, tmp_path):
     uri, _ = champion
     champ, _ = load_variants("flight_delays", uri)
     chall = Variant("challenger", "99", champ.model)
-    return ModelService("flight_delays", champ, chall, 0.5, PredictionLog(tmp_path, "flight_delays"), max_body=64_000, seed=1)
+    return ModelService("flight_delays", champ, chall, 0.5, PredictionLog(tmp_path, "flight_delays"), max_body=64_000, seed=1,
+                        request_columns=get_pipeline("flight_delays").request_columns)
 
 
 def _records(rows):
@@ -101,7 +112,7 @@ def test_every_prediction_is_logged_and_survives_a_torn_write(service, champion,
     logged, partial = read_log(tmp_path, "flight_delays")
     assert len(logged) == 12 and partial == 0
     assert {e["variant"] for e in logged} <= {"champion", "challenger"}
-    assert all(set(SOURCE_COLUMNS) <= set(e["inputs"]) and 0 <= e["output"] <= 1 for e in logged)
+    assert all(set(service.request_columns) <= set(e["inputs"]) and 0 <= e["output"] <= 1 for e in logged)
     # a crash in the middle of a write leaves a partial line: skipped, counted, nothing else lost
     f = next((tmp_path / "predictions" / "flight_delays").glob("ds=*/*.jsonl"))
     with open(f, "a") as fh:
@@ -120,6 +131,10 @@ def test_metrics_and_info_endpoints(service, champion):
     text = client.get("/metrics").text
     assert "airloop_requests_total" in text and "airloop_request_latency_seconds_bucket" in text
     assert "airloop_prediction_bucket" in text
+    # the real pyfunc carries the deciles of its reference predictions: they are the histogram's bounds
+    edges = service.variants["champion"].model.unwrap_python_model().prediction_edges
+    assert edges and service.metrics.buckets["prediction"] == tuple(edges) != PREDICTION_BUCKETS
+    assert f',le="{edges[0]}"}}' in text  # whichever variant served, over the champion's bounds
 
 
 def test_protocol_rejects_empty_tables():
@@ -210,3 +225,87 @@ def test_the_event_time_partitions_the_log_and_a_bad_one_is_a_400(service, champ
     assert status == 200
     logged, _ = read_log(tmp_path, "flight_delays", "2013-07-04")
     assert [r["event_time"] for r in logged] == ["2013-07-04T15:00:00+00:00"] * 2
+
+
+# --- the prediction histogram: bucket bounds from the champion ---------------------------------------
+
+class Scaled:
+    """A stub model: ``prediction = factor * x``; ``prediction_edges`` as the airloop pyfunc has them."""
+
+    def __init__(self, factor: float, edges=None):
+        self.factor, self.prediction_edges = factor, edges
+
+    def predict(self, df):
+        return pd.DataFrame({"prediction": self.factor * df["x"].astype(float)})
+
+
+class Pyfunc:
+    """What ``mlflow.pyfunc.load_model`` returns: the python model (with the edges) is inside."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def unwrap_python_model(self):
+        return self.inner
+
+    def predict(self, df):
+        return self.inner.predict(df)
+
+
+def _stub_service(champion, challenger=None, **kw):
+    return ModelService("stub", Variant("champion", "1", champion),
+                        Variant("challenger", "2", challenger) if challenger else None, 0.0, None,
+                        request_columns=["x"], seed=3, **kw)
+
+
+def _buckets(text, variant):
+    return [line for line in text.splitlines() if line.startswith(f'airloop_prediction_bucket{{variant="{variant}"')]
+
+
+def test_prediction_bounds_come_from_the_champion_then_the_caller_then_the_fixed_buckets():
+    edges = [70.0, 50.0, 60.0, 60.0, float("nan")]  # unsorted, repeated, not finite: cleaned
+    assert prediction_bounds(Scaled(1, edges)) == (50.0, 60.0, 70.0)
+    assert prediction_bounds(Pyfunc(Scaled(1, edges))) == (50.0, 60.0, 70.0)
+    assert prediction_bounds(Scaled(1, None), [5, 1]) == (1.0, 5.0)  # an older model: the caller's bounds
+    assert prediction_bounds(Scaled(1, []), None) == PREDICTION_BUCKETS
+    assert prediction_bounds(object(), None) == PREDICTION_BUCKETS  # e.g. an HttpModel
+
+
+def test_both_variants_are_histogrammed_on_the_champions_bounds():
+    service = _stub_service(Scaled(1, [10.0, 20.0]), Scaled(1, [100.0, 200.0, 300.0]))
+    service.set_weight(0.5)
+    for i in range(40):
+        status, _ = service.invoke(json.dumps({"dataframe_records": [{"x": 15}]}).encode(), "application/json", f"k{i}")
+        assert status == 200
+    text = service.metrics.render()
+    for variant in ("champion", "challenger"):  # the format stays: airloop_prediction_bucket{variant,le}
+        lines = _buckets(text, variant)
+        assert [line.split('le="')[1].split('"')[0] for line in lines] == ["10.0", "20.0", "+Inf"]
+        assert float(lines[0].split()[-1]) == 0 and float(lines[1].split()[-1]) == float(lines[2].split()[-1]) > 0
+    assert _stub_service(Scaled(1), prediction_edges=[5.0]).metrics.buckets["prediction"] == (5.0,)
+
+
+def test_a_champion_with_other_bounds_resets_the_prediction_histograms_only():
+    champ = Scaled(1, [10.0, 20.0])
+    service = _stub_service(champ)
+    body = json.dumps({"dataframe_records": [{"x": 15}, {"x": 25}]}).encode()
+    service.invoke(body, "application/json")
+    service.reload(Variant("champion", "1", champ), None)  # the same bounds: the histograms go on
+    service.invoke(body, "application/json")
+    assert 'airloop_prediction_count{variant="champion"} 4.0' in service.metrics.render()
+    service.reload(Variant("champion", "3", Scaled(1, [12.0, 24.0, 36.0])), None)
+    text = service.metrics.render()
+    assert _buckets(text, "champion") == [] and 'airloop_requests_total{variant="champion"} 2.0' in text
+    service.invoke(body, "application/json")
+    assert [line.split('le="')[1].split('"')[0] for line in _buckets(service.metrics.render(), "champion")] == \
+        ["12.0", "24.0", "36.0", "+Inf"]
+
+
+def test_metrics_given_other_buckets_start_that_histogram_over():
+    m = Metrics()
+    m.observe("request_latency_seconds", "champion", 0.02, LATENCY_BUCKETS)
+    m.observe("prediction", "champion", 0.3)  # the default bounds
+    assert m.set_buckets("prediction", PREDICTION_BUCKETS) is False and ("prediction", "champion") in m.hist
+    m.observe("prediction", "champion", 3.0, (1.0, 5.0))
+    assert m.hist[("prediction", "champion")] == [0.0, 1.0, 3.0, 1.0]  # le 1, le 5, sum, count
+    assert m.hist[("request_latency_seconds", "champion")][-1] == 1.0  # other histograms untouched

@@ -8,7 +8,7 @@
 * Bad requests get a 4xx that says why (415, 400, 413) and never count against a variant.
 * Every prediction is appended to the durable prediction log before the response is sent.
 
-Run: ``python -m airloop.serving.server --model flight_delays --port 8090`` (tracking URI from
+Run: ``python -m airloop.serving.server --model <model> --port 8090`` (tracking URI from
 ``MLFLOW_TRACKING_URI``).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import math
 import os
 import random
 import threading
@@ -60,22 +61,65 @@ class HttpModel:
         return [float(p["prediction"]) if isinstance(p, dict) else float(p) for p in preds]
 
 
+def prediction_bounds(model: Any, fallback: Any = None) -> tuple[float, ...]:
+    """The bucket bounds of the prediction histogram for a champion ``model``: its ``prediction_edges``
+    (the quantiles of its reference predictions, so PSI works at any output scale), looked up on the
+    model and on the python model inside an MLflow pyfunc; else ``fallback``; else :data:`PREDICTION_BUCKETS`.
+    Bounds are sorted, distinct and finite; none left means the next choice."""
+    edges = getattr(model, "prediction_edges", None)
+    if edges is None and hasattr(model, "unwrap_python_model"):
+        try:
+            edges = getattr(model.unwrap_python_model(), "prediction_edges", None)
+        except Exception:  # not a python-function model (a flavour MLflow loaded natively)
+            edges = None
+    for candidate in (edges, fallback):
+        bounds = tuple(sorted({float(b) for b in candidate or () if math.isfinite(float(b))}))
+        if bounds:
+            return bounds
+    return PREDICTION_BUCKETS
+
+
 @dataclass
 class Metrics:
-    """Per-variant counters and histograms, rendered in the Prometheus text format."""
+    """Per-variant counters and histograms, rendered in the Prometheus text format.
+
+    Each histogram name has one set of bucket bounds for all variants (``buckets``); changing them
+    (:meth:`set_buckets`) drops that name's histograms, as a restart would, because counts over other
+    bounds cannot be continued.
+    """
 
     counters: dict[tuple[str, str], float] = field(default_factory=dict)
     hist: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    buckets: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
+        "request_latency_seconds": LATENCY_BUCKETS, "prediction": PREDICTION_BUCKETS})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def inc(self, name: str, variant: str, by: float = 1.0) -> None:
         with self.lock:
             self.counters[(name, variant)] = self.counters.get((name, variant), 0.0) + by
 
-    def observe(self, name: str, variant: str, value: float, buckets: tuple[float, ...]) -> None:
+    def set_buckets(self, name: str, bounds: tuple[float, ...]) -> bool:
+        """Histogram ``name`` over ``bounds`` from now on; True (and its histograms reset) if they changed."""
         with self.lock:
-            h = self.hist.setdefault((name, variant), [0.0] * (len(buckets) + 2))
-            for i, b in enumerate(buckets):
+            return self._set_buckets(name, tuple(bounds))
+
+    def _set_buckets(self, name: str, bounds: tuple[float, ...]) -> bool:
+        if self.buckets.get(name) == bounds:
+            return False
+        self.buckets[name] = bounds
+        for key in [k for k in self.hist if k[0] == name]:
+            del self.hist[key]
+        return True
+
+    def observe(self, name: str, variant: str, value: float, buckets: tuple[float, ...] | None = None) -> None:
+        """Count ``value`` in histogram ``name`` of ``variant``, over ``buckets`` if given (see
+        :meth:`set_buckets`), else over the bounds the name has."""
+        with self.lock:
+            if buckets is not None:
+                self._set_buckets(name, tuple(buckets))
+            bounds = self.buckets[name]
+            h = self.hist.setdefault((name, variant), [0.0] * (len(bounds) + 2))
+            for i, b in enumerate(bounds):
                 if value <= b:
                     h[i] += 1
             h[-2] += value  # sum
@@ -87,8 +131,7 @@ class Metrics:
             for (name, variant), v in sorted(self.counters.items()):
                 lines.append(f'airloop_{name}_total{{variant="{variant}"}} {v}')
             for (name, variant), h in sorted(self.hist.items()):
-                buckets = LATENCY_BUCKETS if name == "request_latency_seconds" else PREDICTION_BUCKETS
-                for b, c in zip(buckets, h, strict=False):
+                for b, c in zip(self.buckets[name], h, strict=False):
                     lines.append(f'airloop_{name}_bucket{{variant="{variant}",le="{b}"}} {c}')
                 lines.append(f'airloop_{name}_bucket{{variant="{variant}",le="+Inf"}} {h[-1]}')
                 lines.append(f'airloop_{name}_sum{{variant="{variant}"}} {h[-2]}')
@@ -122,8 +165,21 @@ class ModelService:
     """The serving logic, independent of the HTTP framework (and so testable without a socket)."""
 
     def __init__(self, model_name: str, champion: Variant | None, challenger: Variant | None, weight: float,
-                 log: PredictionLog | None, max_body: int = 4 * 1024 * 1024, seed: int | None = None):
+                 log: PredictionLog | None, max_body: int = 4 * 1024 * 1024, seed: int | None = None,
+                 request_columns: list[str] | None = None, prediction_edges: list[float] | None = None):
+        """:param request_columns: the columns a request must carry (the model config's
+        ``request_columns``; default: those of the pipeline config named ``model_name``)
+        :param prediction_edges: bucket bounds of the prediction histograms for a champion that has no
+            ``prediction_edges`` of its own (default :data:`PREDICTION_BUCKETS`)
+        """
         self.model_name = model_name
+        if request_columns is None:
+            from airloop.config import get_pipeline
+
+            request_columns = get_pipeline(model_name).request_columns
+        self.request_columns = list(request_columns)
+        self.prediction_edges = prediction_edges
+        self.metrics = Metrics()
         self.variants: dict[str, Variant] = {}
         self.weight = 0.0
         if champion is not None:
@@ -131,7 +187,6 @@ class ModelService:
             self.weight = weight if challenger else 0.0
         self.log = log
         self.max_body = max_body
-        self.metrics = Metrics()
         self.rng = random.Random(seed)
 
     def set_weight(self, weight: float) -> None:
@@ -182,8 +237,8 @@ class ModelService:
         v = self.variants[served]
         self.metrics.inc("requests", served)
         self.metrics.observe("request_latency_seconds", served, elapsed, LATENCY_BUCKETS)
-        for p in preds:
-            self.metrics.observe("prediction", served, float(p), PREDICTION_BUCKETS)
+        for p in preds:  # both variants over the champion's bounds (see reload), so PSI compares like with like
+            self.metrics.observe("prediction", served, float(p))
         request_id = uuid.uuid4().hex
         if self.log is not None:
             now = dt.datetime.now(dt.UTC).isoformat()
@@ -198,13 +253,11 @@ class ModelService:
                      "request_id": request_id}
 
     def _predict(self, variant: str, df: Any) -> list[float]:
-        from airloop.features import SOURCE_COLUMNS
-
-        missing = [c for c in SOURCE_COLUMNS if c not in df.columns]
+        missing = [c for c in self.request_columns if c not in df.columns]
         if missing:
-            raise RequestError(400, f"missing input columns {missing}; the model needs {SOURCE_COLUMNS}")
+            raise RequestError(400, f"missing input columns {missing}; the model needs {self.request_columns}")
         try:
-            out = self.variants[variant].model.predict(df[SOURCE_COLUMNS])
+            out = self.variants[variant].model.predict(df[self.request_columns])
         except Exception as e:
             if type(e).__name__ == "MlflowException" and "schema" in str(e).lower():
                 raise RequestError(400, f"the request does not match the model's signature: {str(e)[:300]}") from None
@@ -213,8 +266,12 @@ class ModelService:
 
     def reload(self, champion: Variant, challenger: Variant | None) -> None:
         """Swap in the current aliases (after a promotion or rollback) without a restart. A challenger
-        that is new (another version) starts with no traffic: only its canary gives it a share."""
+        that is new (another version) starts with no traffic: only its canary gives it a share.
+
+        The prediction histograms of both variants use the champion's bounds (:func:`prediction_bounds`);
+        a champion with other bounds resets them (the canary reads that as a reset of those counters)."""
         before = self.variants.get("challenger")
+        self.metrics.set_buckets("prediction", prediction_bounds(champion.model, self.prediction_edges))
         self.variants = {"champion": champion, **({"challenger": challenger} if challenger else {})}
         if not challenger or before is None or before.version != challenger.version:
             self.weight = 0.0
