@@ -172,11 +172,13 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
     if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi and not better_online:
         return StepDecision("rollback", f"challenger predictions shifted: PSI {figures['prediction_psi']} > "
                             f"{cfg.max_prediction_psi}", figures)
-    if concurrent and champion.online_metric is not None and challenger.online_metric is not None \
-            and sign * (champion.online_metric - challenger.online_metric) > cfg.max_online_metric_drop:
-        return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "
-                            f"{champion.online_metric:.4f} (at most {cfg.max_online_metric_drop} "
-                            f"{'higher' if lower_is_better else 'lower'})", figures)
+    if concurrent and champion.online_metric is not None and challenger.online_metric is not None:
+        allowed = cfg.max_online_metric_drop if cfg.max_online_metric_drop_ratio is None \
+            else cfg.max_online_metric_drop_ratio * abs(champion.online_metric)
+        if sign * (champion.online_metric - challenger.online_metric) > allowed:
+            return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "
+                                f"{champion.online_metric:.4f} (at most {allowed:.4g} "
+                                f"{'higher' if lower_is_better else 'lower'})", figures)
     if step == len(cfg.steps) - 1:
         return StepDecision("promote", f"healthy at {cfg.steps[step]}% of traffic", figures)
     return StepDecision("continue", f"healthy at {cfg.steps[step]}%; next {cfg.steps[step + 1]}%", figures)

@@ -251,7 +251,11 @@ class CanaryConfig(_Frozen):
         default=10, ge=0, description="requests the judged latency quantile must leave above it: a step with fewer "
         "than this / (1 - 0.99) requests is judged at a lower quantile than p99 (0: always p99)")
     max_prediction_psi: float = 0.25
-    max_online_metric_drop: float = 0.03
+    max_online_metric_drop: float = Field(default=0.03, ge=0, description="how much worse the challenger's online "
+                                          "metric may be, in the metric's units (e.g. 0.03 ROC AUC)")
+    max_online_metric_drop_ratio: float | None = Field(
+        default=None, gt=0, description="instead, how much worse as a share of the champion's value (0.1: 10 %); "
+        "for metrics in the target's units (rmse, mae), whose scale differs per model")
     min_requests: int = Field(default=200, ge=1, description="challenger requests a step needs before judging")
     interval_seconds: int = Field(default=300, ge=1, description="least time a step runs before judging")
     deadline_minutes: int = Field(default=240, ge=1, description="a rollout still holding then is rolled back")

@@ -328,3 +328,14 @@ def test_the_online_metric_of_a_regression_model_and_its_direction():
     assert worse.action == "rollback" and "online metric" in worse.reason and "higher" in worse.reason
     better = judge_step(CFG, 0, stats(metric=chall), stats(200, metric=champ), 120, 120, lower_is_better=True)
     assert better.action == "continue", better.reason
+
+
+def test_a_relative_online_tolerance_follows_the_target_scale():
+    """0.03 in the target's units is noise for an RMSE of 100 riders: the ratio form allows 10 % of it."""
+    rel = CFG.model_copy(update={"max_online_metric_drop_ratio": 0.1})
+    noise = judge_step(rel, 0, stats(metric=100.0), stats(200, metric=104.0), 120, 120, lower_is_better=True)
+    assert noise.action == "continue", noise.reason
+    absolute = judge_step(CFG, 0, stats(metric=100.0), stats(200, metric=104.0), 120, 120, lower_is_better=True)
+    assert absolute.action == "rollback"
+    worse = judge_step(rel, 0, stats(metric=100.0), stats(200, metric=111.0), 120, 120, lower_is_better=True)
+    assert worse.action == "rollback" and "at most 10 higher" in worse.reason
