@@ -802,9 +802,9 @@ def _flag_leakage(df: Any, columns: dict[str, str], target: str, label: Any) -> 
                                                                       y, target, label)
         if why:
             flagged[c] = why
+    # pairs among all numeric columns: a flagged column's partner in a sum is a leak as well
     numeric = [c for c, ty in columns.items() if ty in ("int", "float") and c != target]
-    rest = [c for c in numeric if c not in flagged]
-    for c, why in _sum_leaks(df, rest, y, target).items():
+    for c, why in _sum_leaks(df, numeric, y, target).items():
         flagged.setdefault(c, why)
     return flagged
 

@@ -200,3 +200,19 @@ def test_check_ok_and_failing(tmp_path, capsys):
 
     assert check(tmp_path, "nothing_here") == 1
     assert "no pipeline config named 'nothing_here'" in capsys.readouterr().err
+
+
+def test_the_partner_of_a_correlated_part_of_the_target_is_flagged_too(tmp_path, capsys):
+    """``registered`` is flagged by its correlation with the target; ``casual`` alone is not, but the two
+    add up to the target, so it leaks as well (the check runs over flagged columns too)."""
+    df = rides()
+    df["registered"] = df["registered"] * 20  # now almost all of the count: |r| > 0.95
+    df["count"] = df["casual"] + df["registered"]
+    df = df.drop(columns=["count_scaled"])
+    sample = tmp_path / "rides.csv"
+    df.to_csv(sample, index=False)
+    folder = tmp_path / "pipelines"
+    assert init(tmp_path, "rides", "--sample", str(sample), "--target", "count", "--pipelines-dir", str(folder)) == 0
+    out = capsys.readouterr().out
+    assert "registered: |r|" in out and "casual: casual + registered equals count" in out
+    assert set(load_pipeline_config(folder / "rides.yaml").data_schema.leakage_columns) == {"count", "casual", "registered"}
