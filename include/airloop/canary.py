@@ -286,10 +286,39 @@ def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats]
 
 
 def _join_text(col: Any) -> Any:
+    """One text per key value on both sides of a join: numbers as floats (2013 and 2013.0 alike),
+    timestamps as UTC ISO text (a stored timestamp and its ISO text from a logged request alike)."""
     import pandas as pd
 
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return _utc_text(pd.to_datetime(col, utc=True))
     num = pd.to_numeric(col, errors="coerce")
-    return num.astype("float64").map(repr) if num.notna().all() else col.astype(str)
+    if num.notna().all():
+        return num.astype("float64").map(repr)
+    if col.map(lambda v: isinstance(v, str)).all():
+        ts = pd.to_datetime(col, utc=True, errors="coerce", format="ISO8601")
+        if ts.notna().all():
+            return _utc_text(ts)
+    return col.astype(str)
+
+
+def _utc_text(ts: Any) -> Any:
+    return ts.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _key_value(value: Any) -> Any:
+    """A key value as the outcome partition's format string wants it: whole floats as ints, ISO text
+    as a datetime (so ``ds={time:%Y-%m-%d}`` works on a logged request's timestamp)."""
+    import datetime as dt
+
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    return value
 
 
 #: fewer known outcomes than this give no metric
@@ -326,7 +355,7 @@ def known_outcomes(cfg: PipelineConfig, root: DataRoot, key_rows: Iterable[dict[
 
     def partition(row: dict[str, Any]) -> str | None:
         try:
-            vals = {k: int(row[k]) if isinstance(row[k], float) and row[k].is_integer() else row[k] for k in key}
+            vals = {k: _key_value(row[k]) for k in key}
             return cfg.deployment.outcome_partition.format(**vals)
         except (KeyError, ValueError, TypeError):
             return None

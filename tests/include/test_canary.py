@@ -339,3 +339,26 @@ def test_a_relative_online_tolerance_follows_the_target_scale():
     assert absolute.action == "rollback"
     worse = judge_step(rel, 0, stats(metric=100.0), stats(200, metric=111.0), 120, 120, lower_is_better=True)
     assert worse.action == "rollback" and "at most 10 higher" in worse.reason
+
+
+def test_outcomes_join_on_a_timestamp_key_logged_as_iso_text(tmp_path):
+    """A model whose rows are identified by their time: requests log it as ISO text, the raw partition
+    stores a timestamp; the partition is found from the text and the two join."""
+    import pandas as pd
+
+    from airloop.canary import join_outcomes, known_outcomes
+    from airloop.storage import DataRoot
+
+    cfg = regression_cfg("rmse")
+    dep = cfg.deployment.model_copy(update={"outcome_key": ("time_hour",), "outcome_partition": "ds={time_hour:%Y-%m-%d}"})
+    cfg = cfg.model_copy(update={"deployment": dep})
+    root = DataRoot(tmp_path)
+    stored = pd.DataFrame({"time_hour": pd.to_datetime(["2013-01-05 10:00", "2013-01-05 11:00"]), "arr_delay": [5.0, 7.0]})
+    root.write_partition(root.partition_uri("raw", cfg.name, "ds=2013-01-05"),
+                         {"data.parquet": stored.to_parquet(index=False)}, {"data_file": "data.parquet"})
+    logged = [{"time_hour": "2013-01-05T10:00:00.000"}, {"time_hour": "2013-01-05T11:00:00Z"}]
+    outcomes = known_outcomes(cfg, root, logged)
+    assert outcomes is not None and len(outcomes) == 2
+    joined = join_outcomes(pd.DataFrame({"time_hour": [r["time_hour"] for r in logged], "p": [4.0, 9.0]}), outcomes,
+                           ["time_hour"])
+    assert sorted(zip(joined["p"], joined["y"], strict=True)) == [(4.0, 5.0), (9.0, 7.0)]

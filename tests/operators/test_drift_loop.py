@@ -50,7 +50,7 @@ def served(champion, tmp_path_factory):
             rows = nycflights13.day_frame(day)
             for chunk_start in range(0, len(rows), 200):
                 chunk = rows.iloc[chunk_start:chunk_start + 200]
-                body = json.dumps({"dataframe_split": json.loads(chunk[[*CFG.request_columns, *CFG.deployment.outcome_key]].to_json(orient="split", index=False))})
+                body = json.dumps({"dataframe_split": json.loads(chunk[list(dict.fromkeys([*CFG.request_columns, *CFG.deployment.outcome_key]))].to_json(orient="split", index=False))})
                 status, _ = service.invoke(body.encode(), "application/json", None, f"{day}T12:00:00")
                 assert status == 200
     service.log.close()
