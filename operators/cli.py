@@ -7,6 +7,7 @@
     airloop model init|check          write a new model's YAML and starter suite from a sample / check one
     airloop quarantine list|show|release|reject
     airloop webhook send SOURCE       send a signed "batch landed" delivery to the stack's webhook route
+    airloop traffic MODEL FILE        send each row of a file to the model's server as a scoring request
     airloop alerts [MODEL]            the on-call alerts of failed tasks (log URL, runbook)
     airloop airflow ...               any Airflow CLI command against the local stack
 """
@@ -278,7 +279,11 @@ def send_webhook(s: stack.StackSettings, source_name: str, day: dt.date, uri: st
     if found is None:
         raise SystemExit(f"no webhook source named {source_name!r}; see webhooks: in the pipeline configs")
     cfg, source = found
-    uri = uri or f"{s.data_root}/landing/{cfg.name}/ds={day.isoformat()}/{cfg.source.file_name}"
+    if uri is None:
+        from airloop.ingest import landing_uri
+        from airloop.storage import DataRoot
+
+        uri = landing_uri(cfg, DataRoot(s.data_root), f"ds={day.isoformat()}")
     body = json.dumps({"source_uri": uri, "day": day.isoformat()}).encode()
     headers = wh.signed_headers(source.scheme, s.webhook_secret(source.connection_id),
                                 delivery_id or f"msg_{uuid.uuid4().hex}", body)
@@ -311,6 +316,34 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     status, answer = send_webhook(s, args.source, dt.date.fromisoformat(args.day), args.uri, args.id)
     print(f"HTTP {status}: {json.dumps(answer)}")
     return 0 if status in (200, 202) else 1
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """Send every row of a file to a model's server as one scoring request each (its request columns,
+    sticky key and event time, as the model's config describes them); prints the answers' counts."""
+    from airloop.config import get_pipeline
+    from airloop.errors import ConfigError
+    from airloop.serving import replay
+
+    s = _settings(args)
+    try:
+        cfg = get_pipeline(args.model)
+    except ConfigError as e:
+        print(f"airloop traffic: {e}", file=sys.stderr)
+        return 1
+    try:
+        rows = _read_sample_as_batch(cfg, Path(args.file))
+    except UsageError as e:
+        print(f"airloop traffic: {e}", file=sys.stderr)
+        return 2
+    missing = [c for c in cfg.request_columns if c not in rows.columns]
+    if missing:
+        print(f"airloop traffic: {args.file} lacks the request columns {missing} of {cfg.name}", file=sys.stderr)
+        return 1
+    url = args.url or s.model_server_url_for(cfg.name)
+    counts = replay.replay(url, replay.bodies_for(cfg, rows), concurrency=args.concurrency)
+    print(f"{cfg.name}: {len(rows)} rows of {args.file} sent to {url}: {dict(sorted(counts.items()))}")
+    return 0 if counts.get("200", 0) == len(rows) else 1
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -1268,6 +1301,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--uri", help="where the batch lies (default: the model's landing file of that day)")
     w.add_argument("--id", help="delivery id (default: a new one; repeat one to see idempotency)")
     sp.set_defaults(func=cmd_webhook)
+
+    sp = sub.add_parser("traffic", help="send each row of a file to a model's server as a scoring request")
+    sp.add_argument("model", help="the model (its config names the request columns, key and event time)")
+    sp.add_argument("file", help="rows in the model's schema: .csv, .parquet or .jsonl")
+    sp.add_argument("--url", help="the server (default: the local stack's server of this model)")
+    sp.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    sp.set_defaults(func=cmd_traffic)
 
     sp = sub.add_parser("alerts", help="the on-call alerts of failed tasks, with log URL and runbook")
     sp.add_argument("model", nargs="?", help="one model (default: all)")

@@ -216,3 +216,36 @@ def test_the_partner_of_a_correlated_part_of_the_target_is_flagged_too(tmp_path,
     out = capsys.readouterr().out
     assert "registered: |r|" in out and "casual: casual + registered equals count" in out
     assert set(load_pipeline_config(folder / "rides.yaml").data_schema.leakage_columns) == {"count", "casual", "registered"}
+
+
+def test_traffic_sends_each_row_with_its_key_and_event_time(tmp_path, capsys):
+    import datetime as dt
+
+    from airloop.serving.server import ModelService, Variant, create_app
+    from airloop.sources import nycflights13
+    from tests.conftest import serve_in_thread
+
+    class Half:
+        def predict(self, df):
+            return pd.DataFrame({"prediction": [0.5] * len(df)})
+
+    seen = []
+    service = ModelService("flight_delays", Variant("champion", "1", Half()), None, 0.0, None)
+    invoke = service.invoke
+
+    def recording(body, content_type, request_key=None, event_time=None):
+        seen.append((request_key, event_time))
+        return invoke(body, content_type, request_key, event_time)
+
+    service.invoke = recording
+    rows = nycflights13.day_frame(dt.date(2013, 1, 5)).head(7)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    with serve_in_thread(create_app(service)) as url:
+        rc = cli.main(["--state-dir", str(tmp_path / "state"), "traffic", "flight_delays", str(tmp_path / "rows.csv"),
+                       "--url", url])
+    assert rc == 0 and "7 rows" in capsys.readouterr().out
+    assert len(seen) == 7 and all(k and k.startswith("2013-1-5-") and t.startswith("2013-01-05T") for k, t in seen)
+    rows.drop(columns=["dest"]).to_csv(tmp_path / "short.csv", index=False)
+    assert cli.main(["--state-dir", str(tmp_path / "state"), "traffic", "flight_delays", str(tmp_path / "short.csv"),
+                     "--url", url]) == 1
+    assert "lacks the request columns ['dest']" in capsys.readouterr().err
