@@ -265,8 +265,11 @@ def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats]
     delta = {name: since(readings.get(name, VariantStats()), _stats_from_dict(state.base[name]) if name in state.base
                          else VariantStats()) for name in ("champion", "challenger")}
     champion, concurrent = delta["champion"], True
-    if champion.requests < cfg.min_requests and state.champion_ref is not None:
-        champion, concurrent = _stats_from_dict(state.champion_ref), False
+    if champion.requests < cfg.min_requests or cfg.steps[state.step] >= 100:
+        # too few champion requests to compare side by side (at 100 % it gets only the stragglers of the
+        # weight change): compare with its last full step, or judge the challenger's errors alone
+        concurrent = False
+        champion = _stats_from_dict(state.champion_ref) if state.champion_ref is not None else VariantStats()
     decision = judge_step(cfg, state.step, champion, delta["challenger"], now - state.step_started_at,
                           now - state.started_at, concurrent=concurrent, lower_is_better=lower_is_better)
     if decision.action != "hold":

@@ -362,3 +362,23 @@ def test_outcomes_join_on_a_timestamp_key_logged_as_iso_text(tmp_path):
     joined = join_outcomes(pd.DataFrame({"time_hour": [r["time_hour"] for r in logged], "p": [4.0, 9.0]}), outcomes,
                            ["time_hour"])
     assert sorted(zip(joined["p"], joined["y"], strict=True)) == [(4.0, 5.0), (9.0, 7.0)]
+
+
+def test_the_last_step_never_judges_a_handful_of_champion_stragglers():
+    """At 100 % the champion answers only the few requests in flight while the weight changed. With no
+    full champion step to compare with, the challenger is judged on its own errors, not on a PSI of a
+    handful of champion predictions against hundreds of its own."""
+    import math
+
+    from airloop.canary import Rollout, VariantStats, _stats_to_dict, advance
+
+    cfg = CanaryConfig(steps=(50, 100), min_requests=100, interval_seconds=1)
+    buckets = {0.1: 0.0, 0.5: 0.0, 1.0: 0.0, math.inf: 0.0}
+    state = Rollout("m", "2", "1", started_at=0.0, step=1, step_started_at=0.0,
+                    base={"champion": _stats_to_dict(VariantStats(0, 0, {}, dict(buckets))),
+                          "challenger": _stats_to_dict(VariantStats(0, 0, {}, dict(buckets)))})
+    stragglers = VariantStats(5, 0, {0.1: 5.0, math.inf: 5.0}, {0.1: 5.0, 0.5: 5.0, 1.0: 5.0, math.inf: 5.0})
+    healthy = VariantStats(400, 0, {0.1: 400.0, math.inf: 400.0}, {0.1: 0.0, 0.5: 0.0, 1.0: 400.0, math.inf: 400.0})
+    decision = advance(state, cfg, {"champion": stragglers, "challenger": healthy}, now=60.0)
+    assert decision.action == "promote", decision.reason
+    assert decision.figures["prediction_psi"] is None
