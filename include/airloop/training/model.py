@@ -105,8 +105,11 @@ class Preprocessor:
         return cls(**json.loads(text))
 
 
-def build_mlp(width: int, hidden: tuple[int, ...] = (32,), dropout: float = 0.1) -> Any:
-    """Wide and deep: a linear part on the inputs plus an MLP for interactions, summed into one logit."""
+def build_mlp(width: int, hidden: tuple[int, ...] = (32,), dropout: float = 0.1,
+              target_scale: tuple[float, float] = (0.0, 1.0)) -> Any:
+    """Wide and deep: a linear part on the inputs plus an MLP for interactions, summed into one output (a
+    logit, or a regression target standardised by ``target_scale`` = (mean, std): :meth:`to_target`
+    turns it back into the target's units)."""
     import torch.nn as nn
 
     class WideDeep(nn.Module):
@@ -120,9 +123,13 @@ def build_mlp(width: int, hidden: tuple[int, ...] = (32,), dropout: float = 0.1)
             layers.append(nn.Linear(prev, 1))
             self.deep = nn.Sequential(*layers)
             self.wide = nn.Linear(width, 1)
+            self.target_shift, self.target_scale = float(target_scale[0]), float(target_scale[1])
 
         def forward(self, x):
             return self.wide(x) + self.deep(x)
+
+        def to_target(self, out):
+            return out * self.target_scale + self.target_shift
 
     return WideDeep()
 
@@ -147,7 +154,8 @@ def make_pyfunc_class():
             self.request_columns = meta.get("request_columns")
             self.features = FeaturesConfig.model_validate_json(open(context.artifacts["features"]).read())
             self.pre = Preprocessor.from_json(open(context.artifacts["preprocessor"]).read())
-            self.net = build_mlp(self.pre.width, tuple(meta["hidden"]), meta["dropout"])
+            self.net = build_mlp(self.pre.width, tuple(meta["hidden"]), meta["dropout"],
+                                 tuple(meta.get("target_scale", (0.0, 1.0))))
             self.net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
             self.net.eval()
 
@@ -162,8 +170,7 @@ def make_pyfunc_class():
             x = torch.from_numpy(self.pre.transform(compute_features(df, self.features)))
             with torch.no_grad():
                 out = self.net(x).squeeze(1)
-                if self.task == "binary_classification":
-                    out = torch.sigmoid(out)
+                out = torch.sigmoid(out) if self.task == "binary_classification" else self.net.to_target(out)
             return pd.DataFrame({"prediction": out.numpy().astype(np.float64)})
 
     return AirloopPyfunc

@@ -182,6 +182,9 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
     pin = device.type == "cuda"
     amp = device.type == "cuda"
     loss_fn = torch.nn.BCEWithLogitsLoss() if task == "binary_classification" else torch.nn.MSELoss()
+    # a regression target is learnt standardised (a count in the hundreds would swamp the loss and the
+    # linear start's penalty); the net turns its output back with ``to_target``
+    scale = target_scale(train_df[target], task)
 
     def preprocessor(df):
         return Preprocessor(numeric_features(features), categorical_features(features),
@@ -189,7 +192,7 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
 
     def tensors(pre, df):
         x = torch.from_numpy(pre.transform(df))
-        y = torch.from_numpy(df[target].to_numpy(dtype=np.float32))
+        y = torch.from_numpy(((df[target].to_numpy(dtype=np.float64) - scale[0]) / scale[1]).astype(np.float32))
         if pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
@@ -198,13 +201,14 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
         net.eval()
         with torch.no_grad():
             vo = net(xv).squeeze(1).float()
-            vp = torch.sigmoid(vo) if task == "binary_classification" else vo
-        return float(loss_fn(vo, yv)), metrics_for(task, yv.cpu().numpy(), vp.cpu().numpy())
+            vp = torch.sigmoid(vo) if task == "binary_classification" else net.to_target(vo)
+        return float(loss_fn(vo, yv)), metrics_for(task, net.to_target(yv).cpu().numpy() if task != "binary_classification"
+                                                   else yv.cpu().numpy(), vp.cpu().numpy())
 
     def run(pre, xt, yt, epochs: int, val=None, record=None):
         torch.manual_seed(req.seed)
         np.random.seed(req.seed)
-        net = build_mlp(pre.width, req.hidden, req.dropout).to(device)
+        net = build_mlp(pre.width, req.hidden, req.dropout, scale).to(device)
         best = (math.inf, None, -1)
         if req.linear_start:
             t_lin = time.perf_counter()
@@ -218,13 +222,14 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
                 best = (start_loss, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, -1)
         opt = torch.optim.AdamW(net.parameters(), lr=req.learning_rate, weight_decay=req.weight_decay)
         gen = torch.Generator(device="cpu").manual_seed(req.seed)
+        batch = batch_size(req.batch_size, len(xt))
         seen, t0 = 0, time.perf_counter()  # throughput counts the epochs, not the linear start
         for epoch in range(epochs):
             net.train()
             order = torch.randperm(len(xt), generator=gen).to(device)
             total = 0.0
-            for start in range(0, len(order), req.batch_size):
-                idx = order[start : start + req.batch_size]  # batches are slices of the tensors
+            for start in range(0, len(order), batch):
+                idx = order[start : start + batch]  # batches are slices of the tensors
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                     out = net(xt[idx]).squeeze(1)
@@ -265,7 +270,30 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
     net.to("cpu").eval()
     return {"net": net, "pre": pre, "history": history, "best_epoch": best_epoch, "device": device.type,
             "linear_start_val": linear_val, "linear_seconds": timings["linear_seconds"],
-            "samples_per_s": seen / elapsed if elapsed else float("nan"), "train_seconds": elapsed}
+            "samples_per_s": seen / elapsed if elapsed else float("nan"), "train_seconds": elapsed,
+            "target_scale": scale}
+
+
+#: an epoch takes at least this many optimiser steps: a window of a few hundred rows in one batch of
+#: 1,024 would give the deep part one step an epoch, and it would never leave its start
+MIN_STEPS_PER_EPOCH = 10
+
+
+def batch_size(configured: int, rows: int) -> int:
+    """The configured batch size, smaller for small windows so an epoch has MIN_STEPS_PER_EPOCH steps."""
+    return max(32, min(configured, rows // MIN_STEPS_PER_EPOCH))
+
+
+def target_scale(y, task: str) -> tuple[float, float]:
+    """(mean, std) a regression target is standardised by in training; (0, 1) for a classifier."""
+    import numpy as np
+
+    if task == "binary_classification":
+        return 0.0, 1.0
+    values = np.asarray(y, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    std = float(values.std()) if len(values) > 1 else 1.0
+    return (float(values.mean()) if len(values) else 0.0), (std if std > 1e-12 else 1.0)
 
 
 def predict(net, pre, df, task: str):
@@ -273,7 +301,7 @@ def predict(net, pre, df, task: str):
 
     with torch.no_grad():
         out = net(torch.from_numpy(pre.transform(df))).squeeze(1)
-        return (torch.sigmoid(out) if task == "binary_classification" else out).numpy()
+        return (torch.sigmoid(out) if task == "binary_classification" else net.to_target(out)).numpy()
 
 
 def _ensure_experiment(client, name: str, artifact_root: str | None) -> str:
@@ -367,7 +395,8 @@ def train(req: TrainRequest) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             import torch
 
-            paths = model_artifacts(tmp, cfg, net, pre, req, task, version_of_features, prediction_edges(ref["prediction"]))
+            paths = model_artifacts(tmp, cfg, net, pre, req, task, version_of_features, prediction_edges(ref["prediction"]),
+                                    result["target_scale"])
             pyfunc = make_pyfunc_class()()
             pyfunc.load_context(type("Ctx", (), {"artifacts": paths})())
             signature = infer_signature(example, pyfunc.predict(None, example))
@@ -410,7 +439,7 @@ def prediction_edges(predictions) -> list[float]:
 
 
 def model_artifacts(folder: str, cfg, net, pre, req: TrainRequest, task: str, version_of_features: str,
-                    edges: list[float]) -> dict[str, str]:
+                    edges: list[float], scale: tuple[float, float] = (0.0, 1.0)) -> dict[str, str]:
     """Write the files the pyfunc loads: weights, preprocessor, feature definition and metadata."""
     import torch
 
@@ -421,7 +450,8 @@ def model_artifacts(folder: str, cfg, net, pre, req: TrainRequest, task: str, ve
     Path(paths["features"]).write_text(cfg.features.model_dump_json())
     Path(paths["meta"]).write_text(json.dumps({
         "task": task, "hidden": list(req.hidden), "dropout": req.dropout, "feature_version": version_of_features,
-        "request_columns": cfg.request_columns, "event_time": cfg.event_time, "prediction_edges": edges}))
+        "request_columns": cfg.request_columns, "event_time": cfg.event_time, "prediction_edges": edges,
+        "target_scale": list(scale)}))
     return paths
 
 
