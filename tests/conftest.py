@@ -172,6 +172,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def drive_canary(sensor, ctx, url: str, bodies, looks: int = 600):
+    """Replay ``bodies`` to ``url`` while the canary sensor looks, as the scheduler would reschedule it;
+    returns the sensor's final XCom value."""
+    import threading
+    import time
+
+    from airloop.serving import replay
+
+    done = threading.Event()
+    t = threading.Thread(target=replay.replay, args=(url, bodies), kwargs={"loop": True, "stop": done.is_set})
+    t.start()
+    try:
+        for _ in range(looks):
+            r = sensor.poke(ctx)
+            if r.is_done:
+                return r.xcom_value
+            time.sleep(0.5)
+        raise AssertionError("the canary did not end")
+    finally:
+        done.set()
+        t.join()
+
+
 @contextlib.contextmanager
 def serve_in_thread(app):
     """Run an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL."""

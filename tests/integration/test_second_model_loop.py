@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ import pytest
 from airloop.config import get_pipeline
 from airloop.sources import bikeshare
 from airloop.storage import DataRoot, default_data_root_uri
-from tests.conftest import serve_in_thread
+from tests.conftest import drive_canary, serve_in_thread
 
 # about 3.5 minutes on a 2-core machine shared with other jobs (Spark twice, training twice, a canary)
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -105,25 +104,6 @@ def baselines(root: DataRoot, cfg, result: dict) -> dict[str, float]:
             "mean": metrics_for("regression", hold_f[target], mean)["rmse"]}
 
 
-def drive(sensor, ctx, url: str, bodies, looks: int = 600):
-    """Replay traffic while the sensor looks, as the scheduler would reschedule it."""
-    from airloop.serving import replay
-
-    done = threading.Event()
-    t = threading.Thread(target=replay.replay, args=(url, bodies), kwargs={"loop": True, "stop": done.is_set})
-    t.start()
-    try:
-        for _ in range(looks):
-            r = sensor.poke(ctx)
-            if r.is_done:
-                return r.xcom_value
-            time.sleep(0.5)
-        raise AssertionError("the canary did not end")
-    finally:
-        done.set()
-        t.join()
-
-
 def run_canary(root: DataRoot, cfg, url: str) -> dict:
     from airloop.serving import replay
     from airloop_airflow.deploy import CanaryStepSensor, ConcludeCanaryOperator, StartCanaryOperator
@@ -137,7 +117,7 @@ def run_canary(root: DataRoot, cfg, url: str) -> dict:
     bodies = replay.bodies_for(cfg, rows)
     xcom: dict = {}
     xcom["start_canary"] = start.execute(Ctx(f"{MODEL}__deploy", xcom))
-    xcom["watch_canary"] = drive(sensor, Ctx(f"{MODEL}__deploy", xcom), url, bodies)
+    xcom["watch_canary"] = drive_canary(sensor, Ctx(f"{MODEL}__deploy", xcom), url, bodies)
     assert xcom["watch_canary"]["action"] == "promote", xcom["watch_canary"]
     return conclude.execute(Ctx(f"{MODEL}__deploy", xcom))
 

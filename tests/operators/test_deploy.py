@@ -4,7 +4,6 @@ target's exact calls to the Kubernetes API."""
 
 from __future__ import annotations
 
-import threading
 import time
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ from airloop_airflow.deploy import (
     StartCanaryOperator,
     load_state,
 )
-from tests.conftest import serve_in_thread
+from tests.conftest import drive_canary, serve_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -72,23 +71,6 @@ def tasks(tmp_path):
             ConcludeCanaryOperator(task_id="conclude_canary", **kw))
 
 
-def drive(sensor, ctx, url, bodies, looks=600):
-    """Send traffic while the sensor looks, as the scheduler would reschedule it."""
-    done = threading.Event()
-    t = threading.Thread(target=replay.replay, args=(url, bodies), kwargs={"loop": True, "stop": done.is_set})
-    t.start()
-    try:
-        for _ in range(looks):
-            r = sensor.poke(ctx)
-            if r.is_done:
-                return r.xcom_value
-            time.sleep(0.5)
-        raise AssertionError("the canary did not end")
-    finally:
-        done.set()
-        t.join()
-
-
 @pytest.fixture()
 def bodies(feature_root):
     root, parts = feature_root
@@ -120,7 +102,7 @@ def test_a_canary_promotes_and_records_the_aliases(registry, server, bodies, sma
     assert xcom["start_canary"]["version"] == v2 and service.version_info()["challenger_weight"] == 0.10
     # a retried start resumes the same rollout instead of starting over
     assert start.execute(Ctx({}))["state_uri"] == xcom["start_canary"]["state_uri"]
-    xcom["watch_canary"] = drive(sensor, Ctx(xcom), url, bodies)
+    xcom["watch_canary"] = drive_canary(sensor, Ctx(xcom), url, bodies)
     assert xcom["watch_canary"]["action"] == "promote", xcom["watch_canary"]
     out = conclude.execute(Ctx(xcom))
     assert out["outcome"] == "promoted" and [d["percent"] for d in out["steps"]] == [10, 25, 50, 100]
@@ -145,7 +127,7 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     start, sensor, conclude = tasks(tmp_path)
     xcom = {"start_canary": start.execute(Ctx({}))}
     service.variants["challenger"].model = SimpleNamespace(predict=lambda df: 1 / 0)  # every request fails
-    xcom["watch_canary"] = drive(sensor, Ctx(xcom), url, bodies)
+    xcom["watch_canary"] = drive_canary(sensor, Ctx(xcom), url, bodies)
     assert xcom["watch_canary"]["action"] == "rollback" and service.weight == 0.0
     with pytest.raises(OnCallFailure, match=r"rolled back at 10% of traffic: challenger 5xx rate") as failed:
         conclude.execute(Ctx(xcom))
