@@ -249,3 +249,13 @@ def test_traffic_sends_each_row_with_its_key_and_event_time(tmp_path, capsys):
     assert cli.main(["--state-dir", str(tmp_path / "state"), "traffic", "flight_delays", str(tmp_path / "short.csv"),
                      "--url", url]) == 1
     assert "lacks the request columns ['dest']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start", "April"], "Invalid isoformat"),
+    (["--start", "2011-04-03", "--days", "0"], "--days must be at least 1"),
+    (["--start", "2011-04-03", "--conf", "[1]"], "a JSON object"),
+])
+def test_run_refuses_bad_arguments_before_touching_the_stack(tmp_path, capsys, args, message):
+    assert cli.main(["--state-dir", str(tmp_path / "state"), "run", "m__drift", *args]) == 2
+    assert message in capsys.readouterr().err
