@@ -259,7 +259,9 @@ class CanaryConfig(_Frozen):
     min_requests: int = Field(default=200, ge=1, description="challenger requests a step needs before judging")
     interval_seconds: int = Field(default=300, ge=1, description="least time a step runs before judging")
     deadline_minutes: int = Field(default=240, ge=1, description="a rollout still holding then is rolled back")
-    poke_seconds: int = Field(default=30, ge=1, description="how often the deploy DAG's sensor looks (reschedule mode)")
+    poke_seconds: int = Field(default=30, ge=5, description="how often the deploy DAG's sensor looks (reschedule "
+                              "mode); under 5 s Airflow 3.3 can re-queue the sensor before it has seen the last "
+                              "look end, and marks it failed ('state changed externally')")
 
     @field_validator("steps")
     @classmethod
