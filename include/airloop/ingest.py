@@ -1,6 +1,6 @@
 """Ingestion: one batch per data interval (or per ``source_uri``) into the raw zone, atomically.
 
-Landing layout (source ``kind: files``, and the demo's ``nycflights13_replay`` adapter that fills it)::
+Landing layout (source ``kind: files``, and the demo's ``replay`` adapter that fills it)::
 
     <landing>/<model>/<partition>/<file_name>
 

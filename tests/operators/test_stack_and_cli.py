@@ -20,11 +20,11 @@ def models(tmp_path, monkeypatch):
     folder = tmp_path / "pipelines"
     folder.mkdir()
     text = (PIPELINES_DIR / "flight_delays.yaml").read_text()
-    assert "name: flight_delays\n" in text and "kind: nycflights13_replay" in text and "target: local" in text
+    assert "name: flight_delays\n" in text and "kind: replay" in text and "target: local" in text
     (folder / "zeta.yaml").write_text(text.replace("name: flight_delays\n", "name: zeta\n", 1).replace(
         "  target: local", "  target: local\n  model_server_conn_id: zeta_endpoint", 1))
     (folder / "alpha.yaml").write_text(text.replace("name: flight_delays\n", "name: alpha\n", 1).replace(
-        "kind: nycflights13_replay", "kind: files", 1))
+        "kind: replay", "kind: files", 1))
     (folder / "broken.yaml").write_text("name: broken\ndescription: no task, no schema\n")
     monkeypatch.setenv("AIRLOOP_PIPELINES_DIR", str(folder))
     monkeypatch.delenv("AIRLOOP_DATA_ROOT", raising=False)

