@@ -91,13 +91,10 @@ def _clipped(df: pd.DataFrame, spec: FeatureColumnConfig, default_min: float | N
     return col
 
 
+@transform("clip", NUMERIC, optional=("column", "min", "max"))
 @transform("numeric", NUMERIC, optional=("column", "min", "max"))
 def _numeric(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Series]:
-    return {spec.name: _clipped(df, spec)}
-
-
-@transform("clip", NUMERIC, optional=("column", "min", "max"))
-def _clip(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Series]:
+    """The value as a number, clipped to ``min`` / ``max`` when given (``clip`` names the same)."""
     return {spec.name: _clipped(df, spec)}
 
 

@@ -60,12 +60,16 @@ def landing_uri(cfg: PipelineConfig, root: DataRoot, partition: str) -> str:
 
     ``<landing>`` is ``source.landing_uri`` when set (any fsspec folder), else the data root's ``landing/``.
     """
-    base = cfg.source.landing_uri
-    if base is None:
-        folder = root.partition_uri("landing", cfg.name, partition)
-    else:
-        folder = f"{base if base.endswith('://') else base.rstrip('/')}/{cfg.name}/{partition}"
-    return f"{folder}/{cfg.source.file_name}"
+    return landing_file(cfg.source.landing_uri or root, cfg.name, partition, cfg.source.file_name)
+
+
+def landing_file(landing: DataRoot | str, model: str, partition: str, file_name: str) -> str:
+    """The landing layout itself: ``<landing>/<model>/<partition>/<file_name>``, under a data root's
+    ``landing/`` zone or under any fsspec folder."""
+    if isinstance(landing, DataRoot):
+        return f"{landing.partition_uri('landing', model, partition)}/{file_name}"
+    base = landing if landing.endswith("://") else landing.rstrip("/")
+    return f"{base}/{model}/{partition}/{file_name}"
 
 
 def fetch_source(uri: str, max_bytes: int) -> bytes:

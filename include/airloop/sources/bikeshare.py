@@ -97,11 +97,9 @@ def to_csv_bytes(df: pd.DataFrame) -> bytes:
 def landing_file(landing: DataRoot | str, model: str, day: dt.date, file_name: str = FILE_NAME) -> str:
     """``<landing>/<model>/ds=<day>/<file_name>``: under a data root's ``landing/`` zone, or under any
     fsspec folder (a model's ``source.landing_uri``), as :func:`airloop.ingest.landing_uri` reads it."""
-    partition = f"ds={day.isoformat()}"
-    if isinstance(landing, DataRoot):
-        return f"{landing.partition_uri('landing', model, partition)}/{file_name}"
-    base = landing if landing.endswith("://") else landing.rstrip("/")
-    return f"{base}/{model}/{partition}/{file_name}"
+    from airloop.ingest import landing_file as layout
+
+    return layout(landing, model, f"ds={day.isoformat()}", file_name)
 
 
 def land_days(landing: DataRoot | str, model: str, days: Iterable[dt.date], file_name: str = FILE_NAME) -> list[str]:
