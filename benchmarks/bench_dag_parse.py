@@ -70,8 +70,12 @@ def sample(env: dict[str, str]) -> dict:
 
 def bench(counts: list[int], repeat: int) -> list[dict]:
     home = tempfile.mkdtemp(prefix="airloop-bench-parse-")
-    base = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False"}
+    base = {
+        **os.environ,
+        "AIRFLOW_HOME": home,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
     folders = {}
     for n in counts:
         folder = Path(home) / f"pipelines_{n}"
@@ -88,10 +92,15 @@ def bench(counts: list[int], repeat: int) -> list[dict]:
             missing = [m for m in names if not any(d.startswith(f"{m}__") for d in s["dags"])]
             if s["errors"] or missing:
                 raise SystemExit(f"{n} models: import errors {s['errors']}, models without DAGs {missing}")
-        rows.append({"models": n, "dags": len(samples[n][0]["dags"]),
-                     "wall_ms": statistics.median(s["wall_ms"] for s in samples[n]),
-                     "import_ms": statistics.median(s["import_ms"] for s in samples[n]),
-                     "bag_ms": statistics.median(s["bag_ms"] for s in samples[n])})
+        rows.append(
+            {
+                "models": n,
+                "dags": len(samples[n][0]["dags"]),
+                "wall_ms": statistics.median(s["wall_ms"] for s in samples[n]),
+                "import_ms": statistics.median(s["import_ms"] for s in samples[n]),
+                "bag_ms": statistics.median(s["bag_ms"] for s in samples[n]),
+            }
+        )
     for r in rows:
         r["wall_ratio"] = r["wall_ms"] / rows[0]["wall_ms"]
         r["bag_ratio"] = r["bag_ms"] / rows[0]["bag_ms"]
@@ -103,19 +112,24 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--models", type=int, nargs="+", default=[1, 2, 10], help="model counts; the first is the baseline")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; median of {args.repeat} fresh "
-          f"interpreters per folder\n")
+    print(
+        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; median of {args.repeat} fresh "
+        f"interpreters per folder\n"
+    )
     rows = bench(args.models, args.repeat)
-    print(f"{'models':>6s} {'dags':>5s} {'process ms':>11s} {'x 1st':>6s} {'airflow import ms':>18s} "
-          f"{'DagBag ms':>10s} {'x 1st':>6s}")
+    print(
+        f"{'models':>6s} {'dags':>5s} {'process ms':>11s} {'x 1st':>6s} {'airflow import ms':>18s} "
+        f"{'DagBag ms':>10s} {'x 1st':>6s}"
+    )
     for r in rows:
-        print(f"{r['models']:>6d} {r['dags']:>5d} {r['wall_ms']:>11.0f} {r['wall_ratio']:>6.2f} {r['import_ms']:>18.0f} "
-              f"{r['bag_ms']:>10.0f} {r['bag_ratio']:>6.2f}")
+        print(
+            f"{r['models']:>6d} {r['dags']:>5d} {r['wall_ms']:>11.0f} {r['wall_ratio']:>6.2f} {r['import_ms']:>18.0f} "
+            f"{r['bag_ms']:>10.0f} {r['bag_ratio']:>6.2f}"
+        )
     first, last = rows[0], rows[-1]
     if last["models"] > first["models"]:
         per_model = (last["bag_ms"] - first["bag_ms"]) / (last["models"] - first["models"])
-        print(f"\nDagBag build per extra model: {per_model:.0f} ms "
-              f"(from {first['models']} to {last['models']} models)")
+        print(f"\nDagBag build per extra model: {per_model:.0f} ms (from {first['models']} to {last['models']} models)")
 
 
 if __name__ == "__main__":

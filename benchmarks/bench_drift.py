@@ -45,8 +45,12 @@ print("RESULT" + json.dumps({"wall": wall, "peak_mb": peak / 1024, "inputs_mb": 
 
 
 def cell(rows: int, mode: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CELL, str(rows), mode], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CELL, str(rows), mode],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))[6:])
@@ -54,8 +58,10 @@ def cell(rows: int, mode: str) -> dict:
 
 def main() -> None:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
-    print(f"{'current rows':>12s} {'path':8s} {'seconds':>8s} {'peak MB':>8s} {'over inputs MB':>15s} "
-          f"{'share':>6s} {'drift':>6s} {'column verdicts agree':>22s}")
+    print(
+        f"{'current rows':>12s} {'path':8s} {'seconds':>8s} {'peak MB':>8s} {'over inputs MB':>15s} "
+        f"{'share':>6s} {'drift':>6s} {'column verdicts agree':>22s}"
+    )
     for rows in (10_000, 100_000, 1_000_000):
         full, sampled = cell(rows, "full"), cell(rows, "sampled")
         f, s = full["verdict"], sampled["verdict"]
@@ -64,11 +70,16 @@ def main() -> None:
         for name, r in (("full", full), ("sampled", sampled)):
             v = r["verdict"]
             note = "" if name == "full" else f"{agree}/{len(f['column_scores'])}, dataset {same}"
-            print(f"{rows:>12,d} {name:8s} {r['wall']:>8.2f} {r['peak_mb']:>8.0f} {r['peak_mb'] - r['inputs_mb']:>15.0f} "
-                  f"{v['drift_share']:>6.2f} {v['dataset_drift']!s:>6s} {note:>22s}")
+            print(
+                f"{rows:>12,d} {name:8s} {r['wall']:>8.2f} {r['peak_mb']:>8.0f} {r['peak_mb'] - r['inputs_mb']:>15.0f} "
+                f"{v['drift_share']:>6.2f} {v['dataset_drift']!s:>6s} {note:>22s}"
+            )
         extra_full, extra_sampled = full["peak_mb"] - full["inputs_mb"], sampled["peak_mb"] - sampled["inputs_mb"]
-        mem = (f"{extra_full / extra_sampled:.1f}x" if extra_sampled >= 1 else
-               f"{extra_full:.0f} MB vs under 1 MB (the inputs' own peak was higher)")
+        mem = (
+            f"{extra_full / extra_sampled:.1f}x"
+            if extra_sampled >= 1
+            else f"{extra_full:.0f} MB vs under 1 MB (the inputs' own peak was higher)"
+        )
         print(f"{'':>12s} full/sampled: time {full['wall'] / sampled['wall']:.1f}x, peak memory over the inputs {mem}")
 
 

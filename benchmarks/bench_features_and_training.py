@@ -60,14 +60,23 @@ def bench_features(tmp: Path) -> list[tuple[str, int, float, float, float]]:
 
     year = load_flights_with_weather()
     year = year.assign(time_hour=year["time_hour"].dt.tz_localize(None))
-    sizes = {"100k rows": year.head(100_000), "full year": year, "1M rows (year x3)": pd.concat([year] * 3).head(1_000_000)}
+    sizes = {
+        "100k rows": year.head(100_000),
+        "full year": year,
+        "1M rows (year x3)": pd.concat([year] * 3).head(1_000_000),
+    }
     rows = []
     for name, df in sizes.items():
         src = tmp / f"{len(df)}.parquet"
         src.write_bytes(frame_to_parquet_bytes(df.reset_index(drop=True)))
         env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-        proc = subprocess.run([sys.executable, "-c", SPARK_RUN, str(src), str(tmp / f"spark-{len(df)}")],
-                              capture_output=True, text=True, env=env, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-c", SPARK_RUN, str(src), str(tmp / f"spark-{len(df)}")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
         if proc.returncode:
             raise SystemExit(proc.stderr[-2000:])
         startup, job = (float(x) for x in proc.stdout.strip().splitlines()[-1].split())
@@ -94,12 +103,24 @@ def bench_training() -> dict[str, float]:
     train, hold = f[f.day <= 17], f[f.day > 17]
     n_val = int(len(train) * 0.15)
     t = time.perf_counter()
-    r = fit(TrainRequest(model="", data_root="", partitions=(), run_key="", tracking_uri=""), "binary_classification",
-            train.iloc[:-n_val], train.iloc[-n_val:], "y", cfg.features)
+    r = fit(
+        TrainRequest(model="", data_root="", partitions=(), run_key="", tracking_uri=""),
+        "binary_classification",
+        train.iloc[:-n_val],
+        train.iloc[-n_val:],
+        "y",
+        cfg.features,
+    )
     wall = time.perf_counter() - t
     auc = roc_auc_score(hold.y, predict(r["net"], r["pre"], hold, "binary_classification"))
-    return {"device": r["device"], "samples_per_s": r["samples_per_s"], "train_rows": len(train), "wall_s": wall,
-            "epochs": r["best_epoch"] + 1, "auc": auc}
+    return {
+        "device": r["device"],
+        "samples_per_s": r["samples_per_s"],
+        "train_rows": len(train),
+        "wall_s": wall,
+        "epochs": r["best_epoch"] + 1,
+        "auc": auc,
+    }
 
 
 def main() -> None:
@@ -107,9 +128,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         rows = bench_features(Path(d))
     print("(a) Features: Spark local[2] (fresh session) vs pandas, same compute_features")
-    print(f"{'input':20s} {'rows':>9s} {'spark start s':>14s} {'spark job s':>12s} {'spark total s':>14s} {'pandas s':>9s} {'spark/pandas':>13s}")
+    print(
+        f"{'input':20s} {'rows':>9s} {'spark start s':>14s} {'spark job s':>12s} {'spark total s':>14s} {'pandas s':>9s} {'spark/pandas':>13s}"
+    )
     for name, n, startup, job, pd_s in rows:
-        print(f"{name:20s} {n:>9d} {startup:>14.2f} {job:>12.2f} {startup + job:>14.2f} {pd_s:>9.2f} {(startup + job) / pd_s:>13.1f}")
+        print(
+            f"{name:20s} {n:>9d} {startup:>14.2f} {job:>12.2f} {startup + job:>14.2f} {pd_s:>9.2f} {(startup + job) / pd_s:>13.1f}"
+        )
     t = bench_training()
     print(f"\n(b) Training on {t['train_rows']} rows (3 weeks of January 2013) on {t['device']}:")
     print(f"    {t['samples_per_s']:,.0f} samples/s over {t['epochs']} epochs + refit, {t['wall_s']:.1f} s wall")

@@ -29,8 +29,12 @@ import sys
 import time
 
 WINDOWS = [(21, dt.date(2013, m, 21)) for m in (1, 5, 7)] + [
-    (60, dt.date(2013, 2, 28)), (60, dt.date(2013, 4, 30)), (60, dt.date(2013, 6, 30)),
-    (60, dt.date(2013, 8, 31)), (60, dt.date(2013, 10, 31)), (60, dt.date(2013, 12, 31)),
+    (60, dt.date(2013, 2, 28)),
+    (60, dt.date(2013, 4, 30)),
+    (60, dt.date(2013, 6, 30)),
+    (60, dt.date(2013, 8, 31)),
+    (60, dt.date(2013, 10, 31)),
+    (60, dt.date(2013, 12, 31)),
 ]
 SEEDS = (13, 14, 15)
 #: TrainRequest overrides, and whether the config's piecewise encoding is used
@@ -90,8 +94,10 @@ def main() -> None:
     year = year.assign(time_hour=year["time_hour"].dt.tz_localize(None))
     windows = WINDOWS[:3] if args.quick else WINDOWS
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; holdout ROC AUC, seeds {SEEDS}\n")
-    print(f"{'window':24s} {'train rows':>10s} {'logistic':>9s} {'logistic+pw':>11s}  "
-          + "  ".join(f"{r + ' (3 seeds)':>24s}" for r in RECIPES))
+    print(
+        f"{'window':24s} {'train rows':>10s} {'logistic':>9s} {'logistic+pw':>11s}  "
+        + "  ".join(f"{r + ' (3 seeds)':>24s}" for r in RECIPES)
+    )
     gaps: dict[str, list[float]] = {r: [] for r in RECIPES}
     pw_gaps: list[float] = []
     aucs: dict[str, list[float]] = {r: [] for r in RECIPES}
@@ -106,27 +112,40 @@ def main() -> None:
             recipe_features = features if piecewise else features.model_copy(update={"piecewise": ()})
             scores = []
             for seed in SEEDS:
-                req = TrainRequest(model="", data_root="", partitions=(), run_key="", tracking_uri="", seed=seed, **overrides)
+                req = TrainRequest(
+                    model="", data_root="", partitions=(), run_key="", tracking_uri="", seed=seed, **overrides
+                )
                 t = time.perf_counter()
                 r = fit(req, "binary_classification", train, val, "y", recipe_features)
                 seconds[name] += time.perf_counter() - t
-                scores.append(float(roc_auc_score(hold["y"], predict(r["net"], r["pre"], hold, "binary_classification"))))
+                scores.append(
+                    float(roc_auc_score(hold["y"], predict(r["net"], r["pre"], hold, "binary_classification")))
+                )
             aucs[name] += scores
             gaps[name] += [s - lr_auc for s in scores]
             cells.append(" ".join(f"{s:.4f}" for s in scores))
         label = f"{days} days to {end}"
-        print(f"{label:24s} {len(train) + len(val):>10d} {lr_auc:>9.4f} {pw_auc:>11.4f}  "
-              + "  ".join(f"{c:>24s}" for c in cells), flush=True)
+        print(
+            f"{label:24s} {len(train) + len(val):>10d} {lr_auc:>9.4f} {pw_auc:>11.4f}  "
+            + "  ".join(f"{c:>24s}" for c in cells),
+            flush=True,
+        )
     print()
     for name in RECIPES:
         g = gaps[name]
-        print(f"{name:7s} mean ROC AUC {statistics.mean(aucs[name]):.4f}; vs logistic: mean {statistics.mean(g):+.4f}, "
-              f"worst {min(g):+.4f}, best {max(g):+.4f}, ahead in {sum(x > 0 for x in g)}/{len(g)} runs; "
-              f"{seconds[name]:.1f} s of training")
-    print(f"logistic+pw vs logistic: mean {statistics.mean(pw_gaps):+.4f}, worst {min(pw_gaps):+.4f}, "
-          f"ahead in {sum(x > 0 for x in pw_gaps)}/{len(pw_gaps)} windows")
-    print(f"\nnow vs before: mean ROC AUC {statistics.mean(aucs['now']) / statistics.mean(aucs['before']):.3f}x, "
-          f"training time {seconds['now'] / seconds['before']:.2f}x")
+        print(
+            f"{name:7s} mean ROC AUC {statistics.mean(aucs[name]):.4f}; vs logistic: mean {statistics.mean(g):+.4f}, "
+            f"worst {min(g):+.4f}, best {max(g):+.4f}, ahead in {sum(x > 0 for x in g)}/{len(g)} runs; "
+            f"{seconds[name]:.1f} s of training"
+        )
+    print(
+        f"logistic+pw vs logistic: mean {statistics.mean(pw_gaps):+.4f}, worst {min(pw_gaps):+.4f}, "
+        f"ahead in {sum(x > 0 for x in pw_gaps)}/{len(pw_gaps)} windows"
+    )
+    print(
+        f"\nnow vs before: mean ROC AUC {statistics.mean(aucs['now']) / statistics.mean(aucs['before']):.3f}x, "
+        f"training time {seconds['now'] / seconds['before']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

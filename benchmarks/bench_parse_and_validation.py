@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-REFERENCE_DAG = '''
+REFERENCE_DAG = """
 import datetime as dt
 from airflow.sdk import DAG, BaseOperator, CronDataIntervalTimetable, Param, Asset
 
@@ -38,9 +38,9 @@ with DAG(dag_id="reference", schedule=CronDataIntervalTimetable("@daily", timezo
          start_date=dt.datetime(2013, 1, 1, tzinfo=dt.UTC), catchup=False, tags=["ref"],
          params={"x": Param(None, type=["null", "string"])}) as dag:
     Noop(task_id="noop", outlets=[Asset(name="ref.validated", uri="airloop://ref/validated")])
-'''
+"""
 
-PARSE_ONE = r'''
+PARSE_ONE = r"""
 import sys, time, runpy, json
 import airflow.sdk  # the DAG processor has this loaded before it parses a file
 t = time.perf_counter()
@@ -48,13 +48,15 @@ ns = runpy.run_path(sys.argv[1])
 elapsed = time.perf_counter() - t
 from airflow.sdk import DAG
 print(json.dumps({"ms": elapsed * 1000, "dags": sum(isinstance(v, DAG) for v in ns.values())}))
-'''
+"""
 
 
 def parse_times(path: Path, repeat: int, env: dict[str, str]) -> tuple[list[float], int]:
     out, dags = [], 0
     for _ in range(repeat):
-        proc = subprocess.run([sys.executable, "-c", PARSE_ONE, str(path)], capture_output=True, text=True, env=env, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-c", PARSE_ONE, str(path)], capture_output=True, text=True, env=env, cwd=REPO
+        )
         if proc.returncode != 0:
             raise SystemExit(f"parsing {path} failed:\n{proc.stderr[-2000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -65,15 +67,26 @@ def parse_times(path: Path, repeat: int, env: dict[str, str]) -> tuple[list[floa
 
 def bench_parse(repeat: int) -> list[dict]:
     home = tempfile.mkdtemp(prefix="airloop-bench-")
-    env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False"}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": home,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
     ref = Path(home) / "reference_dag.py"
     ref.write_text(REFERENCE_DAG)
     ref_ms, _ = parse_times(ref, repeat, env)
     rows = [{"file": "reference (1 task)", "dags": 1, "median_ms": statistics.median(ref_ms), "ratio": 1.0}]
     for f in sorted((REPO / "dags").glob("*.py")):
         ms, n = parse_times(f, repeat, env)
-        rows.append({"file": f"dags/{f.name}", "dags": n, "median_ms": statistics.median(ms),
-                     "ratio": statistics.median(ms) / statistics.median(ref_ms)})
+        rows.append(
+            {
+                "file": f"dags/{f.name}",
+                "dags": n,
+                "median_ms": statistics.median(ms),
+                "ratio": statistics.median(ms) / statistics.median(ref_ms),
+            }
+        )
     return rows
 
 
@@ -107,7 +120,11 @@ def pandas_checks(cfg, df) -> dict[str, bool]:
         elif t == "expect_column_values_to_be_in_set":
             ok = bool(col[nonnull].isin(kw["value_set"]).mean() >= mostly) if nonnull.any() else True
         elif t == "expect_column_values_to_match_regex":
-            ok = bool(col[nonnull].astype(str).str.contains(kw["regex"], regex=True).mean() >= mostly) if nonnull.any() else True
+            ok = (
+                bool(col[nonnull].astype(str).str.contains(kw["regex"], regex=True).mean() >= mostly)
+                if nonnull.any()
+                else True
+            )
         elif t == "expect_column_proportion_of_unique_values_to_be_between":
             p = col[nonnull].nunique() / max(int(nonnull.sum()), 1)
             ok = kw["min_value"] <= p <= kw["max_value"]
@@ -154,8 +171,19 @@ def bench_validation(repeat: int) -> list[dict]:
         gx_s, outcome = timed(lambda df=df: validate_frame(cfg, df), repeat)
         pd_s, checks = timed(lambda df=df: pandas_checks(cfg, df), repeat)
         agree = outcome.success == all(checks.values())
-        rows.append({"slice": name, "rows": len(df), "checks": len(outcome.expectations), "gx_s": gx_s, "pandas_s": pd_s,
-                     "ratio": gx_s / pd_s, "gx_pass": outcome.success, "pandas_pass": all(checks.values()), "agree": agree})
+        rows.append(
+            {
+                "slice": name,
+                "rows": len(df),
+                "checks": len(outcome.expectations),
+                "gx_s": gx_s,
+                "pandas_s": pd_s,
+                "ratio": gx_s / pd_s,
+                "gx_pass": outcome.success,
+                "pandas_pass": all(checks.values()),
+                "agree": agree,
+            }
+        )
     return [{"gx_import_s": gx_import_s}, *rows]
 
 
@@ -173,10 +201,14 @@ def main() -> None:
     print(f"\n(b) Validation gate, best of {args.repeat}: Great Expectations vs the same checks in vectorised pandas")
     gx_import, *rows = bench_validation(args.repeat)
     print(f"great_expectations import: {gx_import['gx_import_s']:.2f} s (once per task process)")
-    print(f"{'slice':24s} {'rows':>8s} {'checks':>6s} {'GX s':>8s} {'pandas s':>9s} {'GX/pandas':>10s} {'verdicts agree':>15s}")
+    print(
+        f"{'slice':24s} {'rows':>8s} {'checks':>6s} {'GX s':>8s} {'pandas s':>9s} {'GX/pandas':>10s} {'verdicts agree':>15s}"
+    )
     for r in rows:
-        print(f"{r['slice']:24s} {r['rows']:>8d} {r['checks']:>6d} {r['gx_s']:>8.3f} {r['pandas_s']:>9.3f} "
-              f"{r['ratio']:>10.1f} {str(r['agree']) + (' (pass)' if r['gx_pass'] else ' (fail)'):>15s}")
+        print(
+            f"{r['slice']:24s} {r['rows']:>8d} {r['checks']:>6d} {r['gx_s']:>8.3f} {r['pandas_s']:>9.3f} "
+            f"{r['ratio']:>10.1f} {str(r['agree']) + (' (pass)' if r['gx_pass'] else ' (fail)'):>15s}"
+        )
     if not all(r["agree"] for r in rows):
         raise SystemExit("the pandas baseline and GX disagree: the baseline is not checking the same thing")
 

@@ -50,21 +50,31 @@ def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
         p = f"ds={d}"
         m = ingest_batch(cfg, root, partition=p, interval=Interval(None, None), run_id="bench")
         raw = load_partitions(root, "raw", cfg.name, (p,))
-        feats = compute_features(raw, cfg.features, keep=[cfg.event_time])[[*feature_columns(cfg.features), cfg.event_time]]
+        feats = compute_features(raw, cfg.features, keep=[cfg.event_time])[
+            [*feature_columns(cfg.features), cfg.event_time]
+        ]
         feats[cfg.task.target] = label(raw, "arr_delay", 15)
         uri = root.partition_uri("features", cfg.name, p)
-        root.write_partition(uri, {}, {"source_content_hash": m["content_hash"], "feature_version": feature_version(cfg.features)})
+        root.write_partition(
+            uri, {}, {"source_content_hash": m["content_hash"], "feature_version": feature_version(cfg.features)}
+        )
         (Path(uri) / "data").mkdir()
         (Path(uri) / "data" / "part.parquet").write_bytes(frame_to_parquet_bytes(feats))
         parts.append(p)
     tracking = f"sqlite:///{tmp / 'mlflow.db'}"
-    res = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=tuple(parts), run_key="bench/1", tracking_uri=tracking))
+    res = train(
+        TrainRequest(
+            model=cfg.name, data_root=root.uri, partitions=tuple(parts), run_key="bench/1", tracking_uri=tracking
+        )
+    )
     from mlflow import MlflowClient
 
     MlflowClient(tracking).set_registered_model_alias(cfg.name, "champion", res["version"])
     rows = load_partitions(root, "raw", cfg.name, (parts[-1],))[cfg.request_columns]
-    bodies = [json.dumps({"dataframe_split": json.loads(rows.iloc[[i]].to_json(orient="split", index=False))}).encode()
-              for i in range(len(rows))]
+    bodies = [
+        json.dumps({"dataframe_split": json.loads(rows.iloc[[i]].to_json(orient="split", index=False))}).encode()
+        for i in range(len(rows))
+    ]
     return tracking, bodies, rows
 
 
@@ -117,27 +127,64 @@ def load_inprocess(model: object, rows: object, n: int, concurrency: int) -> dic
 
 def summarise(lat: list[float], wall: float) -> dict[str, float]:
     lat = sorted(lat)
-    return {"p50_ms": statistics.median(lat) * 1000, "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
-            "rps": len(lat) / wall}
+    return {
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
+        "rps": len(lat) / wall,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=400)
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.requests} one-row requests per cell\n")
+    print(
+        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.requests} one-row requests per cell\n"
+    )
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tracking, bodies, rows = prepare(tmp)
         # mlflow models serve runs `uvicorn` from PATH: make it this environment's
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,
-               "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": tracking,
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        }
         p1, p2 = free_port(), free_port()
-        ours = subprocess.Popen([sys.executable, "-m", "airloop.serving.server", "--model", "flight_delays", "--port", str(p1),
-                                 "--data-root", str(tmp / "data")], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "ours.log", "w"))
-        theirs = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/flight_delays@champion",
-                                   "--env-manager", "local", "-p", str(p2), "-h", "127.0.0.1"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow-serve.log", "w"))
+        ours = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "airloop.serving.server",
+                "--model",
+                "flight_delays",
+                "--port",
+                str(p1),
+                "--data-root",
+                str(tmp / "data"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "ours.log", "w"),
+        )
+        theirs = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                "models:/flight_delays@champion",
+                "--env-manager",
+                "local",
+                "-p",
+                str(p2),
+                "-h",
+                "127.0.0.1",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "mlflow-serve.log", "w"),
+        )
         try:
             try:
                 wait_ready(f"http://127.0.0.1:{p1}/ping", ours)
@@ -153,17 +200,25 @@ def main() -> None:
             results = {}
             for c in (1, 8):
                 results[("pyfunc in process", c)] = load_inprocess(model, rows, args.requests, c)
-                results[("airloop server", c)] = load_http(f"http://127.0.0.1:{p1}/invocations", bodies, args.requests, c)
-                results[("mlflow models serve", c)] = load_http(f"http://127.0.0.1:{p2}/invocations", bodies, args.requests, c)
+                results[("airloop server", c)] = load_http(
+                    f"http://127.0.0.1:{p1}/invocations", bodies, args.requests, c
+                )
+                results[("mlflow models serve", c)] = load_http(
+                    f"http://127.0.0.1:{p2}/invocations", bodies, args.requests, c
+                )
         finally:
             for p in (ours, theirs):
                 p.terminate()
                 p.wait(timeout=30)
-    print(f"{'path':22s} {'conc':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'p50 vs mlflow':>14s} {'req/s vs mlflow':>16s}")
+    print(
+        f"{'path':22s} {'conc':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'p50 vs mlflow':>14s} {'req/s vs mlflow':>16s}"
+    )
     for (name, c), r in results.items():
         ref = results[("mlflow models serve", c)]
-        print(f"{name:22s} {c:>4d} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>8.1f} "
-              f"{r['p50_ms'] / ref['p50_ms']:>14.2f} {r['rps'] / ref['rps']:>16.2f}")
+        print(
+            f"{name:22s} {c:>4d} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>8.1f} "
+            f"{r['p50_ms'] / ref['p50_ms']:>14.2f} {r['rps'] / ref['rps']:>16.2f}"
+        )
 
 
 if __name__ == "__main__":

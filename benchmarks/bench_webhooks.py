@@ -43,7 +43,9 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     from airloop_airflow import stack
 
-    s = stack.StackSettings(state_dir=str(tmp / "state"), port=18780, database_url=os.environ.get("AIRLOOP_DATABASE_URL", ""))
+    s = stack.StackSettings(
+        state_dir=str(tmp / "state"), port=18780, database_url=os.environ.get("AIRLOOP_DATABASE_URL", "")
+    )
     stack.init(s)
     stack.run_airflow(s, "dags", "reserialize", capture=True)
     os.environ.update({k: v for k, v in s.env().items() if k.startswith(("AIRFLOW", "AIRLOOP"))})
@@ -73,8 +75,9 @@ def main() -> int:
 
     def body_for(n: int) -> bytes:  # one day per delivery: a day has one run
         day = dt.date(2000, 1, 1) + dt.timedelta(days=n)
-        return json.dumps({"source_uri": f"{s.data_root}/landing/flight_delays/ds={day}/flights.csv",
-                           "day": day.isoformat()}).encode()
+        return json.dumps(
+            {"source_uri": f"{s.data_root}/landing/flight_delays/ds={day}/flights.csv", "day": day.isoformat()}
+        ).encode()
 
     real_verify = wh.verify
 
@@ -113,17 +116,23 @@ def main() -> int:
 
     body = body_for(0)
     headers = wh.signed_headers("standard", secret, "x", body)
-    per_check = min(timeit.repeat(lambda: real_verify("standard", [secret], headers, body), number=2000, repeat=5)) / 2000
+    per_check = (
+        min(timeit.repeat(lambda: real_verify("standard", [secret], headers, body), number=2000, repeat=5)) / 2000
+    )
     server.should_exit = True
 
     db = "PostgreSQL" if s.database_url.startswith("postgresql") else "SQLite"
-    print(f"webhook request -> 202 (new DAG run each), {args.requests} requests per mode, concurrency 1, metadata DB {db}")
+    print(
+        f"webhook request -> 202 (new DAG run each), {args.requests} requests per mode, concurrency 1, metadata DB {db}"
+    )
     print(f"{'mode':<28}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
     for mode, label in (("signed", "signature checked"), ("unchecked", "no signature check (baseline)")):
         v = lat[mode]
-        print(f"{label:<28}{q(v, .5) * 1000:>10.2f}{q(v, .99) * 1000:>10.2f}{statistics.mean(v) * 1000:>10.2f}")
-    print(f"ratio signed/unchecked: p50 {q(lat['signed'], .5) / q(lat['unchecked'], .5):.3f}x, "
-          f"p99 {q(lat['signed'], .99) / q(lat['unchecked'], .99):.3f}x")
+        print(f"{label:<28}{q(v, 0.5) * 1000:>10.2f}{q(v, 0.99) * 1000:>10.2f}{statistics.mean(v) * 1000:>10.2f}")
+    print(
+        f"ratio signed/unchecked: p50 {q(lat['signed'], 0.5) / q(lat['unchecked'], 0.5):.3f}x, "
+        f"p99 {q(lat['signed'], 0.99) / q(lat['unchecked'], 0.99):.3f}x"
+    )
     print(f"the signature check alone (HMAC-SHA256 + timestamp, in process): {per_check * 1e6:.1f} us per delivery")
     return 0
 

@@ -121,18 +121,27 @@ def root_error(exc: BaseException) -> str:
         text = str(e)
         _, header, output = text.partition(SPARK_OUTPUT_HEADER)
         found = getattr(e, "root_error", None) or (
-            error_in_output(output, bare_lines=True) if header else error_in_output(text))
+            error_in_output(output, bare_lines=True) if header else error_in_output(text)
+        )
         if found:
             return found
     for e in reversed(chain):
         if m := SPARK_SUBMIT_FAILED.search(str(e)):
-            return (f"spark-submit exited with code {m.group(1)} and its output names no Python or JVM error "
-                    "(the driver's log has it: the task log in client mode, the driver pod's in cluster mode)")
+            return (
+                f"spark-submit exited with code {m.group(1)} and its output names no Python or JVM error "
+                "(the driver's log has it: the task log in client mode, the driver pod's in cluster mode)"
+            )
     return one_line(chain[-1], bare=(AirflowException,))
 
 
-def spark_job_failure(exc: BaseException, output: Iterable[str] = (), *, job: str, kind: str = "feature_job_failed",
-                      details: dict[str, Any] | None = None) -> JobFailure:
+def spark_job_failure(
+    exc: BaseException,
+    output: Iterable[str] = (),
+    *,
+    job: str,
+    kind: str = "feature_job_failed",
+    details: dict[str, Any] | None = None,
+) -> JobFailure:
     """What a task raises when its spark-submit run failed (``raise spark_job_failure(e, ...) from e``):
     what failed and the driver's own error, found in ``output`` (the submit output the provider's hook
     kept) or in the provider's message, then the provider's message (the command line, its output).
@@ -148,7 +157,9 @@ def spark_job_failure(exc: BaseException, output: Iterable[str] = (), *, job: st
     return JobFailure(
         f"{job} failed: {how}.\nDriver error: {root}\nThe driver's traceback is in the spark-submit output "
         f"(the task log); fix its cause, then rebuild (runbook: {kind}).\n\n{text}",
-        kind=kind, root_error=root, details={**(details or {}), "exit_code": int(code.group(1)) if code else None},
+        kind=kind,
+        root_error=root,
+        details={**(details or {}), "exit_code": int(code.group(1)) if code else None},
     )
 
 
@@ -163,7 +174,8 @@ def classify(task_id: str, exc: BaseException | None) -> tuple[str, dict[str, An
             return e.kind, e.details
     for e in chain:
         kind = getattr(e, "runbook_kind", None) or (
-            "training_pod_pending" if type(e).__name__ in POD_PENDING_EXCEPTIONS else None)
+            "training_pod_pending" if type(e).__name__ in POD_PENDING_EXCEPTIONS else None
+        )
         if kind:
             details = {}
             if summary := getattr(e, "summary", None):
@@ -240,9 +252,11 @@ def build_alert(context: Context, model: str) -> dict[str, Any]:
 def slack_text(alert: dict[str, Any]) -> str:
     """The Slack message: what failed, why, and the two links on-call needs."""
     error = alert["error"] if len(alert["error"]) < 1500 else alert["error"][:1500] + " ..."
-    return (f":red_circle: *{alert['model']}*: `{alert['dag_id']}.{alert['task_id']}` failed "
-            f"(try {alert['try_number']}, run `{alert['run_id']}`)\n```{error}```\n"
-            f"<{alert['log_url']}|Task log> · <{alert['runbook_url']}|Runbook: {alert['kind'].replace('_', ' ')}>")
+    return (
+        f":red_circle: *{alert['model']}*: `{alert['dag_id']}.{alert['task_id']}` failed "
+        f"(try {alert['try_number']}, run `{alert['run_id']}`)\n```{error}```\n"
+        f"<{alert['log_url']}|Task log> · <{alert['runbook_url']}|Runbook: {alert['kind'].replace('_', ' ')}>"
+    )
 
 
 def send_slack(conn_id: str, alert: dict[str, Any], channel: str | None = None) -> None:
@@ -310,5 +324,11 @@ class AirloopFailureNotifier(BaseNotifier):
         alert = build_alert(context, cfg.name)
         root = task.root() if hasattr(task, "root") else DataRoot(default_data_root_uri())
         outcome = deliver(cfg, alert, root)
-        log.warning("On-call alert (%s) for %s.%s: %s -> %s", alert["kind"], alert["dag_id"], alert["task_id"],
-                    alert["summary"], outcome)
+        log.warning(
+            "On-call alert (%s) for %s.%s: %s -> %s",
+            alert["kind"],
+            alert["dag_id"],
+            alert["task_id"],
+            alert["summary"],
+            outcome,
+        )

@@ -40,7 +40,9 @@ class AirflowApi:
 
     def token(self) -> str:
         if self._token is None:
-            out = self._request("POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False)
+            out = self._request(
+                "POST", "/auth/token", {"username": self.username, "password": self.password}, auth=False
+            )
             self._token = out["access_token"]
         return self._token
 
@@ -77,7 +79,9 @@ class AirflowApi:
     def unpause(self, dag_id: str) -> None:
         self.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None, logical_date: str | None = None) -> dict[str, Any]:
+    def trigger(
+        self, dag_id: str, conf: dict[str, Any], run_id: str | None = None, logical_date: str | None = None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"conf": conf, "logical_date": logical_date}
         if run_id:
             body["dag_run_id"] = run_id
@@ -87,4 +91,6 @@ class AirflowApi:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns", limit=1000, order_by="logical_date")["dag_runs"]
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances")["task_instances"]
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances")[
+            "task_instances"
+        ]

@@ -123,8 +123,12 @@ class BatchIngestOperator(_ModelOperator):
         src = self.source_uri or None
         self.log.info("Ingesting %s/%s from %s into %s", cfg.name, partition, src or "the landing area", root.uri)
         with data_problems_fail_fast():
-            manifest = ingest_batch(cfg, root, partition=partition, interval=interval, run_id=context["run_id"], source_uri=src)
-        self.log.info("Raw partition %s: %s rows, content %s", manifest["uri"], manifest["rows"], manifest["content_hash"])
+            manifest = ingest_batch(
+                cfg, root, partition=partition, interval=interval, run_id=context["run_id"], source_uri=src
+            )
+        self.log.info(
+            "Raw partition %s: %s rows, content %s", manifest["uri"], manifest["rows"], manifest["content_hash"]
+        )
         return {k: manifest[k] for k in ("uri", "partition", "rows", "content_hash", "source_uri")}
 
 
@@ -160,8 +164,11 @@ class BatchValidationOperator(_ModelOperator):
         extra = _event_extra(result)
         context["outlet_events"][model_asset(cfg.name, "validated")].extra = extra
         self.log.info(
-            "Batch %s/%s passed %s expectations; published %s", cfg.name, partition,
-            result["validation"]["evaluated"], cfg.asset_name("validated"),
+            "Batch %s/%s passed %s expectations; published %s",
+            cfg.name,
+            partition,
+            result["validation"]["evaluated"],
+            cfg.asset_name("validated"),
         )
         return extra
 
@@ -200,4 +207,3 @@ class QuarantineReleaseOperator(_ModelOperator):
         context["outlet_events"][model_asset(cfg.name, "validated")].extra = extra
         self.log.info("Released %s/%s from quarantine and published it", cfg.name, partition)
         return extra
-

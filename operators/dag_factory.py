@@ -48,8 +48,9 @@ def default_args(cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
-def _model_dag(cfg: PipelineConfig, verb: str, *, schedule: Any, tags: list[str], retries: int | None = None,
-               **kwargs: Any) -> DAG:
+def _model_dag(
+    cfg: PipelineConfig, verb: str, *, schedule: Any, tags: list[str], retries: int | None = None, **kwargs: Any
+) -> DAG:
     """A DAG of one model: id ``<model>__<verb>``, the config's start date and owner/retry policy, catchup
     off unless given, and the model's tags."""
     args = default_args(cfg) if retries is None else {**default_args(cfg), "retries": retries}
@@ -67,8 +68,10 @@ def _model_dag(cfg: PipelineConfig, verb: str, *, schedule: Any, tags: list[str]
 def _manual_run_example(cfg: PipelineConfig) -> str:
     """How a manual run's logical date picks its batch, with the config's first batch as the example."""
     first = cfg.schedule.start_date
-    rule = ("a manual run's data interval is the schedule's last whole interval ending at or before its "
-            "logical date, and its batch is `ds=<the interval's start date>`")
+    rule = (
+        "a manual run's data interval is the schedule's last whole interval ending at or before its "
+        "logical date, and its batch is `ds=<the interval's start date>`"
+    )
     if cfg.schedule.cron in ("@daily", "@midnight", "0 0 * * *"):
         return f"{rule}: {first + dt.timedelta(days=1)} 00:00 ingests ds={first}, the first batch"
     return f"{rule}; the first batch is ds={first}"
@@ -87,7 +90,7 @@ given as `source_uri` in the run conf (webhooks use this), and writes it atomica
 interval replaces its partition.
 
 **The gate.** `validate_batch` runs the Great Expectations suite `{cfg.validation.suite}` plus the schema
-checks from the config. Pass: the batch is published as an event on Asset `{cfg.asset_name('validated')}`
+checks from the config. Pass: the batch is published as an event on Asset `{cfg.asset_name("validated")}`
 (the feature DAG's trigger). Fail: the batch moves to `quarantine/{cfg.name}/ds=<date>/` with
 `validation.json` and `report.html`; the task fails without retries, listing every failed expectation.
 
@@ -115,7 +118,9 @@ and runbook; `airloop alerts {cfg.name}` lists them, and each task's **Runbook**
 def build_ingest_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__ingest``: ingest the interval's batch, then gate it."""
     with _model_dag(
-        cfg, "ingest", tags=["ingest", *cfg.tags],
+        cfg,
+        "ingest",
+        tags=["ingest", *cfg.tags],
         description=f"Ingest and validate one {cfg.name} batch per data interval",
         schedule=CronDataIntervalTimetable(cfg.schedule.cron, timezone=cfg.schedule.timezone),
         end_date=_start(cfg.schedule.end_date) if cfg.schedule.end_date else None,
@@ -149,7 +154,10 @@ def build_release_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__release``: on-call re-validates a quarantined batch and publishes it if it now passes."""
     example = f"ds={cfg.schedule.start_date}"
     with _model_dag(
-        cfg, "release", tags=["quarantine", "on-call"], retries=0,
+        cfg,
+        "release",
+        tags=["quarantine", "on-call"],
+        retries=0,
         description=f"Release a quarantined {cfg.name} batch (re-validate, then publish)",
         schedule=None,
         doc_md=f"""
@@ -157,7 +165,7 @@ def build_release_dag(cfg: PipelineConfig) -> DAG:
 
 Trigger with conf `{{"partition": "{example}"}}` (or run `airloop quarantine release {cfg.name} {example}`).
 The batch in `quarantine/{cfg.name}/<partition>/` is validated again with the current suite. If it passes it
-is written to `raw/` and published on `{cfg.asset_name('validated')}`, and the quarantine entry is marked
+is written to `raw/` and published on `{cfg.asset_name("validated")}`, and the quarantine entry is marked
 `released`; if it still fails, the task fails with the failed expectations and the report is refreshed.
 To give up on a batch instead: `airloop quarantine reject {cfg.name} <partition> --reason "..."`.
 """,
@@ -171,37 +179,44 @@ def _feature_definition(cfg: PipelineConfig) -> str:
     """The config's feature definition in a sentence: its function, or its vocabulary entries."""
     f = cfg.features
     if f.module:
+
         def listed(names: tuple[str, ...]) -> str:
             return ", ".join(f"`{n}`" for n in names) or "none"
 
-        what = (f"the config's function `{f.module}` (installed, or a module next to the model's YAML): reads "
-                f"{listed(f.inputs)}; returns numeric {listed(f.numeric)} and categorical {listed(f.categorical)}")
+        what = (
+            f"the config's function `{f.module}` (installed, or a module next to the model's YAML): reads "
+            f"{listed(f.inputs)}; returns numeric {listed(f.numeric)} and categorical {listed(f.categorical)}"
+        )
     else:
         what = "the config's feature vocabulary: " + ", ".join(f"`{c.name}` ({c.transform})" for c in f.columns)
     if f.piecewise:
         names = ", ".join(f"`{c}`" for c in f.piecewise)
-        what += (f"; {names} {'also gets' if len(f.piecewise) == 1 else 'also get'} a piecewise-linear "
-                 f"encoding in {f.piecewise_bins} quantile bins")
+        what += (
+            f"; {names} {'also gets' if len(f.piecewise) == 1 else 'also get'} a piecewise-linear "
+            f"encoding in {f.piecewise_bins} quantile bins"
+        )
     return what
 
 
 def build_features_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__features``: Spark features for each newly validated partition."""
     with _model_dag(
-        cfg, "features", tags=["features", "spark"],
+        cfg,
+        "features",
+        tags=["features", "spark"],
         description=f"Spark features for validated {cfg.name} partitions",
         schedule=[model_asset(cfg.name, "validated")],
         max_active_runs=1,
         doc_md=f"""
 # {cfg.name}: features
 
-Runs when `{cfg.asset_name('validated')}` has new events: the PySpark job
+Runs when `{cfg.asset_name("validated")}` has new events: the PySpark job
 `include/airloop/spark/build_features.py` (through the `spark_default` connection: `local[2]` locally, a
 `spark://` or `k8s://` master in production) reads the partitions those events announce, plus any
 validated partition whose features are missing or stale, and only partitions that passed the gate; applies
 the model's feature definition through `airloop.features.compute_features` (the same code serving applies
 to requests), and replaces `features/{cfg.name}/<partition>/` atomically. Publishes
-`{cfg.asset_name('features')}` with the partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
+`{cfg.asset_name("features")}` with the partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
 
 **Features**: {_feature_definition(cfg)}.
 
@@ -216,7 +231,9 @@ manual run and conf `partitions`.
 def build_train_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__train``: train (GPU pod or local process), register once, gate."""
     with _model_dag(
-        cfg, "train", tags=["training", "mlflow"],
+        cfg,
+        "train",
+        tags=["training", "mlflow"],
         description=f"Train, register and gate a {cfg.name} model",
         schedule=[model_asset(cfg.name, "features")],
         max_active_runs=1,
@@ -227,7 +244,7 @@ def build_train_dag(cfg: PipelineConfig) -> DAG:
         doc_md=f"""
 # {cfg.name}: train, register, gate
 
-Runs when new features land on `{cfg.asset_name('features')}` (and as the retraining DAG: conf `reason`
+Runs when new features land on `{cfg.asset_name("features")}` (and as the retraining DAG: conf `reason`
 = `schedule` | `drift` | `manual`, `drift` = the drift context).
 
 1. `train_model`: `python -m airloop.training.train` on the latest {cfg.training.window_days} feature
@@ -236,16 +253,19 @@ Runs when new features land on `{cfg.asset_name('features')}` (and as the retrai
    Logs to MLflow with lineage tags and registers exactly one version per DAG run (retries reuse it).
 2. `gate_challenger`: scores the new version and `@champion` on the same holdout days. Passes when
    {cfg.gate.metric} >= {cfg.gate.min_metric} and at most {cfg.gate.max_regression} behind the champion:
-   alias `challenger` (or `champion` if there is none yet) and an event on `{cfg.asset_name('challenger')}`.
+   alias `challenger` (or `champion` if there is none yet) and an event on `{cfg.asset_name("challenger")}`.
 
 **On call**: `gate_challenger` failed = the model was not good enough; its message gives both scores and
 aliases are unchanged (nothing to undo). `train_model` pending for long = no GPU node: check the pod's
-events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.name.replace('_', '-')}`).
+events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.name.replace("_", "-")}`).
 """,
     ) as dag:
         train = TrainModelOperator(
-            task_id="train_model", model=cfg.name, pool="training",
-            reason="{{ params.reason }}", drift="{{ params.drift | tojson }}",
+            task_id="train_model",
+            model=cfg.name,
+            pool="training",
+            reason="{{ params.reason }}",
+            drift="{{ params.drift | tojson }}",
         )
         gate = ChampionChallengerGateOperator(task_id="gate_challenger", model=cfg.name, retries=0)
         train >> gate
@@ -256,19 +276,26 @@ def build_deploy_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__deploy``: the canary of a challenger, ending in promote or rollback."""
     c = cfg.canary
     steps = " -> ".join(f"{p}%" for p in c.steps)
-    target = (f"the project's model server (connection `{cfg.model_server_conn_id}`)"
-              if cfg.deployment.target == "local" else
-              f"KServe InferenceService `{cfg.deployment.namespace}/{(cfg.deployment.service_name or cfg.name.replace('_', '-'))}`")
+    target = (
+        f"the project's model server (connection `{cfg.model_server_conn_id}`)"
+        if cfg.deployment.target == "local"
+        else f"KServe InferenceService `{cfg.deployment.namespace}/{(cfg.deployment.service_name or cfg.name.replace('_', '-'))}`"
+    )
     with _model_dag(
-        cfg, "deploy", tags=["deployment", "canary"], retries=None,
+        cfg,
+        "deploy",
+        tags=["deployment", "canary"],
+        retries=None,
         description=f"Canary rollout of a {cfg.name} challenger: promote or roll back on measured figures",
         schedule=[model_asset(cfg.name, "challenger")],
         max_active_runs=1,
-        params={"version": Param(None, type=["null", "string"], description="version to roll out (default @challenger)")},
+        params={
+            "version": Param(None, type=["null", "string"], description="version to roll out (default @challenger)")
+        },
         doc_md=f"""
 # {cfg.name}: canary deployment
 
-Runs when a challenger passes the gate (`{cfg.asset_name('challenger')}`), or by hand with conf
+Runs when a challenger passes the gate (`{cfg.asset_name("challenger")}`), or by hand with conf
 `{{"version": "<n>"}}`. Target: {target}.
 
 1. `start_canary` loads the challenger and gives it {c.steps[0]}% of the traffic (steps {steps}).
@@ -287,8 +314,13 @@ To put an earlier version back by hand: `airloop models rollback {cfg.name} <ver
 """,
     ) as dag:
         start = StartCanaryOperator(task_id="start_canary", model=cfg.name, version="{{ params.version or '' }}")
-        watch = CanaryStepSensor(task_id="watch_canary", model=cfg.name, poke_interval=c.poke_seconds,
-                                 timeout=c.deadline_minutes * 60 + 10 * c.poke_seconds, retries=2)
+        watch = CanaryStepSensor(
+            task_id="watch_canary",
+            model=cfg.name,
+            poke_interval=c.poke_seconds,
+            timeout=c.deadline_minutes * 60 + 10 * c.poke_seconds,
+            retries=2,
+        )
         conclude = ConcludeCanaryOperator(task_id="conclude_canary", model=cfg.name, retries=0)
         start >> watch >> conclude
     return dag
@@ -299,7 +331,9 @@ def build_drift_dag(cfg: PipelineConfig) -> DAG:
     d = cfg.drift
     special = ", ".join(f"{c} {t}" for c, t in d.column_thresholds.items()) or "none"
     with _model_dag(
-        cfg, "drift", tags=["monitoring", "drift", "evidently"],
+        cfg,
+        "drift",
+        tags=["monitoring", "drift", "evidently"],
         description=f"Drift of {cfg.name}'s live traffic against its champion's training data; retrain on drift",
         schedule=CronDataIntervalTimetable(d.cron, timezone=cfg.schedule.timezone),
         max_active_runs=1,
@@ -319,8 +353,8 @@ prediction log, `predictions/{cfg.name}/ds=<day>/`) and compares them with the r
    (`airloop drift history {cfg.name}`).
 2. `watch_drift`: the drift sensor (reschedule mode, no slot held while waiting) succeeds when the latest
    result drifts; it skips when this interval's result says no drift.
-3. `trigger_retrain`: starts `{cfg.dag_id('train')}` with conf `{{"reason": "drift", "drift": <context>}}` and
-   emits `{cfg.asset_name('drift')}` with the same context. At most one per {d.cooldown_hours} h; never while
+3. `trigger_retrain`: starts `{cfg.dag_id("train")}` with conf `{{"reason": "drift", "drift": <context>}}` and
+   emits `{cfg.asset_name("drift")}` with the same context. At most one per {d.cooldown_hours} h; never while
    a training run is queued or running.
 
 **On call**: a drift alarm you judge harmless (a holiday, a one-off event): let the cooldown hold it, or
@@ -328,8 +362,14 @@ pause this DAG; the report link shows which columns moved and by how much.
 """,
     ) as dag:
         check = DriftCheckOperator(task_id="check_drift", model=cfg.name)
-        watch = DriftSensor(task_id="watch_drift", model=cfg.name, poke_interval=60, timeout=d.sensor_timeout_minutes * 60,
-                            soft_fail=True, retries=2)
+        watch = DriftSensor(
+            task_id="watch_drift",
+            model=cfg.name,
+            poke_interval=60,
+            timeout=d.sensor_timeout_minutes * 60,
+            soft_fail=True,
+            retries=2,
+        )
         trigger = RetrainOnDriftOperator(task_id="trigger_retrain", model=cfg.name, retries=0)
         check >> watch >> trigger
     return dag
@@ -338,7 +378,10 @@ pause this DAG; the report link shows which columns moved and by how much.
 def build_rollback_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__rollback``: on-call puts an earlier version back as champion."""
     with _model_dag(
-        cfg, "rollback", tags=["on-call", "mlflow"], retries=0,
+        cfg,
+        "rollback",
+        tags=["on-call", "mlflow"],
+        retries=0,
         description=f"Put an earlier {cfg.name} version back as champion",
         schedule=None,
         params={
@@ -354,14 +397,22 @@ the replaced champion becomes `previous`, and both changes go to the alias histo
 (`reports/{cfg.name}/alias_history.jsonl`; `airloop models history {cfg.name}` prints it).
 """,
     ) as dag:
-        ModelRollbackOperator(task_id="rollback_champion", model=cfg.name, version="{{ params.version }}",
-                              reason="{{ params.reason }}")
+        ModelRollbackOperator(
+            task_id="rollback_champion", model=cfg.name, version="{{ params.version }}", reason="{{ params.reason }}"
+        )
     return dag
 
 
 #: one builder per ``<model>__<verb>`` DAG
-BUILDERS = (build_ingest_dag, build_release_dag, build_features_dag, build_train_dag, build_deploy_dag,
-            build_drift_dag, build_rollback_dag)
+BUILDERS = (
+    build_ingest_dag,
+    build_release_dag,
+    build_features_dag,
+    build_train_dag,
+    build_deploy_dag,
+    build_drift_dag,
+    build_rollback_dag,
+)
 
 
 def build_pipeline_dags(folder: str | None = None) -> dict[str, DAG]:

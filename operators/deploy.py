@@ -75,8 +75,10 @@ class LocalServerTarget:
         info = self.serve_aliases()
         served = info.get("variants", {}).get("challenger")
         if served != str(version):
-            raise RuntimeError(f"the model server at {self.base_url} serves challenger v{served}, not v{version}: "
-                               "the @challenger alias moved while this rollout started")
+            raise RuntimeError(
+                f"the model server at {self.base_url} serves challenger v{served}, not v{version}: "
+                "the @challenger alias moved while this rollout started"
+            )
 
     def set_percent(self, percent: int) -> None:
         _http("PUT", f"{self.base_url}/admin/weight", {"weight": percent / 100.0})
@@ -99,8 +101,13 @@ class KServeTarget:
     """A KServe InferenceService. ``api`` is a ``kubernetes.client.CustomObjectsApi``; ``prom_query``
     runs an instant PromQL query and returns ``data.result``."""
 
-    def __init__(self, cfg: PipelineConfig, api: Any, prom_query: Callable[[str], list[dict[str, Any]]],
-                 storage_uri_of: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        api: Any,
+        prom_query: Callable[[str], list[dict[str, Any]]],
+        storage_uri_of: Callable[[str], str],
+    ) -> None:
         from airloop.kserve import service_name
 
         self.cfg, self.api, self.prom_query, self.storage_uri_of = cfg, api, prom_query, storage_uri_of
@@ -146,8 +153,9 @@ class KServeTarget:
         for variant, revision in revisions(self._get() or {}).items():
             if revision:
                 q = queries(self.namespace, revision)
-                out[variant] = stats_from_prometheus(self.prom_query(q["by_code_class"]),
-                                                     self.prom_query(q["latency_ms_buckets"]))
+                out[variant] = stats_from_prometheus(
+                    self.prom_query(q["by_code_class"]), self.prom_query(q["latency_ms_buckets"])
+                )
         return out
 
     def finish(self, promoted: bool) -> None:
@@ -179,8 +187,7 @@ def build_target(cfg: PipelineConfig) -> LocalServerTarget | KServeTarget:
         return body["data"]["result"]
 
     api = CustomObjectsApi(KubernetesHook(conn_id=d.kubernetes_conn_id).get_conn())
-    return KServeTarget(cfg, api, prom_query,
-                        lambda v: MlflowClient().get_model_version_download_uri(cfg.name, v))
+    return KServeTarget(cfg, api, prom_query, lambda v: MlflowClient().get_model_version_download_uri(cfg.name, v))
 
 
 class StartCanaryOperator(_ModelOperator):
@@ -210,21 +217,33 @@ class StartCanaryOperator(_ModelOperator):
         version = str(self.version or "") or challenger
         if not version or version == champion:
             info = target.serve_aliases()
-            raise AirflowSkipException(f"no challenger to roll out: champion v{champion} serves all traffic "
-                                       f"({target.describe()}: {info.get('variants', info) if isinstance(info, dict) else info})")
+            raise AirflowSkipException(
+                f"no challenger to roll out: champion v{champion} serves all traffic "
+                f"({target.describe()}: {info.get('variants', info) if isinstance(info, dict) else info})"
+            )
         if challenger != version:
-            raise AirflowFailException(f"v{version} is not {cfg.name}@challenger; only a version that passed the "
-                                       "gate is rolled out (set the alias through the train DAG's gate)")
+            raise AirflowFailException(
+                f"v{version} is not {cfg.name}@challenger; only a version that passed the "
+                "gate is rolled out (set the alias through the train DAG's gate)"
+            )
         state = load_state(root, cfg.name, version)
         if state is not None and state.status != "running":
-            raise AirflowSkipException(f"the canary of v{version} already ended: {state.status} "
-                                       f"({state.decisions[-1]['reason'] if state.decisions else ''})")
+            raise AirflowSkipException(
+                f"the canary of v{version} already ended: {state.status} "
+                f"({state.decisions[-1]['reason'] if state.decisions else ''})"
+            )
         if state is None:
             target.prepare(version)
             state = start_rollout(cfg.name, version, champion, target.readings(), time.time())
             save_state(root, state)
-            self.log.info("Canary of %s v%s against champion v%s on %s: steps %s", cfg.name, version, champion,
-                          target.describe(), list(cfg.canary.steps))
+            self.log.info(
+                "Canary of %s v%s against champion v%s on %s: steps %s",
+                cfg.name,
+                version,
+                champion,
+                target.describe(),
+                list(cfg.canary.steps),
+            )
         else:
             self.log.info("Resuming the canary of %s v%s at step %d", cfg.name, version, state.step)
         target.set_percent(cfg.canary.steps[state.step])
@@ -256,21 +275,31 @@ class CanaryStepSensor(_ModelSensor):
         readings = target.readings()
         if cfg.deployment.target == "local" and cfg.deployment.outcome_key and root.is_local:
             self.add_online_metrics(cfg, root, state, readings)
-        decision = advance(state, cfg.canary, readings, time.time(), lower_is_better=not higher_is_better(cfg.gate.metric))
+        decision = advance(
+            state, cfg.canary, readings, time.time(), lower_is_better=not higher_is_better(cfg.gate.metric)
+        )
         if decision.action == "rollback":
             target.set_percent(0)  # first stop the harm, then record
         save_state(root, state)
-        self.log.info("Step %d/%d (%d%%): %s: %s | %s", min(state.step + 1, len(cfg.canary.steps)),
-                      len(cfg.canary.steps), cfg.canary.steps[min(state.step, len(cfg.canary.steps) - 1)],
-                      decision.action, decision.reason, json.dumps(decision.figures, default=str))
+        self.log.info(
+            "Step %d/%d (%d%%): %s: %s | %s",
+            min(state.step + 1, len(cfg.canary.steps)),
+            len(cfg.canary.steps),
+            cfg.canary.steps[min(state.step, len(cfg.canary.steps) - 1)],
+            decision.action,
+            decision.reason,
+            json.dumps(decision.figures, default=str),
+        )
         if decision.action == "continue":
             target.set_percent(cfg.canary.steps[state.step])
-        return PokeReturnValue(is_done=decision.action in ("promote", "rollback"), xcom_value=state.decisions[-1]
-                               if decision.action in ("promote", "rollback") else None)
+        return PokeReturnValue(
+            is_done=decision.action in ("promote", "rollback"),
+            xcom_value=state.decisions[-1] if decision.action in ("promote", "rollback") else None,
+        )
 
-
-    def add_online_metrics(self, cfg: PipelineConfig, root: DataRoot, state: Rollout,
-                           readings: dict[str, VariantStats]) -> None:
+    def add_online_metrics(
+        self, cfg: PipelineConfig, root: DataRoot, state: Rollout, readings: dict[str, VariantStats]
+    ) -> None:
         """The gate metric of each variant on this step's logged predictions whose outcome has been
         ingested (joined on ``deployment.outcome_key``); left unset where too few are known."""
         import datetime as dt
@@ -283,8 +312,9 @@ class CanaryStepSensor(_ModelSensor):
         outcomes = known_outcomes(cfg, root, (e.get("inputs", {}) for e in entries))
         if outcomes is None:
             return
-        result = online_metrics(entries, outcomes, list(cfg.deployment.outcome_key), outcome_metric(cfg),
-                                since.isoformat())
+        result = online_metrics(
+            entries, outcomes, list(cfg.deployment.outcome_key), outcome_metric(cfg), since.isoformat()
+        )
         self.log.info("Online %s since %s: %s", cfg.gate.metric, since.isoformat(timespec="seconds"), result)
         for variant, r in result.items():
             if variant in readings:
@@ -309,23 +339,40 @@ class ConcludeCanaryOperator(_ModelOperator):
         started = context["ti"].xcom_pull(task_ids=self.start_task_id)
         state = load_state(root, cfg.name, started["version"])
         if state is None or state.status == "running":
-            raise AirflowFailException(f"the canary of v{started['version']} has not ended (state {state and state.status})")
+            raise AirflowFailException(
+                f"the canary of v{started['version']} has not ended (state {state and state.status})"
+            )
         target = build_target(cfg)
         last = state.decisions[-1]
         by = f"{context['dag'].dag_id}/{context['run_id']}"
         if state.status == "promoted":
-            records = promote(MlflowClient(), root, cfg.name, state.version, by=by,
-                              why=f"canary passed: {last['reason']}")
+            records = promote(
+                MlflowClient(), root, cfg.name, state.version, by=by, why=f"canary passed: {last['reason']}"
+            )
             target.finish(promoted=True)
-            self.log.info("Promoted %s v%s (previous champion v%s): %s", cfg.name, state.version,
-                          state.champion_version, records)
-            return {"outcome": "promoted", "version": state.version, "previous": state.champion_version,
-                    "steps": state.decisions}
+            self.log.info(
+                "Promoted %s v%s (previous champion v%s): %s", cfg.name, state.version, state.champion_version, records
+            )
+            return {
+                "outcome": "promoted",
+                "version": state.version,
+                "previous": state.champion_version,
+                "steps": state.decisions,
+            }
         target.finish(promoted=False)
-        summary = (f"{cfg.name} v{state.version} rolled back at {last['percent']}% of traffic: {last['reason']}. "
-                   f"Champion v{state.champion_version} serves all traffic; aliases unchanged.")
+        summary = (
+            f"{cfg.name} v{state.version} rolled back at {last['percent']}% of traffic: {last['reason']}. "
+            f"Champion v{state.champion_version} serves all traffic; aliases unchanged."
+        )
         # the task's failure alert (AirloopFailureNotifier) carries these figures and the runbook link
-        raise OnCallFailure(f"{summary} Figures: {json.dumps(last['figures'], default=str)}", kind="canary_rollback",
-                            details={"figures": last["figures"], "percent": last["percent"], "version": state.version,
-                                     "champion_version": state.champion_version,
-                                     "state_uri": state_uri(root, cfg.name, state.version)})
+        raise OnCallFailure(
+            f"{summary} Figures: {json.dumps(last['figures'], default=str)}",
+            kind="canary_rollback",
+            details={
+                "figures": last["figures"],
+                "percent": last["percent"],
+                "version": state.version,
+                "champion_version": state.champion_version,
+                "state_uri": state_uri(root, cfg.name, state.version),
+            },
+        )

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from airloop.storage import DataRoot
 
+
 def retrain_log_uri(root: DataRoot, model: str) -> str:
     return f"{root.uri}/reports/{model}/drift/retrain_log.jsonl"
 
@@ -38,10 +39,14 @@ def drift_context(result: dict[str, Any]) -> dict[str, Any]:
     """What the retraining run is told about the drift that caused it (small, JSON)."""
     drifted = {c: result["column_scores"][c] for c in result["drifted_columns"]}
     return {
-        "model": result["model"], "champion_version": result["champion_version"],
-        "drift_share": result["drift_share"], "dataset_drift": result["dataset_drift"],
-        "drifted_columns": drifted, "prediction_score": result["prediction_score"],
-        "prediction_drifted": result["prediction_drifted"], "report_uri": result["report_uri"],
+        "model": result["model"],
+        "champion_version": result["champion_version"],
+        "drift_share": result["drift_share"],
+        "dataset_drift": result["dataset_drift"],
+        "drifted_columns": drifted,
+        "prediction_score": result["prediction_score"],
+        "prediction_drifted": result["prediction_drifted"],
+        "report_uri": result["report_uri"],
         "reference": {"uri": result["reference_uri"], "rows": result["reference_rows"]},
         "current": {"start": result["interval_start"], "end": result["interval_end"], "rows": result["current_rows"]},
         "performance": result.get("performance"),
@@ -76,16 +81,25 @@ class DriftCheckOperator(_ModelOperator):
             raise AirflowSkipException(f"{cfg.name} has no @champion: nothing is served, nothing can drift") from None
         entries = drift.read_interval(root, cfg.name, start, end)
         if len(entries) < cfg.drift.min_rows:
-            raise AirflowSkipException(f"{len(entries)} predictions with event time in [{start}, {end}); a verdict "
-                                       f"needs {cfg.drift.min_rows} (drift.min_rows)")
+            raise AirflowSkipException(
+                f"{len(entries)} predictions with event time in [{start}, {end}); a verdict "
+                f"needs {cfg.drift.min_rows} (drift.min_rows)"
+            )
         with tempfile.TemporaryDirectory() as tmp:
-            ref_path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=drift.REFERENCE_ARTIFACT,
-                                                           dst_path=tmp)
+            ref_path = mlflow.artifacts.download_artifacts(
+                run_id=champion.run_id, artifact_path=drift.REFERENCE_ARTIFACT, dst_path=tmp
+            )
             reference = pd.read_parquet(ref_path).rename(columns={cfg.task.target: "y"})
             current = drift.current_frame(entries, cfg)
-            verdict, report = drift.compare(reference, current, feature_columns(cfg.features),
-                                            categorical_features(cfg.features), cfg.drift,
-                                            cfg.drift.seed, cfg.drift.sample_rows)
+            verdict, report = drift.compare(
+                reference,
+                current,
+                feature_columns(cfg.features),
+                categorical_features(cfg.features),
+                cfg.drift,
+                cfg.drift.seed,
+                cfg.drift.sample_rows,
+            )
             folder = f"{root.uri}/reports/{cfg.name}/drift/{start:%Y-%m-%d}"
             html = Path(tmp) / "drift_report.html"
             report.save_html(str(html))
@@ -93,23 +107,49 @@ class DriftCheckOperator(_ModelOperator):
             root.write_bytes_atomic(report_uri, html.read_bytes())
             client.log_artifact(champion.run_id, str(html), artifact_path=f"drift/{start:%Y-%m-%d}")
         result = drift.DriftResult(
-            model=cfg.name, champion_version=str(champion.version), interval_start=start.isoformat(),
-            interval_end=end.isoformat(), reference_uri=f"runs:/{champion.run_id}/{drift.REFERENCE_ARTIFACT}",
-            reference_rows=len(reference), current_rows=len(current), seed=cfg.drift.seed,
-            method={"num": cfg.drift.num_method, "cat": cfg.drift.cat_method, "column_threshold": cfg.drift.column_threshold,
-                    "column_thresholds": dict(cfg.drift.column_thresholds), "drift_share": cfg.drift.drift_share,
-                    "sample_rows": cfg.drift.sample_rows},
-            performance=drift.performance(cfg, root, current, reference), report_uri=report_uri, **verdict)
+            model=cfg.name,
+            champion_version=str(champion.version),
+            interval_start=start.isoformat(),
+            interval_end=end.isoformat(),
+            reference_uri=f"runs:/{champion.run_id}/{drift.REFERENCE_ARTIFACT}",
+            reference_rows=len(reference),
+            current_rows=len(current),
+            seed=cfg.drift.seed,
+            method={
+                "num": cfg.drift.num_method,
+                "cat": cfg.drift.cat_method,
+                "column_threshold": cfg.drift.column_threshold,
+                "column_thresholds": dict(cfg.drift.column_thresholds),
+                "drift_share": cfg.drift.drift_share,
+                "sample_rows": cfg.drift.sample_rows,
+            },
+            performance=drift.performance(cfg, root, current, reference),
+            report_uri=report_uri,
+            **verdict,
+        )
         drift.record(root, result)
         history = drift.read_history(root, cfg.name)
-        root.write_bytes_atomic(f"{root.uri}/reports/{cfg.name}/drift/trend.html", drift.trend_html(history, cfg.name).encode())
+        root.write_bytes_atomic(
+            f"{root.uri}/reports/{cfg.name}/drift/trend.html", drift.trend_html(history, cfg.name).encode()
+        )
         context["ti"].xcom_push(key=DRIFT_REPORT_KEY, value=_report_link(root, report_uri))
-        self.log.info("Drift of %s v%s on %s .. %s (%d predictions, %d compared): share %.2f (dataset drift at %.2f) "
-                      "-> %s; drifted %s; prediction score %s; performance %s; report %s", cfg.name, champion.version,
-                      start.date(), end.date(), len(current), verdict["compared_rows"], verdict["drift_share"],
-                      cfg.drift.drift_share, "DRIFT" if result.drifting else "no drift",
-                      {c: verdict["column_scores"][c] for c in verdict["drifted_columns"]}, verdict["prediction_score"],
-                      result.performance, report_uri)
+        self.log.info(
+            "Drift of %s v%s on %s .. %s (%d predictions, %d compared): share %.2f (dataset drift at %.2f) "
+            "-> %s; drifted %s; prediction score %s; performance %s; report %s",
+            cfg.name,
+            champion.version,
+            start.date(),
+            end.date(),
+            len(current),
+            verdict["compared_rows"],
+            verdict["drift_share"],
+            cfg.drift.drift_share,
+            "DRIFT" if result.drifting else "no drift",
+            {c: verdict["column_scores"][c] for c in verdict["drifted_columns"]},
+            verdict["prediction_score"],
+            result.performance,
+            report_uri,
+        )
         return {k: v for k, v in result.to_dict().items() if k != "method"}
 
 
@@ -131,8 +171,10 @@ class DriftSensor(_ModelSensor):
             return PokeReturnValue(is_done=True, xcom_value=drift_context(latest))
         this_interval = context["data_interval_start"].astimezone(dt.UTC).isoformat()
         if latest["interval_start"] >= this_interval:
-            raise AirflowSkipException(f"no drift: share {latest['drift_share']} < {self.pipeline().drift.drift_share}, "
-                                       f"prediction score {latest['prediction_score']}")
+            raise AirflowSkipException(
+                f"no drift: share {latest['drift_share']} < {self.pipeline().drift.drift_share}, "
+                f"prediction score {latest['prediction_score']}"
+            )
         return PokeReturnValue(is_done=False)
 
 
@@ -156,13 +198,16 @@ class RetrainOnDriftOperator(_ModelOperator, TriggerDagRunOperator):
             last = log[-1]
             allowed = dt.datetime.fromisoformat(last["at"]) + dt.timedelta(hours=cfg.drift.cooldown_hours)
             if now < allowed:
-                raise AirflowSkipException(f"cooldown: drift already started retraining run {last['run_id']} at "
-                                           f"{last['at']}; the next one is allowed after {allowed.isoformat()} "
-                                           f"(drift.cooldown_hours={cfg.drift.cooldown_hours})")
+                raise AirflowSkipException(
+                    f"cooldown: drift already started retraining run {last['run_id']} at "
+                    f"{last['at']}; the next one is allowed after {allowed.isoformat()} "
+                    f"(drift.cooldown_hours={cfg.drift.cooldown_hours})"
+                )
         busy = context["ti"].get_dr_count(dag_id=self.trigger_dag_id, states=["queued", "running"])
         if busy:
-            raise AirflowSkipException(f"{busy} run(s) of {self.trigger_dag_id} already queued or running: "
-                                       "not starting another")
+            raise AirflowSkipException(
+                f"{busy} run(s) of {self.trigger_dag_id} already queued or running: not starting another"
+            )
         run_id = f"drift__{ctx['current']['start'][:10]}__{context['run_id'][-8:]}"
         self.trigger_run_id = run_id
         self.conf = {"reason": "drift", "drift": ctx}

@@ -63,7 +63,9 @@ class FeatureJobOperator(_ModelOperator):
     template_fields: Sequence[str] = (*_ModelOperator.template_fields, "conn_id")
     ui_color = "#fdf0e8"
 
-    def __init__(self, *, conn_id: str = "spark_default", spark_conf: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, conn_id: str = "spark_default", spark_conf: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         model = kwargs["model"]
         kwargs.setdefault("outlets", [model_asset(model, "features")])
         super().__init__(**kwargs)
@@ -78,8 +80,16 @@ class FeatureJobOperator(_ModelOperator):
             conn_id=self.conn_id,
             application=str(JOB),
             name=f"airloop-features-{self.model}",
-            application_args=["--model", self.model, "--data-root", self.root().uri,
-                              "--partitions", ",".join(partitions), "--result-file", result_file],
+            application_args=[
+                "--model",
+                self.model,
+                "--data-root",
+                self.root().uri,
+                "--partitions",
+                ",".join(partitions),
+                "--result-file",
+                result_file,
+            ],
             conf={
                 "spark.sql.shuffle.partitions": "4",
                 "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -88,8 +98,10 @@ class FeatureJobOperator(_ModelOperator):
                 "spark.pyspark.driver.python": sys.executable,
                 **self.spark_conf,
             },
-            env_vars={"SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-                      "AIRLOOP_DATA_ROOT": self.root().uri},
+            env_vars={
+                "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+                "AIRLOOP_DATA_ROOT": self.root().uri,
+            },
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -110,9 +122,12 @@ class FeatureJobOperator(_ModelOperator):
             except Exception as e:  # the driver's own error first (its traceback's last line), then the command
                 from airloop_airflow.alerting import spark_job_failure
 
-                shown = ", ".join(partitions[:5]) + (f", ... ({len(partitions) - 5} more)" if len(partitions) > 5 else "")
+                shown = ", ".join(partitions[:5]) + (
+                    f", ... ({len(partitions) - 5} more)" if len(partitions) > 5 else ""
+                )
                 raise spark_job_failure(
-                    e, getattr(getattr(submit, "_hook", None), "_last_submit_log_lines", None) or (),
+                    e,
+                    getattr(getattr(submit, "_hook", None), "_last_submit_log_lines", None) or (),
                     job=f"The feature job of {cfg.name} on {len(partitions)} partition(s) ({shown})",
                     details={"partitions": partitions},
                 ) from e

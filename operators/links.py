@@ -33,7 +33,7 @@ def report_url(relative_path: str) -> str:
 
 
 class ValidationReportLink(BaseOperatorLink):
-    """"Validation report": the HTML report of the batch this task validated (or quarantined)."""
+    """ "Validation report": the HTML report of the batch this task validated (or quarantined)."""
 
     name = "Validation report"
 
@@ -42,7 +42,7 @@ class ValidationReportLink(BaseOperatorLink):
 
 
 class DriftReportLink(BaseOperatorLink):
-    """"Drift report": the Evidently HTML report of this drift check."""
+    """ "Drift report": the Evidently HTML report of this drift check."""
 
     name = "Drift report"
 
@@ -55,7 +55,7 @@ RUNBOOK_FOR_TASK_ROUTE = "/airloop/runbooks/for-task"
 
 
 class RunbookLink(BaseOperatorLink):
-    """"Runbook": what this task's failure means and the commands that recover from it (on every task;
+    """ "Runbook": what this task's failure means and the commands that recover from it (on every task;
     the plugin picks the runbook from the task's alert, or from the task when it has not failed)."""
 
     name = "Runbook"
@@ -79,7 +79,7 @@ def mlflow_ui_url(fragment: str) -> str | None:
 
 
 class MlflowLink(BaseOperatorLink):
-    """"MLflow": the MLflow run this task trained, or the model version it gated or deployed."""
+    """ "MLflow": the MLflow run this task trained, or the model version it gated or deployed."""
 
     name = "MLflow"
 

@@ -35,7 +35,11 @@ def load_settings(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     if not isinstance(section, dict):
         raise SettingsError(f"{path}: expected a top-level 'airflow:' mapping")
     out: dict[str, list[dict[str, Any]]] = {}
-    required = {"connections": ("conn_id", "conn_type"), "pools": ("pool_name", "pool_slot"), "variables": ("variable_name",)}
+    required = {
+        "connections": ("conn_id", "conn_type"),
+        "pools": ("pool_name", "pool_slot"),
+        "variables": ("variable_name",),
+    }
     for kind, keys in required.items():
         items = section.get(kind) or []
         if not isinstance(items, list):
@@ -70,10 +74,19 @@ def apply_settings(path: str | Path) -> dict[str, int]:
             conn.set_extra(json.dumps(extra) if isinstance(extra, dict) else extra)
         for p in settings["pools"]:
             Pool.create_or_update_pool(
-                p["pool_name"], int(p["pool_slot"]), p.get("pool_description", ""), include_deferred=False, session=session
+                p["pool_name"],
+                int(p["pool_slot"]),
+                p.get("pool_description", ""),
+                include_deferred=False,
+                session=session,
             )
         for v in settings["variables"]:
-            Variable.set(v["variable_name"], str(v.get("variable_value", "")), description=v.get("variable_description"), session=session)
+            Variable.set(
+                v["variable_name"],
+                str(v.get("variable_value", "")),
+                description=v.get("variable_description"),
+                session=session,
+            )
     return {k: len(v) for k, v in settings.items()}
 
 

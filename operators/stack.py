@@ -144,7 +144,9 @@ class StackSettings:
         return cls(
             state_dir=str(state),
             port=int(port or env_port or saved.get("port") or DEFAULT_PORT),
-            database_url=database_url if database_url is not None else os.environ.get("AIRLOOP_DATABASE_URL", saved.get("database_url", "")),
+            database_url=database_url
+            if database_url is not None
+            else os.environ.get("AIRLOOP_DATABASE_URL", saved.get("database_url", "")),
             mlflow_database_url=os.environ.get("AIRLOOP_MLFLOW_DATABASE_URL", saved.get("mlflow_database_url", "")),
             parallelism=int(saved.get("parallelism", 4)),
         )
@@ -159,8 +161,10 @@ class StackSettings:
         Each source gets a random ``whsec_`` secret, generated once and kept in ``<state>/webhook_secrets.json``
         (mode 600). In production these connections come from a secrets backend instead.
         """
-        return {f"AIRFLOW_CONN_{i.upper()}": json.dumps({"conn_type": "generic", "password": secret})
-                for i, secret in self._webhook_secrets().items()}
+        return {
+            f"AIRFLOW_CONN_{i.upper()}": json.dumps({"conn_type": "generic", "password": secret})
+            for i, secret in self._webhook_secrets().items()
+        }
 
     def _webhook_secrets(self) -> dict[str, str]:
         from airloop.config import load_all_pipelines
@@ -269,11 +273,17 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def run_airflow(s: StackSettings, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
+def run_airflow(
+    s: StackSettings, *args: str, check: bool = True, capture: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run an ``airflow`` CLI command against this stack's home."""
     return subprocess.run(
-        [_bin("airflow"), *args], env=s.env(), check=check, text=True,
-        capture_output=capture, cwd=_repo_root(),
+        [_bin("airflow"), *args],
+        env=s.env(),
+        check=check,
+        text=True,
+        capture_output=capture,
+        cwd=_repo_root(),
     )
 
 
@@ -283,7 +293,10 @@ def apply_settings(s: StackSettings, settings_file: Path | None = None) -> str:
     settings_file = settings_file or _repo_root() / "airflow_settings.yaml"
     proc = subprocess.run(
         [sys.executable, "-m", "airloop_airflow.settings", str(settings_file)],
-        env=s.env(), text=True, capture_output=True, cwd=_repo_root(),
+        env=s.env(),
+        text=True,
+        capture_output=True,
+        cwd=_repo_root(),
     )
     if proc.returncode != 0:
         raise StackError(f"applying {settings_file} failed:\n{proc.stderr.strip()[-2000:]}")
@@ -384,7 +397,6 @@ def _http_ok(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-
 def component_command(s: StackSettings, component: str) -> list[str]:
     """The command line that runs one component of this stack."""
     if component.startswith(MODEL_SERVER + "-"):
@@ -392,12 +404,34 @@ def component_command(s: StackSettings, component: str) -> list[str]:
         s.model_server_url_for(model)  # a clear error for a model the stack does not serve
         port = str(s.model_server_ports()[model])
         # --allow-empty: without a champion the server answers 503 until POST /admin/reload loads one
-        return [sys.executable, "-m", "airloop.serving.server", "--model", model, "--port", port,
-                "--data-root", s.data_root, "--allow-empty"]
+        return [
+            sys.executable,
+            "-m",
+            "airloop.serving.server",
+            "--model",
+            model,
+            "--port",
+            port,
+            "--data-root",
+            s.data_root,
+            "--allow-empty",
+        ]
     if component == "mlflow":
-        return [_bin("mlflow"), "server", "--backend-store-uri", s.mlflow_db_url,
-                "--artifacts-destination", f"{s.data_root}/mlflow-artifacts", "--serve-artifacts",
-                "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1"]
+        return [
+            _bin("mlflow"),
+            "server",
+            "--backend-store-uri",
+            s.mlflow_db_url,
+            "--artifacts-destination",
+            f"{s.data_root}/mlflow-artifacts",
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.mlflow_port),
+            "--workers",
+            "1",
+        ]
     if component == "api-server":
         return [_bin("airflow"), component, "--host", "127.0.0.1", "--port", str(s.port)]
     if component in COMPONENTS:
@@ -409,7 +443,11 @@ def _ports_needed(s: StackSettings, to_start: list[str], running: dict[str, int]
     """(port, component) for every port the components about to start will listen on."""
     needed = []
     if "api-server" not in running:  # the log servers come and go with the scheduler and triggerer
-        needed += [(s.port, "api-server"), (s.port + 1, "the worker log server"), (s.port + 2, "the trigger log server")]
+        needed += [
+            (s.port, "api-server"),
+            (s.port + 1, "the worker log server"),
+            (s.port + 2, "the trigger log server"),
+        ]
     ports = s.model_server_ports()
     for c in to_start:
         if c == "mlflow":
@@ -433,8 +471,13 @@ def _check_ports(s: StackSettings, to_start: list[str], running: dict[str, int])
 def _launch(s: StackSettings, component: str, logs: Path) -> None:
     with (logs / f"{component}.log").open("ab") as log:
         proc = subprocess.Popen(
-            component_command(s, component), env=s.env(), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=_repo_root(),
+            component_command(s, component),
+            env=s.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=_repo_root(),
         )
     _pid_file(s, component).write_text(str(proc.pid))
 
@@ -470,8 +513,12 @@ def _await_healthy(s: StackSettings, wanted: list[str], logs: Path, wait_s: floa
         if dead:
             raise StackError(f"{', '.join(dead)} exited during start; see {logs}/<component>.log")
         h = health(s)
-        core_ok = (h and h.get("scheduler", {}).get("status") == "healthy"
-                   and h.get("metadatabase", {}).get("status") == "healthy" and _http_ok(f"{s.mlflow_url}/health"))
+        core_ok = (
+            h
+            and h.get("scheduler", {}).get("status") == "healthy"
+            and h.get("metadatabase", {}).get("status") == "healthy"
+            and _http_ok(f"{s.mlflow_url}/health")
+        )
         if core_ok and all(c not in alive or _http_ok(f"{s.model_server_url_for(m)}/ping") for c, m in servers.items()):
             return [m for c, m in servers.items() if c not in alive]
         time.sleep(1.0)

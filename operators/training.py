@@ -46,8 +46,14 @@ def git_commit() -> str:
     if os.environ.get("AIRLOOP_GIT_COMMIT"):
         return os.environ["AIRLOOP_GIT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -94,13 +100,26 @@ class TrainModelOperator(_ModelOperator):
             "airloop.image": image,
         }
 
-    def arguments(self, context: Context, cfg: PipelineConfig, partitions: list[str], image: str,
-                  data_root: str, result_file: str) -> list[str]:
+    def arguments(
+        self, context: Context, cfg: PipelineConfig, partitions: list[str], image: str, data_root: str, result_file: str
+    ) -> list[str]:
         return [
-            "--model", cfg.name, "--data-root", data_root, "--partitions", ",".join(partitions),
-            "--run-key", self.run_key(context), "--lineage", json.dumps(self.lineage(context, cfg, image), sort_keys=True),
-            "--seed", str(cfg.training.seed), "--max-epochs", str(cfg.training.max_epochs),
-            "--result-file", result_file,
+            "--model",
+            cfg.name,
+            "--data-root",
+            data_root,
+            "--partitions",
+            ",".join(partitions),
+            "--run-key",
+            self.run_key(context),
+            "--lineage",
+            json.dumps(self.lineage(context, cfg, image), sort_keys=True),
+            "--seed",
+            str(cfg.training.seed),
+            "--max-epochs",
+            str(cfg.training.max_epochs),
+            "--result-file",
+            result_file,
         ]
 
     def use_kubernetes(self, cfg: PipelineConfig) -> bool:
@@ -141,16 +160,21 @@ class TrainModelOperator(_ModelOperator):
             },
             container_resources=k8s.V1ResourceRequirements(requests={"cpu": t.cpu, "memory": t.memory}, limits=limits),
             node_selector=dict(t.node_selector),
-            tolerations=[k8s.V1Toleration(key=x.key, operator=x.operator, value=x.value, effect=x.effect) for x in t.tolerations],
+            tolerations=[
+                k8s.V1Toleration(key=x.key, operator=x.operator, value=x.value, effect=x.effect) for x in t.tolerations
+            ],
             env_vars=[
                 k8s.V1EnvVar(name="MLFLOW_TRACKING_URI", value=t.mlflow_tracking_uri),
                 k8s.V1EnvVar(name="AIRLOOP_DATA_ROOT", value=self.root_uri()),
                 k8s.V1EnvVar(name="AIRLOOP_GIT_COMMIT", value=git_commit()),
             ],
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=t.mlflow_secret))],
-            security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000),
-            container_security_context=k8s.V1SecurityContext(allow_privilege_escalation=False,
-                                                             capabilities=k8s.V1Capabilities(drop=["ALL"])),
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000
+            ),
+            container_security_context=k8s.V1SecurityContext(
+                allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
+            ),
             service_account_name=t.service_account,
             startup_timeout_seconds=t.startup_timeout_seconds,
             on_finish_action="delete_succeeded_pod",  # keep failed pods for on-call to inspect
@@ -164,11 +188,15 @@ class TrainModelOperator(_ModelOperator):
             result_file = f"{tmp}/return.json"
             args = self.arguments(context, cfg, partitions, "local", self.root().uri, result_file)
             cmd = [sys.executable, *ENTRYPOINT[1:], *args]
-            self.log.info("Training mode: local process (no Kubernetes connection %r). Command: %s",
-                          cfg.training.kubernetes_conn_id, shlex.join(["python", *ENTRYPOINT[1:], *args]))
+            self.log.info(
+                "Training mode: local process (no Kubernetes connection %r). Command: %s",
+                cfg.training.kubernetes_conn_id,
+                shlex.join(["python", *ENTRYPOINT[1:], *args]),
+            )
             env = {**os.environ, "AIRLOOP_DATA_ROOT": self.root().uri}
-            self._process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                             text=True, start_new_session=True)
+            self._process = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
             assert self._process.stdout is not None
             for line in self._process.stdout:
                 self.log.info("%s", line.rstrip())
@@ -202,8 +230,12 @@ class TrainModelOperator(_ModelOperator):
                 f"{cfg.training.min_partitions} (training.min_partitions); skipping until more days arrive."
             )
         if self.use_kubernetes(cfg):
-            self.log.info("Training mode: Kubernetes pod in namespace %s on image %s with %s GPU(s)",
-                          cfg.training.namespace, cfg.training.image, cfg.training.gpus)
+            self.log.info(
+                "Training mode: Kubernetes pod in namespace %s on image %s with %s GPU(s)",
+                cfg.training.namespace,
+                cfg.training.image,
+                cfg.training.gpus,
+            )
             pod = self.build_pod_operator(context, cfg, partitions)
             try:
                 return self._link_run(context, pod.execute(context))
@@ -216,7 +248,11 @@ class TrainModelOperator(_ModelOperator):
                     f"({cfg.training.gpus} x nvidia.com/gpu, node selector {dict(cfg.training.node_selector)}) "
                     "could be scaled up, or the image could not be pulled; the pod's events are in the log above.",
                     kind="training_pod_pending",
-                    details={"namespace": cfg.training.namespace, "image": cfg.training.image, "gpus": cfg.training.gpus},
+                    details={
+                        "namespace": cfg.training.namespace,
+                        "image": cfg.training.image,
+                        "gpus": cfg.training.gpus,
+                    },
                 ) from e
         return self._link_run(context, self.run_local(context, cfg, partitions))
 
@@ -268,8 +304,9 @@ class ChampionChallengerGateOperator(_ModelOperator):
         if not result or "version" not in result:
             raise AirflowFailException(f"no training result in XCom of {self.train_task_id}")
         holdout = load_partitions(root, "raw", cfg.name, tuple(result["holdout_partitions"]))
-        decision = run_gate(cfg, MlflowClient(), root, result["version"], holdout,
-                            by=f"{context['dag'].dag_id}/{context['run_id']}")
+        decision = run_gate(
+            cfg, MlflowClient(), root, result["version"], holdout, by=f"{context['dag'].dag_id}/{context['run_id']}"
+        )
         self.log.info("Gate for %s v%s: %s", cfg.name, result["version"], decision.reason)
         url = mlflow_ui_url(f"models/{cfg.name}/versions/{result['version']}")
         if url:
@@ -280,10 +317,16 @@ class ChampionChallengerGateOperator(_ModelOperator):
                 f"Challenger {decision.metric}={decision.challenger_score:.4f}, champion "
                 f"(v{decision.champion_version}) {decision.metric}="
                 f"{'n/a' if decision.champion_score is None else f'{decision.champion_score:.4f}'}. Aliases unchanged.",
-                kind="gate_refused", details={"gate": decision.to_dict()},
+                kind="gate_refused",
+                details={"gate": decision.to_dict()},
             )
-        extra = {"version": result["version"], "run_id": result["run_id"], "model_uri": result["model_uri"],
-                 "metrics": result.get("metrics", {}), "gate": decision.to_dict()}
+        extra = {
+            "version": result["version"],
+            "run_id": result["run_id"],
+            "model_uri": result["model_uri"],
+            "metrics": result.get("metrics", {}),
+            "gate": decision.to_dict(),
+        }
         context["outlet_events"][model_asset(cfg.name, "challenger")].extra = extra
         return extra
 
@@ -308,8 +351,14 @@ class ModelRollbackOperator(_ModelOperator):
         from airloop.registry import rollback
 
         try:
-            records = rollback(MlflowClient(), self.root(), self.model, str(self.version),
-                               by=f"{context['dag'].dag_id}/{context['run_id']}", why=str(self.reason or ""))
+            records = rollback(
+                MlflowClient(),
+                self.root(),
+                self.model,
+                str(self.version),
+                by=f"{context['dag'].dag_id}/{context['run_id']}",
+                why=str(self.reason or ""),
+            )
         except ValueError as e:
             raise AirflowFailException(str(e)) from e
         self.log.info("Rolled back %s: %s", self.model, records)

@@ -67,7 +67,11 @@ def _allowed_prefixes(cfg: PipelineConfig, source: WebhookSourceConfig) -> tuple
         return source.allowed_prefixes
     from airloop.storage import default_data_root_uri
 
-    landing = cfg.source.landing_uri.rstrip("/") if cfg.source.landing_uri else f"{default_data_root_uri().rstrip('/')}/landing"
+    landing = (
+        cfg.source.landing_uri.rstrip("/")
+        if cfg.source.landing_uri
+        else f"{default_data_root_uri().rstrip('/')}/landing"
+    )
     return (f"{landing}/{cfg.name}",)
 
 
@@ -108,10 +112,16 @@ def create_run(dag_id: str, run_id: str, day: dt.date, conf: dict[str, Any], sou
             # the run of that day's data interval: Airflow keeps one run per logical date, so a second
             # delivery (another id) for a day that already has a run is refused with 409 (re-run = clear it)
             run = dag.create_dagrun(
-                run_id=run_id, logical_date=start, data_interval=(start, start + dt.timedelta(days=1)),
-                run_after=dt.datetime.now(dt.UTC), conf=conf, run_type=DagRunType.MANUAL,
-                triggered_by=DagRunTriggeredByType.REST_API, triggering_user_name=f"webhook:{source}",
-                state=DagRunState.QUEUED, session=session,
+                run_id=run_id,
+                logical_date=start,
+                data_interval=(start, start + dt.timedelta(days=1)),
+                run_after=dt.datetime.now(dt.UTC),
+                conf=conf,
+                run_type=DagRunType.MANUAL,
+                triggered_by=DagRunTriggeredByType.REST_API,
+                triggering_user_name=f"webhook:{source}",
+                state=DagRunState.QUEUED,
+                session=session,
             )
             session.flush()
             return str(run.state), True
@@ -164,9 +174,13 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
     run_id = wh.run_id_for(source.name, delivery.delivery_id)
     conf = {
         "source_uri": payload.source_uri,
-        "webhook": {"source": source.name, "delivery_id": delivery.delivery_id,
-                    "received_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "rows": payload.rows, "sha256": payload.sha256},
+        "webhook": {
+            "source": source.name,
+            "delivery_id": delivery.delivery_id,
+            "received_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "rows": payload.rows,
+            "sha256": payload.sha256,
+        },
     }
     try:
         state, created = await run_in_threadpool(create_run, dag_id, run_id, payload.day, conf, source.name)
@@ -177,8 +191,20 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
     except Exception as e:  # e.g. SQLite "database is locked": the sender retries, the run id keeps it safe
         log.warning("webhook %s: could not create run %s: %s", source.name, run_id, e)
         return _reject(503, "the metadata database is busy; retry the same delivery", retry_after_s=5)
-    answer = {"dag_id": dag_id, "dag_run_id": run_id, "state": state, "created": created,
-              "logical_date": payload.day.isoformat(), "url": _ui_url(dag_id, run_id)}
-    log.info("webhook %s: delivery %s -> %s/%s (%s)", source.name, delivery.delivery_id, dag_id, run_id,
-             "created" if created else "already there")
+    answer = {
+        "dag_id": dag_id,
+        "dag_run_id": run_id,
+        "state": state,
+        "created": created,
+        "logical_date": payload.day.isoformat(),
+        "url": _ui_url(dag_id, run_id),
+    }
+    log.info(
+        "webhook %s: delivery %s -> %s/%s (%s)",
+        source.name,
+        delivery.delivery_id,
+        dag_id,
+        run_id,
+        "created" if created else "already there",
+    )
     return _answer(202 if created else 200, **answer)

@@ -49,7 +49,9 @@ def read_file(path: str) -> FileResponse:
         raise HTTPException(403, f"only files under {', '.join(SERVED_ZONES)}/ of the data root are served")
     media = SERVED_SUFFIXES.get(target.suffix)
     if media is None:
-        raise HTTPException(403, f"only {', '.join(SERVED_SUFFIXES)} files are served, not {target.suffix or 'this file'}")
+        raise HTTPException(
+            403, f"only {', '.join(SERVED_SUFFIXES)} files are served, not {target.suffix or 'this file'}"
+        )
     if not target.is_file():
         raise HTTPException(404, f"no such report: {path}")
     return FileResponse(target, media_type=media)
@@ -97,7 +99,8 @@ def runbook_index() -> str:
 
     items = "".join(
         f"<li><a href='runbooks/{k}'>{html.escape(runbook_path(k).read_text().splitlines()[0].lstrip('# '))}</a>"
-        f" <small>({k})</small></li>" for k in RUNBOOKS
+        f" <small>({k})</small></li>"
+        for k in RUNBOOKS
     )
     return _PAGE.format(title="airloop runbooks", body=f"<h1>Runbooks</h1><ul>{items}</ul>")
 
@@ -135,8 +138,10 @@ def runbook_page(kind: str) -> str:
     except KeyError as e:
         raise HTTPException(404, str(e.args[0])) from None
     body = MarkdownIt("commonmark", {"html": False}).render(path.read_text())
-    return _PAGE.format(title=f"Runbook: {html.escape(kind)}",
-                        body=f"{body}<hr><small>include/runbooks/{html.escape(path.name)} · <a href='../runbooks'>all runbooks</a></small>")
+    return _PAGE.format(
+        title=f"Runbook: {html.escape(kind)}",
+        body=f"{body}<hr><small>include/runbooks/{html.escape(path.name)} · <a href='../runbooks'>all runbooks</a></small>",
+    )
 
 
 class AirloopPlugin(AirflowPlugin):

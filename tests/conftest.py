@@ -36,7 +36,9 @@ if not Path(airloop.__file__).resolve().is_relative_to(REPO):
 
 TEST_PORT = int(os.environ.get("AIRLOOP_TEST_PORT", "18480"))
 SETTINGS = stack.StackSettings(
-    state_dir=os.environ["AIRLOOP_HOME"], port=TEST_PORT, database_url=os.environ.get("AIRLOOP_DATABASE_URL", ""),
+    state_dir=os.environ["AIRLOOP_HOME"],
+    port=TEST_PORT,
+    database_url=os.environ.get("AIRLOOP_DATABASE_URL", ""),
     mlflow_database_url=os.environ.get("AIRLOOP_MLFLOW_DATABASE_URL", ""),
 )
 # Tasks run in this process (dag.test) talk to the MLflow store directly; the stack's server uses it too.
@@ -49,8 +51,11 @@ os.environ["AIRFLOW_HOME"] = str(SETTINGS.airflow_home)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"airloop: AIRFLOW_HOME={SETTINGS.airflow_home}", f"airloop: metadata db={stack._safe_url(SETTINGS.db_url)}",
-            f"airloop: mlflow store={stack._safe_url(SETTINGS.mlflow_db_url)}"]
+    return [
+        f"airloop: AIRFLOW_HOME={SETTINGS.airflow_home}",
+        f"airloop: metadata db={stack._safe_url(SETTINGS.db_url)}",
+        f"airloop: mlflow store={stack._safe_url(SETTINGS.mlflow_db_url)}",
+    ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -103,8 +108,12 @@ def cfg():
 def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Run a snippet in a fresh interpreter (clean ``sys.modules``), with the session's environment."""
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, cwd=REPO,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )
 
 
@@ -140,7 +149,9 @@ def champion(feature_root, tmp_path_factory):
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path_factory.mktemp('serving-mlflow') / 'mlflow.db'}"
-    res = train(TrainRequest(model="flight_delays", data_root=root.uri, partitions=parts, run_key="serve/1", tracking_uri=uri))
+    res = train(
+        TrainRequest(model="flight_delays", data_root=root.uri, partitions=parts, run_key="serve/1", tracking_uri=uri)
+    )
     MlflowClient(uri).set_registered_model_alias("flight_delays", "champion", res["version"])
     rows = load_partitions(root, "raw", "flight_delays", (parts[-1],)).head(40).reset_index(drop=True)
     return uri, rows

@@ -43,7 +43,8 @@ def append_alert(root: DataRoot, record: dict[str, Any]) -> dict[str, Any]:
 
 #: the line a Python traceback ends with: a (dotted) exception class, then ``: message`` or nothing
 _EXCEPTION_LINE = re.compile(
-    r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Fault|Timeout)(?::\s.*)?$")
+    r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure|Fault|Timeout)(?::\s.*)?$"
+)
 _TRACEBACK_START = "Traceback (most recent call last):"
 #: a JVM's uncaught exception, as it prints it: ``Exception in thread "main" java.lang.OutOfMemoryError: ...``
 _JVM_UNCAUGHT = re.compile(r'Exception in thread "[^"]*" (\S.*)$')
@@ -85,7 +86,7 @@ def error_in_output(text: str, *, bare_lines: bool = False) -> str | None:
     lines = [line.strip() for line in text.splitlines()]
     starts = [i for i, line in enumerate(lines) if _TRACEBACK_START in line]
     if starts:
-        for line in lines[starts[-1] + 1:]:
+        for line in lines[starts[-1] + 1 :]:
             if _EXCEPTION_LINE.match(line):
                 return line
     for line in reversed(lines):

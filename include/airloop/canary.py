@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from airloop.config import PipelineConfig
     from airloop.storage import DataRoot
 
-_LINE = re.compile(r'^(?P<name>airloop_[a-z_]+)\{(?P<labels>[^}]*)\}\s+(?P<value>[-+0-9.eE]+|\+Inf|NaN)$')
+_LINE = re.compile(r"^(?P<name>airloop_[a-z_]+)\{(?P<labels>[^}]*)\}\s+(?P<value>[-+0-9.eE]+|\+Inf|NaN)$")
 
 
 @dataclass
@@ -129,9 +129,16 @@ class StepDecision:
     figures: dict[str, Any]
 
 
-def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger: VariantStats,
-               elapsed_s: float, rollout_elapsed_s: float, concurrent: bool = True,
-               lower_is_better: bool = False) -> StepDecision:
+def judge_step(
+    cfg: CanaryConfig,
+    step: int,
+    champion: VariantStats,
+    challenger: VariantStats,
+    elapsed_s: float,
+    rollout_elapsed_s: float,
+    concurrent: bool = True,
+    lower_is_better: bool = False,
+) -> StepDecision:
     """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it.
 
     :param lower_is_better: the online metric's direction (RMSE, MAE, log loss:
@@ -145,40 +152,75 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
     q = tail_quantile(0.99, n_lat, cfg.latency_min_tail_requests)
     lat_c, lat_n = champion.quantile(q), challenger.quantile(q)
     figures = {
-        "step_percent": cfg.steps[step], "challenger_requests": challenger.requests, "champion_requests": champion.requests,
-        "challenger_5xx_rate": round(challenger.error_rate, 4), "champion_5xx_rate": round(champion.error_rate, 4),
-        "p99_latency_s": {"champion": lat_c, "challenger": lat_n}, "latency_quantile": round(q, 4),
-        "prediction_psi": round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4) if concurrent else None,
-        "online_metric": {"champion": champion.online_metric, "challenger": challenger.online_metric} if concurrent else None,
+        "step_percent": cfg.steps[step],
+        "challenger_requests": challenger.requests,
+        "champion_requests": champion.requests,
+        "challenger_5xx_rate": round(challenger.error_rate, 4),
+        "champion_5xx_rate": round(champion.error_rate, 4),
+        "p99_latency_s": {"champion": lat_c, "challenger": lat_n},
+        "latency_quantile": round(q, 4),
+        "prediction_psi": round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4)
+        if concurrent
+        else None,
+        "online_metric": {"champion": champion.online_metric, "challenger": challenger.online_metric}
+        if concurrent
+        else None,
     }
     seen = challenger.requests + challenger.server_errors
     if challenger.error_rate > cfg.max_5xx_rate and seen >= min(cfg.min_requests, 20):
-        return StepDecision("rollback", f"challenger 5xx rate {challenger.error_rate:.2%} > {cfg.max_5xx_rate:.2%}", figures)
+        return StepDecision(
+            "rollback", f"challenger 5xx rate {challenger.error_rate:.2%} > {cfg.max_5xx_rate:.2%}", figures
+        )
     if seen < cfg.min_requests or elapsed_s < cfg.interval_seconds:
         if rollout_elapsed_s >= cfg.deadline_minutes * 60:
-            return StepDecision("rollback", f"deadline of {cfg.deadline_minutes} min reached while holding "
-                                f"({seen:.0f} of {cfg.min_requests} challenger requests)", figures)
-        return StepDecision("hold", f"waiting: {seen:.0f}/{cfg.min_requests} challenger requests, "
-                            f"{elapsed_s:.0f}/{cfg.interval_seconds} s", figures)
+            return StepDecision(
+                "rollback",
+                f"deadline of {cfg.deadline_minutes} min reached while holding "
+                f"({seen:.0f} of {cfg.min_requests} challenger requests)",
+                figures,
+            )
+        return StepDecision(
+            "hold",
+            f"waiting: {seen:.0f}/{cfg.min_requests} challenger requests, {elapsed_s:.0f}/{cfg.interval_seconds} s",
+            figures,
+        )
     if lat_c and lat_n and lat_c not in (0, math.inf) and lat_n / lat_c > cfg.max_p99_latency_ratio:
         judged = "" if q >= 0.99 else f", judged at p{q * 100:.1f} of {n_lat:.0f} requests"
-        return StepDecision("rollback", f"challenger p99 latency {lat_n:.3f}s is {lat_n / lat_c:.1f}x the champion's "
-                            f"{lat_c:.3f}s (at most {cfg.max_p99_latency_ratio}x{judged})", figures)
+        return StepDecision(
+            "rollback",
+            f"challenger p99 latency {lat_n:.3f}s is {lat_n / lat_c:.1f}x the champion's "
+            f"{lat_c:.3f}s (at most {cfg.max_p99_latency_ratio}x{judged})",
+            figures,
+        )
     sign = -1.0 if lower_is_better else 1.0
-    better_online = concurrent and champion.online_metric is not None and challenger.online_metric is not None \
+    better_online = (
+        concurrent
+        and champion.online_metric is not None
+        and challenger.online_metric is not None
         and sign * (challenger.online_metric - champion.online_metric) >= 0
+    )
     # A shift of the predictions is a proxy for "something is wrong" while outcomes are unknown; where they
     # are known and the challenger scores at least as well, the shift is the improvement, not a fault.
     if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi and not better_online:
-        return StepDecision("rollback", f"challenger predictions shifted: PSI {figures['prediction_psi']} > "
-                            f"{cfg.max_prediction_psi}", figures)
+        return StepDecision(
+            "rollback",
+            f"challenger predictions shifted: PSI {figures['prediction_psi']} > {cfg.max_prediction_psi}",
+            figures,
+        )
     if concurrent and champion.online_metric is not None and challenger.online_metric is not None:
-        allowed = cfg.max_online_metric_drop if cfg.max_online_metric_drop_ratio is None \
+        allowed = (
+            cfg.max_online_metric_drop
+            if cfg.max_online_metric_drop_ratio is None
             else cfg.max_online_metric_drop_ratio * abs(champion.online_metric)
+        )
         if sign * (champion.online_metric - challenger.online_metric) > allowed:
-            return StepDecision("rollback", f"online metric {challenger.online_metric:.4f} vs champion "
-                                f"{champion.online_metric:.4f} (at most {allowed:.4g} "
-                                f"{'higher' if lower_is_better else 'lower'})", figures)
+            return StepDecision(
+                "rollback",
+                f"online metric {challenger.online_metric:.4f} vs champion "
+                f"{champion.online_metric:.4f} (at most {allowed:.4g} "
+                f"{'higher' if lower_is_better else 'lower'})",
+                figures,
+            )
     if step == len(cfg.steps) - 1:
         return StepDecision("promote", f"healthy at {cfg.steps[step]}% of traffic", figures)
     return StepDecision("continue", f"healthy at {cfg.steps[step]}%; next {cfg.steps[step + 1]}%", figures)
@@ -186,16 +228,25 @@ def judge_step(cfg: CanaryConfig, step: int, champion: VariantStats, challenger:
 
 # --- the rollout: one state per challenger version, advanced by each look of the deploy DAG's sensor ----
 
+
 def _stats_to_dict(st: VariantStats) -> dict[str, Any]:
-    return {"requests": st.requests, "server_errors": st.server_errors,
-            "latency_buckets": {str(k): v for k, v in st.latency_buckets.items()},
-            "prediction_buckets": {str(k): v for k, v in st.prediction_buckets.items()},
-            "online_metric": st.online_metric}
+    return {
+        "requests": st.requests,
+        "server_errors": st.server_errors,
+        "latency_buckets": {str(k): v for k, v in st.latency_buckets.items()},
+        "prediction_buckets": {str(k): v for k, v in st.prediction_buckets.items()},
+        "online_metric": st.online_metric,
+    }
 
 
 def _stats_from_dict(d: dict[str, Any]) -> VariantStats:
-    return VariantStats(d["requests"], d["server_errors"], {float(k): v for k, v in d["latency_buckets"].items()},
-                        {float(k): v for k, v in d["prediction_buckets"].items()}, d.get("online_metric"))
+    return VariantStats(
+        d["requests"],
+        d["server_errors"],
+        {float(k): v for k, v in d["latency_buckets"].items()},
+        {float(k): v for k, v in d["prediction_buckets"].items()},
+        d.get("online_metric"),
+    )
 
 
 def _hist_reset(now: dict[float, float], base: dict[float, float]) -> bool:
@@ -209,18 +260,26 @@ def since(now: VariantStats, base: VariantStats) -> VariantStats:
     server restarted (counters reset), as Prometheus' ``increase()`` assumes: then ``now`` is the delta.
     The prediction histogram alone is also reset when the server loads a champion with other bucket
     bounds (the request counters go on): then its ``now`` is its delta."""
-    reset = now.requests < base.requests or now.server_errors < base.server_errors or any(
-        now.latency_buckets.get(k, 0.0) < v for k, v in base.latency_buckets.items())
+    reset = (
+        now.requests < base.requests
+        or now.server_errors < base.server_errors
+        or any(now.latency_buckets.get(k, 0.0) < v for k, v in base.latency_buckets.items())
+    )
     if reset:
-        return VariantStats(now.requests, now.server_errors, dict(now.latency_buckets), dict(now.prediction_buckets),
-                            now.online_metric)
+        return VariantStats(
+            now.requests, now.server_errors, dict(now.latency_buckets), dict(now.prediction_buckets), now.online_metric
+        )
 
     def sub(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
         return dict(a) if _hist_reset(a, b) else {k: v - b.get(k, 0.0) for k, v in a.items()}
 
-    return VariantStats(now.requests - base.requests, now.server_errors - base.server_errors,
-                        sub(now.latency_buckets, base.latency_buckets),
-                        sub(now.prediction_buckets, base.prediction_buckets), now.online_metric)
+    return VariantStats(
+        now.requests - base.requests,
+        now.server_errors - base.server_errors,
+        sub(now.latency_buckets, base.latency_buckets),
+        sub(now.prediction_buckets, base.prediction_buckets),
+        now.online_metric,
+    )
 
 
 @dataclass
@@ -246,14 +305,22 @@ class Rollout:
         return cls(**d)
 
 
-def start_rollout(model: str, version: str, champion_version: str | None, readings: dict[str, VariantStats],
-                  now: float) -> Rollout:
-    return Rollout(model, str(version), champion_version, started_at=now, step_started_at=now,
-                   base={k: _stats_to_dict(v) for k, v in readings.items()})
+def start_rollout(
+    model: str, version: str, champion_version: str | None, readings: dict[str, VariantStats], now: float
+) -> Rollout:
+    return Rollout(
+        model,
+        str(version),
+        champion_version,
+        started_at=now,
+        step_started_at=now,
+        base={k: _stats_to_dict(v) for k, v in readings.items()},
+    )
 
 
-def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats], now: float,
-            lower_is_better: bool = False) -> StepDecision:
+def advance(
+    state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats], now: float, lower_is_better: bool = False
+) -> StepDecision:
     """Judge the current step from cumulative ``readings`` and move ``state`` on (in place).
 
     continue: the next step starts now (new base readings); promote / rollback: the rollout ends; hold:
@@ -262,19 +329,40 @@ def advance(state: Rollout, cfg: CanaryConfig, readings: dict[str, VariantStats]
     """
     if state.status != "running":
         raise ValueError(f"the rollout of v{state.version} already ended: {state.status}")
-    delta = {name: since(readings.get(name, VariantStats()), _stats_from_dict(state.base[name]) if name in state.base
-                         else VariantStats()) for name in ("champion", "challenger")}
+    delta = {
+        name: since(
+            readings.get(name, VariantStats()),
+            _stats_from_dict(state.base[name]) if name in state.base else VariantStats(),
+        )
+        for name in ("champion", "challenger")
+    }
     champion, concurrent = delta["champion"], True
     if champion.requests < cfg.min_requests or cfg.steps[state.step] >= 100:
         # too few champion requests to compare side by side (at 100 % it gets only the stragglers of the
         # weight change): compare with its last full step, or judge the challenger's errors alone
         concurrent = False
         champion = _stats_from_dict(state.champion_ref) if state.champion_ref is not None else VariantStats()
-    decision = judge_step(cfg, state.step, champion, delta["challenger"], now - state.step_started_at,
-                          now - state.started_at, concurrent=concurrent, lower_is_better=lower_is_better)
+    decision = judge_step(
+        cfg,
+        state.step,
+        champion,
+        delta["challenger"],
+        now - state.step_started_at,
+        now - state.started_at,
+        concurrent=concurrent,
+        lower_is_better=lower_is_better,
+    )
     if decision.action != "hold":
-        state.decisions.append({"step": state.step, "percent": cfg.steps[state.step], "action": decision.action,
-                                "reason": decision.reason, "figures": decision.figures, "at": now})
+        state.decisions.append(
+            {
+                "step": state.step,
+                "percent": cfg.steps[state.step],
+                "action": decision.action,
+                "reason": decision.reason,
+                "figures": decision.figures,
+                "at": now,
+            }
+        )
     if decision.action == "continue":
         if delta["champion"].requests >= cfg.min_requests:
             state.champion_ref = _stats_to_dict(delta["champion"])
@@ -333,6 +421,7 @@ def outcome_metric(cfg: PipelineConfig) -> Any:
     is :func:`airloop.config.higher_is_better`) on known outcomes; None below :data:`MIN_LABELED` of
     them, when a classifier's outcomes are all of one class, or where the metric is undefined (an R² of
     outcomes that do not vary)."""
+
     def metric(y: Any, p: Any) -> float | None:
         from airloop.training.train import metrics_for
 
@@ -340,8 +429,10 @@ def outcome_metric(cfg: PipelineConfig) -> Any:
             return None
         values = metrics_for(cfg.task.type, y, p)
         if cfg.gate.metric not in values:
-            raise ValueError(f"gate.metric {cfg.gate.metric!r} of {cfg.name} is not computed for "
-                             f"{cfg.task.type}: pick one of {sorted(values)}")
+            raise ValueError(
+                f"gate.metric {cfg.gate.metric!r} of {cfg.name} is not computed for "
+                f"{cfg.task.type}: pick one of {sorted(values)}"
+            )
         value = float(values[cfg.gate.metric])
         return value if math.isfinite(value) else None
 
@@ -371,8 +462,9 @@ def known_outcomes(cfg: PipelineConfig, root: DataRoot, key_rows: Iterable[dict[
     return raw[key].assign(y=label(raw, cfg.task.label.source_column, cfg.task.label.positive_above))
 
 
-def online_metrics(entries: list[dict[str, Any]], outcomes: Any, key: list[str], metric_fn: Any,
-                   since_iso: str) -> dict[str, dict[str, Any]]:
+def online_metrics(
+    entries: list[dict[str, Any]], outcomes: Any, key: list[str], metric_fn: Any, since_iso: str
+) -> dict[str, dict[str, Any]]:
     """Per variant, the metric of the predictions logged since ``since_iso`` whose outcome is known.
 
     :param entries: prediction log records (``timestamp``, ``variant``, ``inputs``, ``output``)
@@ -382,8 +474,11 @@ def online_metrics(entries: list[dict[str, Any]], outcomes: Any, key: list[str],
     """
     import pandas as pd
 
-    rows = [{**{k: e["inputs"].get(k) for k in key}, "variant": e["variant"], "p": e["output"]}
-            for e in entries if e["timestamp"] >= since_iso and all(k in e.get("inputs", {}) for k in key)]
+    rows = [
+        {**{k: e["inputs"].get(k) for k in key}, "variant": e["variant"], "p": e["output"]}
+        for e in entries
+        if e["timestamp"] >= since_iso and all(k in e.get("inputs", {}) for k in key)
+    ]
     out: dict[str, dict[str, Any]] = {}
     if not rows or outcomes is None or len(outcomes) == 0:
         return out

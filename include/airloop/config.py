@@ -76,8 +76,10 @@ class TaskConfig(_Frozen):
         if self.type == "binary_classification" and self.label.positive_above is None:
             raise ValueError("label.positive_above is required for binary_classification")
         if self.type == "regression" and self.label.positive_above is not None:
-            raise ValueError("label.positive_above is only for binary_classification; a regression target is "
-                             "the source column's value")
+            raise ValueError(
+                "label.positive_above is only for binary_classification; a regression target is "
+                "the source column's value"
+            )
         return self
 
 
@@ -93,8 +95,9 @@ class SourceConfig(_Frozen):
     kind: Literal["files", "replay"] = "files"
     format: Literal["csv", "parquet", "jsonl"] = "csv"
     file_name: str = "batch.csv"
-    landing_uri: str | None = Field(default=None, description="fsspec folder holding <model>/<partition>/; "
-                                    "default: <data root>/landing")
+    landing_uri: str | None = Field(
+        default=None, description="fsspec folder holding <model>/<partition>/; default: <data root>/landing"
+    )
     max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
 
 
@@ -132,7 +135,9 @@ class SchemaConfig(_Frozen):
             if unknown:
                 raise ValueError(f"{field_name} names columns not in schema.columns: {unknown}")
         if self.event_time is not None and self.event_time not in self.timestamp_columns:
-            raise ValueError(f"event_time {self.event_time!r} must be one of timestamp_columns {list(self.timestamp_columns)}")
+            raise ValueError(
+                f"event_time {self.event_time!r} must be one of timestamp_columns {list(self.timestamp_columns)}"
+            )
         return self
 
 
@@ -162,7 +167,9 @@ class FeaturesConfig(_Frozen):
     (a pandas function; then ``inputs``, ``numeric`` and ``categorical`` declare what it reads and returns)."""
 
     columns: tuple[FeatureColumnConfig, ...] = ()
-    module: str | None = Field(default=None, description="package.module:function, installed or in the pipelines folder")
+    module: str | None = Field(
+        default=None, description="package.module:function, installed or in the pipelines folder"
+    )
     inputs: tuple[str, ...] = Field(default=(), description="module: the columns it reads (what a request carries)")
     numeric: tuple[str, ...] = Field(default=(), description="module: the numeric features it returns")
     categorical: tuple[str, ...] = Field(default=(), description="module: the categorical features it returns")
@@ -248,20 +255,33 @@ class CanaryConfig(_Frozen):
     max_5xx_rate: float = 0.02
     max_p99_latency_ratio: float = 2.0
     latency_min_tail_requests: int = Field(
-        default=10, ge=0, description="requests the judged latency quantile must leave above it: a step with fewer "
-        "than this / (1 - 0.99) requests is judged at a lower quantile than p99 (0: always p99)")
+        default=10,
+        ge=0,
+        description="requests the judged latency quantile must leave above it: a step with fewer "
+        "than this / (1 - 0.99) requests is judged at a lower quantile than p99 (0: always p99)",
+    )
     max_prediction_psi: float = 0.25
-    max_online_metric_drop: float = Field(default=0.03, ge=0, description="how much worse the challenger's online "
-                                          "metric may be, in the metric's units (e.g. 0.03 ROC AUC)")
+    max_online_metric_drop: float = Field(
+        default=0.03,
+        ge=0,
+        description="how much worse the challenger's online metric may be, in the metric's units (e.g. 0.03 ROC AUC)",
+    )
     max_online_metric_drop_ratio: float | None = Field(
-        default=None, gt=0, description="instead, how much worse as a share of the champion's value (0.1: 10 %); "
-        "for metrics in the target's units (rmse, mae), whose scale differs per model")
+        default=None,
+        gt=0,
+        description="instead, how much worse as a share of the champion's value (0.1: 10 %); "
+        "for metrics in the target's units (rmse, mae), whose scale differs per model",
+    )
     min_requests: int = Field(default=200, ge=1, description="challenger requests a step needs before judging")
     interval_seconds: int = Field(default=300, ge=1, description="least time a step runs before judging")
     deadline_minutes: int = Field(default=240, ge=1, description="a rollout still holding then is rolled back")
-    poke_seconds: int = Field(default=30, ge=5, description="how often the deploy DAG's sensor looks (reschedule "
-                              "mode); under 5 s Airflow 3.3 can re-queue the sensor before it has seen the last "
-                              "look end, and marks it failed ('state changed externally')")
+    poke_seconds: int = Field(
+        default=30,
+        ge=5,
+        description="how often the deploy DAG's sensor looks (reschedule "
+        "mode); under 5 s Airflow 3.3 can re-queue the sensor before it has seen the last "
+        "look end, and marks it failed ('state changed externally')",
+    )
 
     @field_validator("steps")
     @classmethod
@@ -282,10 +302,14 @@ class DeploymentConfig(_Frozen):
     #: log), and the raw partition that holds it; the canary's online metric joins logged predictions
     #: with outcomes that have been ingested. Empty: no online metric.
     outcome_key: tuple[str, ...] = ()
-    outcome_partition: str = Field(default="", description="format string over outcome_key, e.g. ds={year:04d}-{month:02d}-{day:02d}")
+    outcome_partition: str = Field(
+        default="", description="format string over outcome_key, e.g. ds={year:04d}-{month:02d}-{day:02d}"
+    )
     #: kserve: the InferenceService, the cluster connection and where Prometheus answers
     namespace: str = "ml-serving"
-    service_name: str | None = Field(default=None, description="InferenceService name; default: the model name with '-'")
+    service_name: str | None = Field(
+        default=None, description="InferenceService name; default: the model name with '-'"
+    )
     kubernetes_conn_id: str = "kubernetes_default"
     prometheus_conn_id: str = "prometheus_default"
     service_account: str = "airloop-serving"
@@ -303,8 +327,12 @@ class DriftConfig(_Frozen):
     cat_method: str = Field(default="jensenshannon", description="Evidently stattest for categorical columns")
     column_threshold: float = Field(default=0.1, gt=0, description="a column drifts when its score reaches this")
     column_thresholds: dict[str, float] = Field(default_factory=dict, description="per-column overrides")
-    drift_share: float = Field(default=0.5, gt=0, le=1, description="the dataset drifts when this share of features drift")
-    sample_rows: int = Field(default=5000, ge=100, description="rows compared per side (seeded sample of larger windows)")
+    drift_share: float = Field(
+        default=0.5, gt=0, le=1, description="the dataset drifts when this share of features drift"
+    )
+    sample_rows: int = Field(
+        default=5000, ge=100, description="rows compared per side (seeded sample of larger windows)"
+    )
     seed: int = 13
     min_rows: int = Field(default=200, ge=1, description="fewer predictions in the interval: no verdict")
     cooldown_hours: int = Field(default=24, ge=0, description="at most one drift-triggered retraining in this time")
@@ -319,7 +347,9 @@ class WebhookSourceConfig(_Frozen):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="the route segment; unique across models")
     scheme: Literal["github", "standard"] = Field(description="signature scheme: GitHub-style or Standard Webhooks")
-    connection_id: str = Field(description="Airflow connection: password = the secret; extra previous_secrets = older ones during a rotation")
+    connection_id: str = Field(
+        description="Airflow connection: password = the secret; extra previous_secrets = older ones during a rotation"
+    )
     payload: Literal["batch_landed"] = "batch_landed"
     dag: Literal["ingest"] = Field(default="ingest", description="the verb of the DAG a delivery starts")
     max_body_bytes: int = Field(default=65536, ge=64, description="larger bodies are refused with 413")
@@ -332,9 +362,13 @@ class AlertsConfig(_Frozen):
     """Where on-call alerts go: the local alert log always, Slack and an HTTP webhook when configured."""
 
     channels: tuple[Literal["log", "slack", "http"], ...] = ("log",)
-    slack_conn_id: str = Field(default="slack_alerts", description="a Slack incoming-webhook connection (Slack provider)")
+    slack_conn_id: str = Field(
+        default="slack_alerts", description="a Slack incoming-webhook connection (Slack provider)"
+    )
     slack_channel: str | None = None
-    http_conn_id: str = Field(default="airloop_alerts_http", description="an HTTP connection; alerts are POSTed as JSON")
+    http_conn_id: str = Field(
+        default="airloop_alerts_http", description="an HTTP connection; alerts are POSTed as JSON"
+    )
 
     @field_validator("channels")
     @classmethod
@@ -394,8 +428,10 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"features read columns that leak the outcome (schema.leakage_columns): {leaks}")
         metrics = GATE_METRICS[self.task.type]
         if self.gate.metric not in metrics:
-            raise ValueError(f"gate.metric {self.gate.metric!r} does not fit task.type {self.task.type}; use one of "
-                             f"{sorted(metrics)}")
+            raise ValueError(
+                f"gate.metric {self.gate.metric!r} does not fit task.type {self.task.type}; use one of "
+                f"{sorted(metrics)}"
+            )
         d = self.deployment
         unknown = [c for c in d.outcome_key if c not in cols]
         if unknown:
@@ -403,20 +439,26 @@ class PipelineConfig(_Frozen):
         if d.outcome_partition:
             fields = {f for _, f, _, _ in string.Formatter().parse(d.outcome_partition) if f}
             if not d.outcome_key or not fields <= set(d.outcome_key):
-                raise ValueError(f"deployment.outcome_partition uses {sorted(fields)}, which must be outcome_key "
-                                 f"columns ({list(d.outcome_key)})")
+                raise ValueError(
+                    f"deployment.outcome_partition uses {sorted(fields)}, which must be outcome_key "
+                    f"columns ({list(d.outcome_key)})"
+                )
         known = {*feature_columns(self.features), "prediction"}
         stray = sorted(set(self.drift.column_thresholds) - known)
         if stray:
-            raise ValueError(f"drift.column_thresholds names {stray}, which are neither features nor 'prediction'; "
-                             f"features: {sorted(known - {'prediction'})}")
+            raise ValueError(
+                f"drift.column_thresholds names {stray}, which are neither features nor 'prediction'; "
+                f"features: {sorted(known - {'prediction'})}"
+            )
         names = [w.name for w in self.webhooks]
         if len(set(names)) != len(names):
             raise ValueError(f"webhooks: source names must be unique, got {names}")
         folder = (info.context or {}).get("folder") if info else None
         if folder is not None and resolve_suite(Path(folder), self.validation.suite) is None:
-            raise ValueError(f"validation.suite {self.validation.suite!r} not found next to the YAML ({folder}) "
-                             f"nor in {Path(folder).parent / 'expectations'} or {EXPECTATIONS_DIR}")
+            raise ValueError(
+                f"validation.suite {self.validation.suite!r} not found next to the YAML ({folder}) "
+                f"nor in {Path(folder).parent / 'expectations'} or {EXPECTATIONS_DIR}"
+            )
         return self
 
     def dag_id(self, verb: str) -> str:
@@ -514,7 +556,9 @@ def pipelines_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_all_cached(folder: str, stamp: tuple[tuple[str, float], ...]) -> tuple[tuple[PipelineConfig, ...], dict[str, str]]:
+def _load_all_cached(
+    folder: str, stamp: tuple[tuple[str, float], ...]
+) -> tuple[tuple[PipelineConfig, ...], dict[str, str]]:
     configs, errors = [], {}
     for name, _ in stamp:
         try:
@@ -551,7 +595,9 @@ def get_pipeline(name: str, folder: str | os.PathLike[str] | None = None) -> Pip
     raise ConfigError(f"no pipeline config named {name!r}; known models: {[c.name for c in configs]}")
 
 
-def find_webhook_source(name: str, folder: str | os.PathLike[str] | None = None) -> tuple[PipelineConfig, WebhookSourceConfig] | None:
+def find_webhook_source(
+    name: str, folder: str | os.PathLike[str] | None = None
+) -> tuple[PipelineConfig, WebhookSourceConfig] | None:
     """The model and webhook source configured under ``name``, or None."""
     for cfg in load_all_pipelines(folder):
         for source in cfg.webhooks:

@@ -70,8 +70,9 @@ def sample(df: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFrame:
     return df.sample(n=rows, random_state=seed).sort_index()
 
 
-def column_scores(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],
-                  cfg: DriftConfig) -> tuple[dict[str, float], Any]:
+def column_scores(
+    reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str], cfg: DriftConfig
+) -> tuple[dict[str, float], Any]:
     """Evidently's per-column drift scores, and the evaluated report (for its HTML)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -85,11 +86,18 @@ def column_scores(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[
     for c in categorical:  # Evidently wants one type per categorical column; missing stays missing
         ref[c] = ref[c].astype("string")
         cur[c] = cur[c].astype("string")
-    preset = DataDriftPreset(columns=cols, num_method=cfg.num_method, cat_method=cfg.cat_method,
-                             threshold=cfg.column_threshold, drift_share=cfg.drift_share,
-                             per_column_threshold={c: t for c, t in cfg.column_thresholds.items() if c in cols} or None)
-    report = Report([preset]).run(current_data=Dataset.from_pandas(cur, data_definition=definition),
-                                  reference_data=Dataset.from_pandas(ref, data_definition=definition))
+    preset = DataDriftPreset(
+        columns=cols,
+        num_method=cfg.num_method,
+        cat_method=cfg.cat_method,
+        threshold=cfg.column_threshold,
+        drift_share=cfg.drift_share,
+        per_column_threshold={c: t for c, t in cfg.column_thresholds.items() if c in cols} or None,
+    )
+    report = Report([preset]).run(
+        current_data=Dataset.from_pandas(cur, data_definition=definition),
+        reference_data=Dataset.from_pandas(ref, data_definition=definition),
+    )
     scores = {}
     for m in report.dict()["metrics"]:
         conf = m.get("config", {})
@@ -98,8 +106,15 @@ def column_scores(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[
     return scores, report
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], categorical: list[str],
-            cfg: DriftConfig, seed: int, sample_rows: int | None) -> tuple[dict[str, Any], Any]:
+def compare(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    features: list[str],
+    categorical: list[str],
+    cfg: DriftConfig,
+    seed: int,
+    sample_rows: int | None,
+) -> tuple[dict[str, Any], Any]:
     """Scores and verdicts of ``current`` against ``reference`` (both sampled to ``sample_rows``).
 
     :param features: every feature column compared; ``categorical`` says which of them are categorical. The
@@ -156,7 +171,9 @@ def read_interval(root: DataRoot, model: str, start: dt.datetime, end: dt.dateti
     return out
 
 
-def performance(cfg: PipelineConfig, root: DataRoot, current: pd.DataFrame, reference: pd.DataFrame) -> dict[str, Any] | None:
+def performance(
+    cfg: PipelineConfig, root: DataRoot, current: pd.DataFrame, reference: pd.DataFrame
+) -> dict[str, Any] | None:
     """The gate metric on the interval's predictions whose outcome is known, next to the reference's."""
     from airloop.canary import join_outcomes, known_outcomes, outcome_metric
 
@@ -174,12 +191,16 @@ def performance(cfg: PipelineConfig, root: DataRoot, current: pd.DataFrame, refe
         return None if value is None else round(value, 6)
 
     ref = reference.dropna(subset=["y", PREDICTION]) if PREDICTION in reference.columns else reference.iloc[0:0]
-    return {"metric": cfg.gate.metric, "labeled": int(len(joined)),
-            "current": rounded(joined["y"].to_numpy(), joined["p"].to_numpy()),
-            "reference": rounded(ref["y"].to_numpy(), ref[PREDICTION].to_numpy())}
+    return {
+        "metric": cfg.gate.metric,
+        "labeled": int(len(joined)),
+        "current": rounded(joined["y"].to_numpy(), joined["p"].to_numpy()),
+        "reference": rounded(ref["y"].to_numpy(), ref[PREDICTION].to_numpy()),
+    }
 
 
 # --- the time series of results ---------------------------------------------------------------------
+
 
 def history_uri(root: DataRoot, model: str) -> str:
     return f"{root.uri}/reports/{model}/drift/history.jsonl"
@@ -191,8 +212,11 @@ def read_history(root: DataRoot, model: str) -> list[dict[str, Any]]:
 
 def record(root: DataRoot, result: DriftResult) -> None:
     """Add a result to the model's drift history; a re-run of the same interval replaces its entry."""
-    rows = [r for r in read_history(root, result.model)
-            if (r["interval_start"], r["interval_end"]) != (result.interval_start, result.interval_end)]
+    rows = [
+        r
+        for r in read_history(root, result.model)
+        if (r["interval_start"], r["interval_end"]) != (result.interval_start, result.interval_end)
+    ]
     rows.append(result.to_dict())
     rows.sort(key=lambda r: (r["interval_start"], r["computed_at"]))
     root.write_jsonl_atomic(history_uri(root, result.model), rows)
@@ -204,15 +228,28 @@ def trend_html(history: list[dict[str, Any]], model: str) -> str:
 
     x = [r["interval_start"][:10] for r in history]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=[r["drift_share"] for r in history], name="drift share", mode="lines+markers",
-                             line={"width": 4}))
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=[r["drift_share"] for r in history], name="drift share", mode="lines+markers", line={"width": 4}
+        )
+    )
     columns = sorted({c for r in history for c in r["column_scores"]})
     for c in columns:
-        fig.add_trace(go.Scatter(x=x, y=[r["column_scores"].get(c) for r in history], name=c, mode="lines+markers",
-                                 visible="legendonly" if c not in (history[-1]["drifted_columns"] if history else []) else True))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[r["column_scores"].get(c) for r in history],
+                name=c,
+                mode="lines+markers",
+                visible="legendonly" if c not in (history[-1]["drifted_columns"] if history else []) else True,
+            )
+        )
     if history:
         fig.add_hline(y=history[-1]["method"]["drift_share"], line_dash="dash", annotation_text="dataset drift at")
         fig.add_hline(y=history[-1]["method"]["column_threshold"], line_dash="dot", annotation_text="column drifts at")
-    fig.update_layout(title=f"{model}: drift over time (share of drifting features; per-column scores)",
-                      xaxis_title="data interval", yaxis_title="score")
+    fig.update_layout(
+        title=f"{model}: drift over time (share of drifting features; per-column scores)",
+        xaxis_title="data interval",
+        yaxis_title="score",
+    )
     return fig.to_html(include_plotlyjs=True, full_html=True)

@@ -66,10 +66,17 @@ def _own_name(spec: FeatureColumnConfig) -> list[str]:
     return [spec.name]
 
 
-def transform(name: str, kind: str, *, required: Sequence[str] = (), optional: Sequence[str] = (),
-              inputs: Callable[[Any], list[str]] = _column,
-              outputs: Callable[[Any], list[str]] = _own_name) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def transform(
+    name: str,
+    kind: str,
+    *,
+    required: Sequence[str] = (),
+    optional: Sequence[str] = (),
+    inputs: Callable[[Any], list[str]] = _column,
+    outputs: Callable[[Any], list[str]] = _own_name,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a transform under ``name`` (the value of ``transform:`` in a config)."""
+
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         TRANSFORMS[name] = Transform(kind, frozenset(required), frozenset(optional), fn, inputs, outputs)
         return fn
@@ -105,8 +112,13 @@ def _log1p(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Series]:
     return {spec.name: np.log1p(_clipped(df, spec, default_min=0.0))}
 
 
-@transform("cyclical", NUMERIC, required=("period",), optional=("column",),
-           outputs=lambda s: [f"{s.name}_sin", f"{s.name}_cos"])
+@transform(
+    "cyclical",
+    NUMERIC,
+    required=("period",),
+    optional=("column",),
+    outputs=lambda s: [f"{s.name}_sin", f"{s.name}_cos"],
+)
 def _cyclical(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Series]:
     import numpy as np
 
@@ -139,7 +151,9 @@ def _date_part(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Seri
 
 
 _OPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
 }
 
@@ -155,9 +169,16 @@ def _parse_expr(expr: str) -> ast.expr:
     except SyntaxError as e:
         raise ValueError(f"expr {expr!r} is not an arithmetic expression: {e.msg}") from None
     for node in ast.walk(tree):
-        ok = isinstance(node, ast.Name | ast.Load | ast.UnaryOp | ast.USub | ast.UAdd) or \
-            (isinstance(node, ast.BinOp) and type(node.op) in _OPS) or type(node) in _OPS or \
-            (isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool))
+        ok = (
+            isinstance(node, ast.Name | ast.Load | ast.UnaryOp | ast.USub | ast.UAdd)
+            or (isinstance(node, ast.BinOp) and type(node.op) in _OPS)
+            or type(node) in _OPS
+            or (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, int | float)
+                and not isinstance(node.value, bool)
+            )
+        )
         if not ok:
             raise ValueError(f"expr {expr!r}: only column names, numbers, + - * / and parentheses are allowed")
     return tree
@@ -213,8 +234,10 @@ def check_column_spec(spec: FeatureColumnConfig) -> None:
     if missing:
         raise ValueError(f"feature {spec.name!r} ({spec.transform}) needs {missing}")
     if extra:
-        raise ValueError(f"feature {spec.name!r} ({spec.transform}) does not take {extra}; it takes "
-                         f"{sorted(t.required | t.optional)}")
+        raise ValueError(
+            f"feature {spec.name!r} ({spec.transform}) does not take {extra}; it takes "
+            f"{sorted(t.required | t.optional)}"
+        )
     if spec.transform == "date_part":
         if spec.part not in DATE_PARTS:
             raise ValueError(f"feature {spec.name!r}: part must be one of {list(DATE_PARTS)}, got {spec.part!r}")
@@ -227,6 +250,7 @@ def check_column_spec(spec: FeatureColumnConfig) -> None:
 
 
 # --- the model's feature set -------------------------------------------------------------------------
+
 
 def input_columns(features: FeaturesConfig) -> list[str]:
     """The columns a batch or a scoring request must carry for the features to be computed."""
@@ -243,15 +267,23 @@ def input_columns(features: FeaturesConfig) -> list[str]:
 def numeric_features(features: FeaturesConfig) -> list[str]:
     if features.module:
         return list(features.numeric)
-    return [o for s in features.columns if TRANSFORMS[s.transform].kind == NUMERIC
-            for o in TRANSFORMS[s.transform].outputs(s)]
+    return [
+        o
+        for s in features.columns
+        if TRANSFORMS[s.transform].kind == NUMERIC
+        for o in TRANSFORMS[s.transform].outputs(s)
+    ]
 
 
 def categorical_features(features: FeaturesConfig) -> list[str]:
     if features.module:
         return list(features.categorical)
-    return [o for s in features.columns if TRANSFORMS[s.transform].kind == CATEGORICAL
-            for o in TRANSFORMS[s.transform].outputs(s)]
+    return [
+        o
+        for s in features.columns
+        if TRANSFORMS[s.transform].kind == CATEGORICAL
+        for o in TRANSFORMS[s.transform].outputs(s)
+    ]
 
 
 def feature_columns(features: FeaturesConfig) -> list[str]:
@@ -270,8 +302,10 @@ def load_function(ref: str, search_dirs: Sequence[str | Path] = ()) -> Callable[
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ValueError(f"features.module {ref!r}: cannot import {mod_name!r} ({e}); install the package or put "
-                         f"{mod_name.replace('.', '/')}.py in the pipelines folder") from None
+        raise ValueError(
+            f"features.module {ref!r}: cannot import {mod_name!r} ({e}); install the package or put "
+            f"{mod_name.replace('.', '/')}.py in the pipelines folder"
+        ) from None
     finally:
         for d in added:
             if d in sys.path:
@@ -292,8 +326,9 @@ def module_file(ref: str, search_dirs: Sequence[str | Path] = ()) -> Path | None
     return Path(f) if f else None
 
 
-def compute_features(df: pd.DataFrame, features: FeaturesConfig, keep: Sequence[str] = (),
-                     search_dirs: Sequence[str | Path] = ()) -> pd.DataFrame:
+def compute_features(
+    df: pd.DataFrame, features: FeaturesConfig, keep: Sequence[str] = (), search_dirs: Sequence[str | Path] = ()
+) -> pd.DataFrame:
     """The model's features for rows carrying :func:`input_columns` (extra columns are ignored).
 
     :param keep: columns carried through untouched when present (the event time, keys)

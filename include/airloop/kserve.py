@@ -53,8 +53,10 @@ def inference_service(cfg: PipelineConfig, storage_uri: str, version: str) -> di
                     "modelFormat": {"name": "mlflow"},
                     "protocolVersion": "v2",
                     "storageUri": storage_uri,
-                    "resources": {"requests": {"cpu": d.cpu, "memory": d.memory},
-                                  "limits": {"cpu": d.cpu, "memory": d.memory}},
+                    "resources": {
+                        "requests": {"cpu": d.cpu, "memory": d.memory},
+                        "limits": {"cpu": d.cpu, "memory": d.memory},
+                    },
                 },
             }
         },
@@ -63,8 +65,10 @@ def inference_service(cfg: PipelineConfig, storage_uri: str, version: str) -> di
 
 def canary_patch(storage_uri: str, version: str, percent: int) -> dict[str, Any]:
     """Start a canary of a new model (a new revision) at ``percent`` of the traffic (a merge patch)."""
-    return {"metadata": {"annotations": {"airloop/model-version": str(version)}},
-            "spec": {"predictor": {"canaryTrafficPercent": int(percent), "model": {"storageUri": storage_uri}}}}
+    return {
+        "metadata": {"annotations": {"airloop/model-version": str(version)}},
+        "spec": {"predictor": {"canaryTrafficPercent": int(percent), "model": {"storageUri": storage_uri}}},
+    }
 
 
 def traffic_patch(percent: int) -> dict[str, Any]:
@@ -89,7 +93,9 @@ def queries(namespace: str, revision: str) -> dict[str, str]:
     }
 
 
-def stats_from_prometheus(by_code_class: list[dict[str, Any]], latency_ms_buckets: list[dict[str, Any]]) -> VariantStats:
+def stats_from_prometheus(
+    by_code_class: list[dict[str, Any]], latency_ms_buckets: list[dict[str, Any]]
+) -> VariantStats:
     """Prometheus instant-query results (``data.result``) -> the figures the canary rules judge."""
     st = VariantStats()
     for r in by_code_class:

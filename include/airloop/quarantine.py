@@ -99,9 +99,7 @@ def quarantine_unreadable(
     cfg: PipelineConfig, root: DataRoot, partition: str, data: bytes, manifest: dict[str, Any], error: str
 ) -> str:
     """Keep a batch that could not be parsed (its bytes as received) with a report; return its URI."""
-    outcome = failure_outcome(
-        cfg.validation.suite, f"readable_as_{cfg.source.format}", error, bytes=len(data)
-    )
+    outcome = failure_outcome(cfg.validation.suite, f"readable_as_{cfg.source.format}", error, bytes=len(data))
     return _write_quarantine(cfg, root, partition, {"source.bin": data}, manifest, outcome, stage="ingest")
 
 
@@ -154,7 +152,9 @@ def _decide(root: DataRoot, q_uri: str, decision: str, by: str, **extra: Any) ->
 def _supersede(cfg: PipelineConfig, root: DataRoot, partition: str, run_id: str | None) -> None:
     q_uri = root.partition_uri("quarantine", cfg.name, partition)
     if root.exists(f"{q_uri}/{MANIFEST}") and not root.exists(f"{q_uri}/{DECISION}"):
-        _decide(root, q_uri, "superseded", by=run_id or "pipeline", reason="a later run of the interval passed the gate")
+        _decide(
+            root, q_uri, "superseded", by=run_id or "pipeline", reason="a later run of the interval passed the gate"
+        )
 
 
 def _entry(root: DataRoot, model: str, q_uri: str) -> QuarantinedBatch:

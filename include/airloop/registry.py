@@ -19,7 +19,6 @@ from airloop.storage import DataRoot
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class GateDecision:
     passed: bool
@@ -52,7 +51,9 @@ def current_alias(client: Any, model: str, alias: str) -> str | None:
         return None
 
 
-def set_alias(client: Any, root: DataRoot, model: str, alias: str, version: str, *, by: str, why: str) -> dict[str, Any]:
+def set_alias(
+    client: Any, root: DataRoot, model: str, alias: str, version: str, *, by: str, why: str
+) -> dict[str, Any]:
     """Point ``alias`` at ``version`` and record the change; a no-op (not recorded) if it already does."""
     before = current_alias(client, model, alias)
     if before == str(version):
@@ -70,10 +71,16 @@ def clear_alias(client: Any, root: DataRoot, model: str, alias: str, *, by: str,
     return _record(root, model, alias, None, before, by=by, why=why)
 
 
-def _record(root: DataRoot, model: str, alias: str, version: str | None, before: str | None, *, by: str,
-            why: str) -> dict[str, Any]:
+def _record(
+    root: DataRoot, model: str, alias: str, version: str | None, before: str | None, *, by: str, why: str
+) -> dict[str, Any]:
     record = {
-        "model": model, "alias": alias, "version": version, "replaced": before, "by": by, "why": why,
+        "model": model,
+        "alias": alias,
+        "version": version,
+        "replaced": before,
+        "by": by,
+        "why": why,
         # when the change happened: an audit timestamp, not pipeline logic
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
     }
@@ -135,12 +142,16 @@ def decide(cfg: PipelineConfig, challenger: float, champion: float | None) -> tu
         return True, f"no champion yet; {floor_txt}: met"
     gap = (challenger - champion) if lower else (champion - challenger)
     if gap > g.max_regression:
-        return False, (f"{g.metric} {challenger:.4f} is {gap:.4f} behind the champion's {champion:.4f} "
-                       f"(at most {g.max_regression} allowed)")
+        return False, (
+            f"{g.metric} {challenger:.4f} is {gap:.4f} behind the champion's {champion:.4f} "
+            f"(at most {g.max_regression} allowed)"
+        )
     return True, f"{g.metric} {challenger:.4f} vs champion {champion:.4f} (allowed gap {g.max_regression})"
 
 
-def run_gate(cfg: PipelineConfig, client: Any, root: DataRoot, version: str, holdout_raw: Any, *, by: str) -> GateDecision:
+def run_gate(
+    cfg: PipelineConfig, client: Any, root: DataRoot, version: str, holdout_raw: Any, *, by: str
+) -> GateDecision:
     """Score the new version and the current champion on the same holdout rows, then set aliases.
 
     Pass with a champion: ``challenger`` -> version. Pass without one: the version becomes ``champion``
@@ -148,8 +159,16 @@ def run_gate(cfg: PipelineConfig, client: Any, root: DataRoot, version: str, hol
     """
     champ_version = current_alias(client, cfg.name, "champion")
     if champ_version == str(version):
-        return GateDecision(True, cfg.gate.metric, str(version), float("nan"), champ_version, None,
-                            "this version is already the champion", ())
+        return GateDecision(
+            True,
+            cfg.gate.metric,
+            str(version),
+            float("nan"),
+            champ_version,
+            None,
+            "this version is already the champion",
+            (),
+        )
     new_score = score_model(f"models:/{cfg.name}/{version}", holdout_raw, cfg)
     champ_score = score_model(f"models:/{cfg.name}@champion", holdout_raw, cfg) if champ_version else None
     passed, reason = decide(cfg, new_score, champ_score)

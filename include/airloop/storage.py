@@ -168,7 +168,9 @@ class DataRoot:
 
     def write_jsonl_atomic(self, uri: str, records: list[Any]) -> None:
         """Replace a JSON-lines file at once: a reader or a crash never sees half a line."""
-        self.write_bytes_atomic(uri, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode())
+        self.write_bytes_atomic(
+            uri, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode()
+        )
 
     @contextlib.contextmanager
     def atomic_dir(self, uri: str) -> Iterator[str]:

@@ -115,7 +115,9 @@ class ValidationOutcome:
 
 def failure_outcome(suite: str, check: str, message: str, **observed: Any) -> ValidationOutcome:
     """An outcome for a batch that could not even be read (so GX never ran)."""
-    exp = ExpectationOutcome(expectation=check, column=None, kwargs={}, success=False, observed=observed or None, note=message)
+    exp = ExpectationOutcome(
+        expectation=check, column=None, kwargs={}, success=False, observed=observed or None, note=message
+    )
     stats = {"evaluated_expectations": 1, "successful_expectations": 0, "unsuccessful_expectations": 1}
     return ValidationOutcome(success=False, suite=suite, rows=0, expectations=[exp], statistics=stats)
 
@@ -209,7 +211,10 @@ def validate_frame(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
     batch_def = asset.add_batch_definition_whole_dataframe("batch")
     suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{cfg.name}_gate", data=batch_def, suite=suite))
-    result = vd.run(batch_parameters={"dataframe": df}, result_format={"result_format": "SUMMARY", "partial_unexpected_count": _SAMPLE})
+    result = vd.run(
+        batch_parameters={"dataframe": df},
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": _SAMPLE},
+    )
     raw = result.to_json_dict()
     outcomes = [_flatten(r) for r in raw.get("results", [])]
     return ValidationOutcome(
@@ -273,11 +278,11 @@ tr.fail td:first-child{{color:#cf222e;font-weight:bold}} tr.pass td:first-child{
 <table>{ctx_rows}</table>
 <h2>Expectations</h2>
 <table><tr><th>status</th><th>expectation</th><th>column</th><th>arguments</th><th>observed</th></tr>
-{''.join(rows)}
+{"".join(rows)}
 </table>
 <h2>What to do</h2>
 <ul>
-<li>Fix the data upstream and re-run the interval (clear the run's tasks in the Airflow UI, or trigger <code>{e(cfg.dag_id('ingest'))}</code> with <code>source_uri</code>).</li>
+<li>Fix the data upstream and re-run the interval (clear the run's tasks in the Airflow UI, or trigger <code>{e(cfg.dag_id("ingest"))}</code> with <code>source_uri</code>).</li>
 <li>If the suite is wrong, fix it, then <code>airloop quarantine release {e(cfg.name)} {e(partition)}</code> (re-validates, then publishes).</li>
 <li>If the batch is unusable: <code>airloop quarantine reject {e(cfg.name)} {e(partition)} --reason "..."</code> (kept, never trained on).</li>
 </ul>

@@ -102,14 +102,18 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
     return "v1," + base64.b64encode(hmac.new(secret_key(secret), signed, hashlib.sha256).digest()).decode()
 
 
-def signed_headers(scheme: Literal["github", "standard"], secret: str, delivery_id: str, body: bytes,
-                   timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    scheme: Literal["github", "standard"], secret: str, delivery_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
     """The headers a sender adds to ``body`` (what upstream systems, the CLI and the tests send)."""
     if scheme == "github":
         return {"X-Hub-Signature-256": github_signature(secret, body), "X-GitHub-Delivery": delivery_id}
     ts = int(time.time()) if timestamp is None else timestamp
-    return {"webhook-id": delivery_id, "webhook-timestamp": str(ts),
-            "webhook-signature": standard_signature(secret, delivery_id, ts, body)}
+    return {
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": standard_signature(secret, delivery_id, ts, body),
+    }
 
 
 def verify_github(secrets: Sequence[str], headers: Mapping[str, str], body: bytes) -> Delivery:
@@ -127,12 +131,20 @@ def verify_github(secrets: Sequence[str], headers: Mapping[str, str], body: byte
     return Delivery(_delivery_id(_header(headers, "X-GitHub-Delivery"), "X-GitHub-Delivery"), body)
 
 
-def verify_standard(secrets: Sequence[str], headers: Mapping[str, str], body: bytes, *,
-                    now: float | None = None, tolerance_s: int = DEFAULT_TOLERANCE_S) -> Delivery:
+def verify_standard(
+    secrets: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> Delivery:
     """Check a Standard Webhooks delivery: timestamp within ``tolerance_s``, any ``v1`` signature valid."""
     msg_id, ts, sigs = (_header(headers, h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
     if not msg_id or not ts or not sigs:
-        missing = [h for h, v in (("webhook-id", msg_id), ("webhook-timestamp", ts), ("webhook-signature", sigs)) if not v]
+        missing = [
+            h for h, v in (("webhook-id", msg_id), ("webhook-timestamp", ts), ("webhook-signature", sigs)) if not v
+        ]
         raise SignatureRejected(f"missing header {', '.join(missing)}")
     try:
         stamp = int(ts)
@@ -141,7 +153,9 @@ def verify_standard(secrets: Sequence[str], headers: Mapping[str, str], body: by
     now = time.time() if now is None else now
     if abs(now - stamp) > tolerance_s:
         age = "old" if stamp < now else "ahead"
-        raise SignatureRejected(f"webhook-timestamp is {abs(int(now - stamp))} s {age}; at most {tolerance_s} s is accepted")
+        raise SignatureRejected(
+            f"webhook-timestamp is {abs(int(now - stamp))} s {age}; at most {tolerance_s} s is accepted"
+        )
     offered = [s.strip() for s in sigs.split(" ") if s.strip().startswith("v1,")]
     if not offered:
         raise SignatureRejected("webhook-signature has no v1 signature")
@@ -155,8 +169,15 @@ def verify_standard(secrets: Sequence[str], headers: Mapping[str, str], body: by
     return Delivery(_delivery_id(msg_id, "webhook-id"), body, stamp)
 
 
-def verify(scheme: Literal["github", "standard"], secrets: Sequence[str], headers: Mapping[str, str], body: bytes,
-           *, now: float | None = None, tolerance_s: int = DEFAULT_TOLERANCE_S) -> Delivery:
+def verify(
+    scheme: Literal["github", "standard"],
+    secrets: Sequence[str],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> Delivery:
     if not secrets:
         raise SignatureRejected("no secret is configured for this source")
     if scheme == "github":
@@ -166,7 +187,7 @@ def verify(scheme: Literal["github", "standard"], secrets: Sequence[str], header
 
 # -- payloads ---------------------------------------------------------------------------------------
 class BatchLanded(BaseModel):
-    """"A batch landed at this URI": becomes an ``<model>__ingest`` run of ``day`` reading ``source_uri``."""
+    """ "A batch landed at this URI": becomes an ``<model>__ingest`` run of ``day`` reading ``source_uri``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -22,7 +22,20 @@ import yaml
 from airloop.config import load_all_pipelines, pipelines_dir
 from tests.conftest import REPO, run_python
 
-VERBS = {"ingest", "validate", "release", "build", "train", "gate", "rollback", "start", "watch", "conclude", "check", "trigger"}
+VERBS = {
+    "ingest",
+    "validate",
+    "release",
+    "build",
+    "train",
+    "gate",
+    "rollback",
+    "start",
+    "watch",
+    "conclude",
+    "check",
+    "trigger",
+}
 DAG_VERBS = ("ingest", "release", "features", "train", "deploy", "drift", "rollback")
 HEAVY = ["pandas", "pyspark", "torch", "mlflow", "evidently", "great_expectations", "kubernetes", "numpy", "pyarrow"]
 FACTORY_FILE = "airloop_pipelines.py"
@@ -255,7 +268,9 @@ def test_check_pipeline_configs(pipelines, broken):
     from airloop_airflow.dag_factory import check_pipeline_configs
 
     check_pipeline_configs(str(pipelines))  # all load: quiet
-    with pytest.raises(ConfigError, match=rf"(?s)models have no DAGs: {BROKEN_MODEL}\b.*{re.escape(str(broken[1]))}.*gate\.min_metric"):
+    with pytest.raises(
+        ConfigError, match=rf"(?s)models have no DAGs: {BROKEN_MODEL}\b.*{re.escape(str(broken[1]))}.*gate\.min_metric"
+    ):
         check_pipeline_configs(str(broken[0]))
 
 
@@ -293,7 +308,7 @@ with create_session() as session:
 print("RESULT" + json.dumps({"dags": dags, "errors": errors}))
 """
 
-ONE_FILE_TWO_DAGS = '''
+ONE_FILE_TWO_DAGS = """
 import datetime as dt
 from airflow.sdk import DAG
 class _Invalid(DAG):
@@ -301,7 +316,7 @@ class _Invalid(DAG):
         raise ValueError("a broken config")
 good = DAG(dag_id="one_file__good", schedule=None, start_date=dt.datetime(2020, 1, 1))
 bad = _Invalid(dag_id="one_file__bad", schedule=None, start_date=dt.datetime(2020, 1, 1))
-'''
+"""
 
 
 @pytest.mark.integration
@@ -310,19 +325,24 @@ def test_the_dag_processor_keeps_the_other_models(broken, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "one_file.py").write_text(ONE_FILE_TWO_DAGS)
-    proc = run_python(PROCESSOR, env={
-        "AIRLOOP_PIPELINES_DIR": str(folder),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PARSE_FOLDERS": os.pathsep.join([str(REPO / "dags"), str(alone)]),
-    })
+    proc = run_python(
+        PROCESSOR,
+        env={
+            "AIRLOOP_PIPELINES_DIR": str(folder),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PARSE_FOLDERS": os.pathsep.join([str(REPO / "dags"), str(alone)]),
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")).removeprefix("RESULT"))
     dags, errors = result["dags"], result["errors"]
 
     good = {f"{m}__{v}" for m in REAL_MODELS for v in DAG_VERBS}
     assert {d for d in dags if d != "one_file__good"} == good
-    assert {d: dags[d] for d in good} == {d: {"stale": False, "import_errors": False, "file": FACTORY_FILE} for d in good}
+    assert {d: dags[d] for d in good} == {
+        d: {"stale": False, "import_errors": False, "file": FACTORY_FILE} for d in good
+    }
     assert set(errors) == {CONFIG_CHECK_FILE, "one_file.py"}
     assert str(path) in errors[CONFIG_CHECK_FILE] and "gate.min_metric" in errors[CONFIG_CHECK_FILE]
     # one file holding both: its valid DAG is stored, then marked stale, with import errors

@@ -68,6 +68,7 @@ def test_parse_the_servers_metrics():
 
 # --- the rollout state machine over cumulative readings ------------------------------------------------
 
+
 def cum(requests, errors=0, lat=LAT, pred=PRED):
     """Cumulative readings scaled to ``requests`` (histograms scaled like the counter)."""
     k = requests / 100.0
@@ -133,11 +134,19 @@ def test_a_prediction_shift_with_a_better_online_metric_is_the_improvement_not_a
 
 # --- latency: the tail quantile a step's sample can support -------------------------------------------
 
+
 def lat_hist(n_fast, n_mid, n_slow):
     """Cumulative latency buckets: ``n_fast`` requests at 25-50 ms, ``n_mid`` at 100-250 ms, ``n_slow`` at 0.5-1 s."""
     total = n_fast + n_mid + n_slow
-    return {0.025: 0, 0.05: n_fast, 0.1: n_fast, 0.25: n_fast + n_mid, 0.5: n_fast + n_mid, 1.0: total,
-            float("inf"): total}
+    return {
+        0.025: 0,
+        0.05: n_fast,
+        0.1: n_fast,
+        0.25: n_fast + n_mid,
+        0.5: n_fast + n_mid,
+        1.0: total,
+        float("inf"): total,
+    }
 
 
 def test_the_judged_latency_quantile_leaves_enough_requests_above_it():
@@ -175,6 +184,7 @@ def test_a_slow_tail_is_rolled_back_once_a_step_has_the_requests_to_see_it():
 
 # --- regression through the server and the rollout: PSI over the champion's quantile bounds -----------
 
+
 class Regressor:
     """A stub regression model: predictions ``center + sd * N(0, 1)``, whatever the input; its
     ``prediction_edges`` are the deciles of its own reference predictions, as training writes them."""
@@ -184,8 +194,9 @@ class Regressor:
 
         self.center, self.sd, self.rng = center, sd, np.random.default_rng(seed)
         ref = center + sd * np.random.default_rng(seed + 1000).standard_normal(2000)
-        self.prediction_edges = sorted(float(q) for q in np.quantile(ref, [i / 10 for i in range(1, 10)])) \
-            if edges else None
+        self.prediction_edges = (
+            sorted(float(q) for q in np.quantile(ref, [i / 10 for i in range(1, 10)])) if edges else None
+        )
 
     def predict(self, df):
         import pandas as pd
@@ -199,8 +210,15 @@ REG_CFG = CanaryConfig(min_requests=40, interval_seconds=1, deadline_minutes=30)
 def regression_service(champion, challenger):
     from airloop.serving.server import ModelService, Variant
 
-    return ModelService("stub_regression", Variant("champion", "1", champion), Variant("challenger", "2", challenger),
-                        0.0, None, seed=11, request_columns=["x"])
+    return ModelService(
+        "stub_regression",
+        Variant("champion", "1", champion),
+        Variant("challenger", "2", challenger),
+        0.0,
+        None,
+        seed=11,
+        request_columns=["x"],
+    )
 
 
 def serve_step(service, percent, challenger_requests=60, rows=4, t=0):
@@ -223,7 +241,9 @@ def run_rollout(service, cfg=REG_CFG):
     for percent in cfg.steps:
         serve_step(service, percent, t=t)
         t += 10
-        d = advance(state, cfg, parse_metrics(service.metrics.render()), t, lower_is_better=not higher_is_better("rmse"))
+        d = advance(
+            state, cfg, parse_metrics(service.metrics.render()), t, lower_is_better=not higher_is_better("rmse")
+        )
         decisions.append(d)
         if d.action != "continue":
             break
@@ -293,11 +313,14 @@ def test_psi_on_cumulative_histograms_with_any_bounds():
 
 # --- the online metric for regression ------------------------------------------------------------------
 
+
 def regression_cfg(metric):
     from airloop.config import get_pipeline
 
     cfg = get_pipeline("flight_delays")
-    task = cfg.task.model_copy(update={"type": "regression", "label": cfg.task.label.model_copy(update={"positive_above": None})})
+    task = cfg.task.model_copy(
+        update={"type": "regression", "label": cfg.task.label.model_copy(update={"positive_above": None})}
+    )
     return cfg.model_copy(update={"task": task, "gate": cfg.gate.model_copy(update={"metric": metric})})
 
 
@@ -309,8 +332,11 @@ def test_the_online_metric_of_a_regression_model_and_its_direction():
 
     rng = np.random.default_rng(0)
     y = 60 + 10 * rng.standard_normal(200)
-    entries = [{"timestamp": "2024-01-01T00:00:00", "variant": v, "inputs": {"id": i}, "output": float(y[i] + err)}
-               for i in range(200) for v, err in (("champion", rng.normal(0, 2)), ("challenger", rng.normal(0, 8)))]
+    entries = [
+        {"timestamp": "2024-01-01T00:00:00", "variant": v, "inputs": {"id": i}, "output": float(y[i] + err)}
+        for i in range(200)
+        for v, err in (("champion", rng.normal(0, 2)), ("challenger", rng.normal(0, 8)))
+    ]
     outcomes = pd.DataFrame({"id": range(200), "y": y})
     rmse = online_metrics(entries, outcomes, ["id"], outcome_metric(regression_cfg("rmse")), "2024-01-01")
     assert rmse["champion"]["labeled"] == 200 and rmse["champion"]["value"] < 3 < 6 < rmse["challenger"]["value"]
@@ -321,7 +347,7 @@ def test_the_online_metric_of_a_regression_model_and_its_direction():
     flat = np.full(MIN_LABELED, 5.0)
     assert outcome_metric(regression_cfg("mae"))(flat, flat + 1) == pytest.approx(1.0)
     assert outcome_metric(regression_cfg("r2"))(flat, flat + 1) is None
-    assert outcome_metric(regression_cfg("rmse"))(y[:MIN_LABELED - 1], y[:MIN_LABELED - 1]) is None
+    assert outcome_metric(regression_cfg("rmse"))(y[: MIN_LABELED - 1], y[: MIN_LABELED - 1]) is None
     # RMSE is lower-is-better: a higher challenger RMSE rolls back, a lower one continues
     champ, chall = rmse["champion"]["value"], rmse["challenger"]["value"]
     worse = judge_step(CFG, 0, stats(metric=champ), stats(200, metric=chall), 120, 120, lower_is_better=True)
@@ -350,17 +376,25 @@ def test_outcomes_join_on_a_timestamp_key_logged_as_iso_text(tmp_path):
     from airloop.storage import DataRoot
 
     cfg = regression_cfg("rmse")
-    dep = cfg.deployment.model_copy(update={"outcome_key": ("time_hour",), "outcome_partition": "ds={time_hour:%Y-%m-%d}"})
+    dep = cfg.deployment.model_copy(
+        update={"outcome_key": ("time_hour",), "outcome_partition": "ds={time_hour:%Y-%m-%d}"}
+    )
     cfg = cfg.model_copy(update={"deployment": dep})
     root = DataRoot(tmp_path)
-    stored = pd.DataFrame({"time_hour": pd.to_datetime(["2013-01-05 10:00", "2013-01-05 11:00"]), "arr_delay": [5.0, 7.0]})
-    root.write_partition(root.partition_uri("raw", cfg.name, "ds=2013-01-05"),
-                         {"data.parquet": stored.to_parquet(index=False)}, {"data_file": "data.parquet"})
+    stored = pd.DataFrame(
+        {"time_hour": pd.to_datetime(["2013-01-05 10:00", "2013-01-05 11:00"]), "arr_delay": [5.0, 7.0]}
+    )
+    root.write_partition(
+        root.partition_uri("raw", cfg.name, "ds=2013-01-05"),
+        {"data.parquet": stored.to_parquet(index=False)},
+        {"data_file": "data.parquet"},
+    )
     logged = [{"time_hour": "2013-01-05T10:00:00.000"}, {"time_hour": "2013-01-05T11:00:00Z"}]
     outcomes = known_outcomes(cfg, root, logged)
     assert outcomes is not None and len(outcomes) == 2
-    joined = join_outcomes(pd.DataFrame({"time_hour": [r["time_hour"] for r in logged], "p": [4.0, 9.0]}), outcomes,
-                           ["time_hour"])
+    joined = join_outcomes(
+        pd.DataFrame({"time_hour": [r["time_hour"] for r in logged], "p": [4.0, 9.0]}), outcomes, ["time_hour"]
+    )
     assert sorted(zip(joined["p"], joined["y"], strict=True)) == [(4.0, 5.0), (9.0, 7.0)]
 
 
@@ -374,9 +408,18 @@ def test_the_last_step_never_judges_a_handful_of_champion_stragglers():
 
     cfg = CanaryConfig(steps=(50, 100), min_requests=100, interval_seconds=1)
     buckets = {0.1: 0.0, 0.5: 0.0, 1.0: 0.0, math.inf: 0.0}
-    state = Rollout("m", "2", "1", started_at=0.0, step=1, step_started_at=0.0,
-                    base={"champion": _stats_to_dict(VariantStats(0, 0, {}, dict(buckets))),
-                          "challenger": _stats_to_dict(VariantStats(0, 0, {}, dict(buckets)))})
+    state = Rollout(
+        "m",
+        "2",
+        "1",
+        started_at=0.0,
+        step=1,
+        step_started_at=0.0,
+        base={
+            "champion": _stats_to_dict(VariantStats(0, 0, {}, dict(buckets))),
+            "challenger": _stats_to_dict(VariantStats(0, 0, {}, dict(buckets))),
+        },
+    )
     stragglers = VariantStats(5, 0, {0.1: 5.0, math.inf: 5.0}, {0.1: 5.0, 0.5: 5.0, 1.0: 5.0, math.inf: 5.0})
     healthy = VariantStats(400, 0, {0.1: 400.0, math.inf: 400.0}, {0.1: 0.0, 0.5: 0.0, 1.0: 400.0, math.inf: 400.0})
     decision = advance(state, cfg, {"champion": stragglers, "challenger": healthy}, now=60.0)

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.unit
 
 def test_only_partitions_that_passed_for_their_current_content(data_root, cfg):
     days = [dt.date(2013, 3, 1), dt.date(2013, 3, 2), dt.date(2013, 3, 3)]
-    nycflights13.replay_days(data_root, cfg.name, days, file_name=cfg.source.file_name,
-                             corruptions={days[1]: "out_of_range"})
+    nycflights13.replay_days(
+        data_root, cfg.name, days, file_name=cfg.source.file_name, corruptions={days[1]: "out_of_range"}
+    )
     for d in days:
         ingest_batch(cfg, data_root, partition=f"ds={d}", interval=Interval(None, None), run_id="r")
     validate_partition(cfg, data_root, "ds=2013-03-01")
@@ -55,8 +56,12 @@ def test_feature_planning_keeps_only_validated_partitions(data_root, cfg):
     ingest_batch(cfg, data_root, partition="ds=2013-03-05", interval=Interval(None, None), run_id="r")
     validate_partition(cfg, data_root, "ds=2013-03-05")
     asset = type("AssetKey", (), {"name": "flight_delays.validated"})()  # hashable, like an Asset
-    events = {asset: [SimpleNamespace(extra={"partition": "ds=2013-03-05"}),
-                      SimpleNamespace(extra={"partition": "ds=2013-03-09"})]}  # 03-09: quarantined since
+    events = {
+        asset: [
+            SimpleNamespace(extra={"partition": "ds=2013-03-05"}),
+            SimpleNamespace(extra={"partition": "ds=2013-03-09"}),
+        ]
+    }  # 03-09: quarantined since
     ctx = {"dag_run": SimpleNamespace(conf={}), "triggering_asset_events": events}
     assert partitions_to_build(ctx, cfg.name, data_root.uri) == ["ds=2013-03-05"]
     ctx = {"dag_run": SimpleNamespace(conf={"partitions": ["ds=2013-03-05", "ds=2013-03-09"]})}

@@ -58,15 +58,26 @@ def test_every_shipped_config_loads():
         (lambda r: r.update(colour="blue"), "colour", "Extra inputs"),
         (lambda r: r["schema"]["columns"].update(distance="integer"), "schema.columns.distance", "'int'"),
         (lambda r: r["features"]["columns"].append({"name": "arr_delay"}), "<top level>", "leak the outcome"),
-        (lambda r: r["features"]["columns"].append({"name": "nosuch"}), "<top level>", "not in schema.columns: ['nosuch']"),
-        (lambda r: r["features"]["columns"].append({"name": "x", "transform": "cyclical"}), "features.columns.17",
-         "needs ['period']"),
+        (
+            lambda r: r["features"]["columns"].append({"name": "nosuch"}),
+            "<top level>",
+            "not in schema.columns: ['nosuch']",
+        ),
+        (
+            lambda r: r["features"]["columns"].append({"name": "x", "transform": "cyclical"}),
+            "features.columns.17",
+            "needs ['period']",
+        ),
         (lambda r: r["features"].update(piecewise=["carrier"]), "features", "not numeric features"),
         (lambda r: r["gate"].update(metric="rmse"), "<top level>", "does not fit task.type binary_classification"),
         (lambda r: r["task"].update(type="regression"), "task", "positive_above is only for binary"),
         (lambda r: r["deployment"].update(outcome_key=["year", "nosuch"]), "<top level>", "outcome_key names columns"),
         (lambda r: r["deployment"].update(outcome_partition="ds={tailnum}"), "<top level>", "must be outcome_key"),
-        (lambda r: r["drift"]["column_thresholds"].update(nosuch=1.0), "<top level>", "column_thresholds names ['nosuch']"),
+        (
+            lambda r: r["drift"]["column_thresholds"].update(nosuch=1.0),
+            "<top level>",
+            "column_thresholds names ['nosuch']",
+        ),
         (lambda r: r["schema"].update(event_time="year"), "schema", "must be one of timestamp_columns"),
         (lambda r: r["validation"].update(suite="nope.json"), "<top level>", "nope.json"),
         (lambda r: r["canary"].update(steps=[50, 10, 100]), "canary.steps", "rise strictly"),
@@ -121,7 +132,9 @@ def test_suite_resolves_next_to_the_yaml_first(tmp_path):
     assert cfg.folder == tmp_path and cfg.suite_path == tmp_path / "flight_delays.json"
 
 
-@pytest.mark.parametrize("metric, higher", [("roc_auc", True), ("pr_auc", True), ("log_loss", False),
-                                            ("rmse", False), ("mae", False), ("r2", True)])
+@pytest.mark.parametrize(
+    "metric, higher",
+    [("roc_auc", True), ("pr_auc", True), ("log_loss", False), ("rmse", False), ("mae", False), ("r2", True)],
+)
 def test_gate_metrics_know_their_direction(metric, higher):
     assert higher_is_better(metric) is higher

@@ -33,8 +33,15 @@ def january(year):
 
 
 def verdict(cfg, reference, current, sample_rows=5000, seed=13):
-    return drift.compare(reference, current, feature_columns(cfg.features), categorical_features(cfg.features),
-                         cfg.drift, seed, sample_rows)[0]
+    return drift.compare(
+        reference,
+        current,
+        feature_columns(cfg.features),
+        categorical_features(cfg.features),
+        cfg.drift,
+        seed,
+        sample_rows,
+    )[0]
 
 
 def test_summer_traffic_drifts_and_a_week_of_its_own_period_does_not(cfg, year, january):
@@ -94,15 +101,26 @@ def test_sampling_is_reproducible(year):
 
 
 def test_history_keeps_one_result_per_interval_and_draws_a_trend(cfg, data_root, year, january):
-    base = drift.DriftResult(model=cfg.name, champion_version="1", interval_start="2013-07-01T00:00:00+00:00",
-                             interval_end="2013-07-08T00:00:00+00:00", reference_uri="runs:/x/ref", reference_rows=5000,
-                             current_rows=6000, seed=13, method={"drift_share": 0.25, "column_threshold": 0.1},
-                             **verdict(cfg, january, feats(year, 7, 1, 7)))
+    base = drift.DriftResult(
+        model=cfg.name,
+        champion_version="1",
+        interval_start="2013-07-01T00:00:00+00:00",
+        interval_end="2013-07-08T00:00:00+00:00",
+        reference_uri="runs:/x/ref",
+        reference_rows=5000,
+        current_rows=6000,
+        seed=13,
+        method={"drift_share": 0.25, "column_threshold": 0.1},
+        **verdict(cfg, january, feats(year, 7, 1, 7)),
+    )
     drift.record(data_root, base)
     drift.record(data_root, dataclasses.replace(base, drift_share=0.5))  # a re-run of the interval replaces it
     drift.record(data_root, dataclasses.replace(base, interval_start="2013-07-08T00:00:00+00:00"))
     history = drift.read_history(data_root, cfg.name)
-    assert [(h["interval_start"][:10], h["drift_share"]) for h in history] == [("2013-07-01", 0.5), ("2013-07-08", base.drift_share)]
+    assert [(h["interval_start"][:10], h["drift_share"]) for h in history] == [
+        ("2013-07-01", 0.5),
+        ("2013-07-08", base.drift_share),
+    ]
     html = drift.trend_html(history, cfg.name)
     assert "plotly" in html.lower() and "drift share" in html and "2013-07-08" in html
     assert np.isfinite(history[0]["column_scores"]["temp"])

@@ -29,11 +29,34 @@ def test_features_use_nothing_known_only_after_departure(cfg):
 
 
 def test_feature_values(cfg):
-    f = compute_features(pd.DataFrame([{
-        "year": 2013, "month": 1, "day": 5, "hour": 6, "minute": 30, "sched_arr_time": 915, "carrier": "UA",
-        "origin": "EWR", "dest": "IAH", "distance": 1400, "temp": 30.0, "dewp": 20.0, "humid": 60.0,
-        "wind_dir": 90.0, "wind_speed": 10.0, "wind_gust": None, "precip": 0.0, "pressure": None, "visib": 10.0,
-    }]), cfg.features)
+    f = compute_features(
+        pd.DataFrame(
+            [
+                {
+                    "year": 2013,
+                    "month": 1,
+                    "day": 5,
+                    "hour": 6,
+                    "minute": 30,
+                    "sched_arr_time": 915,
+                    "carrier": "UA",
+                    "origin": "EWR",
+                    "dest": "IAH",
+                    "distance": 1400,
+                    "temp": 30.0,
+                    "dewp": 20.0,
+                    "humid": 60.0,
+                    "wind_dir": 90.0,
+                    "wind_speed": 10.0,
+                    "wind_gust": None,
+                    "precip": 0.0,
+                    "pressure": None,
+                    "visib": 10.0,
+                }
+            ]
+        ),
+        cfg.features,
+    )
     row = f.iloc[0]
     assert row["day_of_week"] == 5  # 2013-01-05 was a Saturday
     assert row["dep_minute_of_day"] == 390 and row["arr_minute_of_day"] == 555
@@ -79,7 +102,10 @@ def test_feature_job_writes_atomic_idempotent_partitions(feature_root, spark, cf
     m1 = root.read_json(f"{uri}/{MANIFEST}")
     assert m1["rows"] == len(nycflights13.day_frame(dt.date(2013, 1, 1)))
     assert m1["feature_version"] == feature_version(cfg.features)
-    assert m1["source_content_hash"] == root.read_json(f"{root.partition_uri('raw', cfg.name, parts[0])}/{MANIFEST}")["content_hash"]
+    assert (
+        m1["source_content_hash"]
+        == root.read_json(f"{root.partition_uri('raw', cfg.name, parts[0])}/{MANIFEST}")["content_hash"]
+    )
     before = pd.read_parquet(f"{uri}/data")
     run(cfg.name, root.uri, [parts[0]], spark=spark)  # re-run: replaced, not appended
     after = pd.read_parquet(f"{uri}/data")
@@ -100,6 +126,7 @@ def test_failed_feature_job_keeps_the_old_partition(feature_root, spark, cfg, mo
             for _ in batches:
                 raise RuntimeError("executor lost")
             yield from ()
+
         return mapper
 
     monkeypatch.setattr(build_features, "make_mapper", broken)
@@ -110,6 +137,7 @@ def test_failed_feature_job_keeps_the_old_partition(feature_root, spark, cfg, mo
 
 # --- the vocabulary ---------------------------------------------------------------------------------
 
+
 def _features(**kwargs):
     from airloop.config import FeaturesConfig
 
@@ -117,21 +145,33 @@ def _features(**kwargs):
 
 
 def test_every_transform_of_the_vocabulary():
-    df = pd.DataFrame({
-        "n": [1.0, -2.0, None], "hhmm": [915, 0, 2359], "deg": [90.0, 180.0, 0.0],
-        "ts": ["2024-03-04 05:06:00", "2024-12-31 23:00:00", None], "y": [2013, 2013, 2013], "m": [1, 2, 12],
-        "d": [5, 9, 31], "a": [2, 3, 4], "b": [10, 0, 1], "cat": ["x", None, 3.0],
-    })
-    spec = _features(columns=[
-        {"name": "n"}, {"name": "n_clip", "transform": "clip", "column": "n", "min": -1, "max": 0.5},
-        {"name": "n_log", "transform": "log1p", "column": "n"},
-        {"name": "deg", "transform": "cyclical", "period": 360},
-        {"name": "mins", "transform": "hhmm_minutes", "column": "hhmm"},
-        {"name": "dow", "transform": "date_part", "part": "dayofweek", "column": "ts"},
-        {"name": "doy", "transform": "date_part", "part": "dayofyear", "columns": ["y", "m", "d"]},
-        {"name": "ratio", "transform": "arithmetic", "expr": "(a * 60 + b) / b"},
-        {"name": "cat", "transform": "categorical"},
-    ])
+    df = pd.DataFrame(
+        {
+            "n": [1.0, -2.0, None],
+            "hhmm": [915, 0, 2359],
+            "deg": [90.0, 180.0, 0.0],
+            "ts": ["2024-03-04 05:06:00", "2024-12-31 23:00:00", None],
+            "y": [2013, 2013, 2013],
+            "m": [1, 2, 12],
+            "d": [5, 9, 31],
+            "a": [2, 3, 4],
+            "b": [10, 0, 1],
+            "cat": ["x", None, 3.0],
+        }
+    )
+    spec = _features(
+        columns=[
+            {"name": "n"},
+            {"name": "n_clip", "transform": "clip", "column": "n", "min": -1, "max": 0.5},
+            {"name": "n_log", "transform": "log1p", "column": "n"},
+            {"name": "deg", "transform": "cyclical", "period": 360},
+            {"name": "mins", "transform": "hhmm_minutes", "column": "hhmm"},
+            {"name": "dow", "transform": "date_part", "part": "dayofweek", "column": "ts"},
+            {"name": "doy", "transform": "date_part", "part": "dayofyear", "columns": ["y", "m", "d"]},
+            {"name": "ratio", "transform": "arithmetic", "expr": "(a * 60 + b) / b"},
+            {"name": "cat", "transform": "categorical"},
+        ]
+    )
     assert input_columns(spec) == ["n", "deg", "hhmm", "ts", "y", "m", "d", "a", "b", "cat"]
     f = compute_features(df, spec)
     assert feature_columns(spec) == list(f.columns)
@@ -145,14 +185,17 @@ def test_every_transform_of_the_vocabulary():
     assert f["cat"].tolist() == ["x", None, "3"]
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"name": "x", "transform": "nosuch"}, "unknown transform 'nosuch'"),
-    ({"name": "x", "transform": "cyclical"}, r"needs \['period'\]"),
-    ({"name": "x", "transform": "categorical", "period": 3}, r"does not take \['period'\]"),
-    ({"name": "x", "transform": "date_part", "part": "fortnight"}, "part must be one of"),
-    ({"name": "x", "transform": "arithmetic", "expr": "__import__('os').system('true')"}, "only column names"),
-    ({"name": "x", "transform": "arithmetic", "expr": "a ** 2"}, "only column names"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"name": "x", "transform": "nosuch"}, "unknown transform 'nosuch'"),
+        ({"name": "x", "transform": "cyclical"}, r"needs \['period'\]"),
+        ({"name": "x", "transform": "categorical", "period": 3}, r"does not take \['period'\]"),
+        ({"name": "x", "transform": "date_part", "part": "fortnight"}, "part must be one of"),
+        ({"name": "x", "transform": "arithmetic", "expr": "__import__('os').system('true')"}, "only column names"),
+        ({"name": "x", "transform": "arithmetic", "expr": "a ** 2"}, "only column names"),
+    ],
+)
 def test_bad_vocabulary_entries_are_refused_with_the_reason(entry, message):
     from pydantic import ValidationError
 
@@ -162,15 +205,18 @@ def test_bad_vocabulary_entries_are_refused_with_the_reason(entry, message):
 
 def test_module_escape_hatch_from_the_pipelines_folder(tmp_path):
     (tmp_path / "team_features.py").write_text(
-        "def build(df):\n    return df.assign(total=df['a'] + df['b'], kind=df['k'].str.upper())\n")
+        "def build(df):\n    return df.assign(total=df['a'] + df['b'], kind=df['k'].str.upper())\n"
+    )
     spec = _features(module="team_features:build", inputs=["a", "b", "k"], numeric=["total"], categorical=["kind"])
-    out = compute_features(pd.DataFrame({"a": [1, 2], "b": [3, 4], "k": ["x", "y"], "z": [0, 0]}), spec,
-                           search_dirs=[tmp_path])
+    out = compute_features(
+        pd.DataFrame({"a": [1, 2], "b": [3, 4], "k": ["x", "y"], "z": [0, 0]}), spec, search_dirs=[tmp_path]
+    )
     assert list(out.columns) == ["total", "kind"] and out["total"].tolist() == [4.0, 6.0]
     assert out["kind"].tolist() == ["X", "Y"]
     before = feature_version(spec, [tmp_path])
     (tmp_path / "team_features.py").write_text(
-        "def build(df):\n    return df.assign(total=df['a'] * df['b'], kind=df['k'])\n")
+        "def build(df):\n    return df.assign(total=df['a'] * df['b'], kind=df['k'])\n"
+    )
     import sys
 
     sys.modules.pop("team_features", None)
@@ -189,15 +235,19 @@ def test_vocabulary_reproduces_the_hand_written_flight_features(cfg):
 
     raw = _raw(dt.date(2013, 2, 9))
     f = compute_features(raw, cfg.features)
-    num = {c: pd.to_numeric(raw[c], errors="coerce").astype("float64") for c in input_columns(cfg.features)
-           if c not in ("carrier", "origin", "dest")}
+    num = {
+        c: pd.to_numeric(raw[c], errors="coerce").astype("float64")
+        for c in input_columns(cfg.features)
+        if c not in ("carrier", "origin", "dest")
+    }
     dates = pd.to_datetime(pd.DataFrame({"year": num["year"], "month": num["month"], "day": num["day"]}))
     expected = {
         "day_of_week": dates.dt.dayofweek.astype("float64"),
         "dep_minute_of_day": num["hour"] * 60.0 + num["minute"],
         "arr_minute_of_day": np.floor(num["sched_arr_time"] / 100.0) * 60.0 + np.mod(num["sched_arr_time"], 100.0),
         "log_distance": np.log1p(num["distance"].clip(lower=0)),
-        "wind_dir_sin": np.sin(np.deg2rad(num["wind_dir"])), "wind_dir_cos": np.cos(np.deg2rad(num["wind_dir"])),
+        "wind_dir_sin": np.sin(np.deg2rad(num["wind_dir"])),
+        "wind_dir_cos": np.cos(np.deg2rad(num["wind_dir"])),
     }
     for name, values in expected.items():
         pd.testing.assert_series_equal(f[name], values, check_names=False, check_exact=True)

@@ -19,24 +19,36 @@ pytestmark = pytest.mark.unit
 PART = "ds=2024-05-01"
 IV = Interval("2024-05-01T00:00:00+00:00", "2024-05-02T00:00:00+00:00")
 SCHEMA = SchemaConfig(
-    columns={"id": "int", "amount": "float", "score": "float", "note": "string", "code": "string",
-             "flag": "bool", "observed": "timestamp"},
+    columns={
+        "id": "int",
+        "amount": "float",
+        "score": "float",
+        "note": "string",
+        "code": "string",
+        "flag": "bool",
+        "observed": "timestamp",
+    },
     timestamp_columns=("observed",),
 )
 
 
 def _frame() -> pd.DataFrame:
     """A small batch with missing values, whole-number floats, number-like text and sub-second times."""
-    return pd.DataFrame({
-        "id": [1, 2, 3, 4],
-        "amount": [10.0, 2.0, None, 3.25],
-        "score": [1.0, 2.0, 3.0, 4.0],
-        "note": ["a", None, "007", "d"],
-        "code": ["01", "02", "03", "10"],
-        "flag": [True, False, True, False],
-        "observed": pd.to_datetime(["2024-05-01T08:00:00.125Z", "2024-05-01T09:30:00Z", None,
-                                   "2024-05-01T23:59:59Z"], utc=True, format="ISO8601"),
-    })
+    return pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "amount": [10.0, 2.0, None, 3.25],
+            "score": [1.0, 2.0, 3.0, 4.0],
+            "note": ["a", None, "007", "d"],
+            "code": ["01", "02", "03", "10"],
+            "flag": [True, False, True, False],
+            "observed": pd.to_datetime(
+                ["2024-05-01T08:00:00.125Z", "2024-05-01T09:30:00Z", None, "2024-05-01T23:59:59Z"],
+                utc=True,
+                format="ISO8601",
+            ),
+        }
+    )
 
 
 def _payloads() -> dict[str, tuple[str, bytes]]:
@@ -54,8 +66,9 @@ def _payloads() -> dict[str, tuple[str, bytes]]:
 
 
 def _feed_cfg(cfg, fmt: str, landing: str | None, file_name: str = "batch.dat"):
-    source = cfg.source.model_copy(update={"kind": "files", "format": fmt, "file_name": file_name,
-                                           "landing_uri": landing})
+    source = cfg.source.model_copy(
+        update={"kind": "files", "format": fmt, "file_name": file_name, "landing_uri": landing}
+    )
     return cfg.model_copy(update={"source": source, "data_schema": SCHEMA})
 
 
@@ -80,9 +93,13 @@ def _drop(uri: str, data: bytes) -> None:
 
 def test_landing_uri_default_and_configured(cfg, data_root):
     assert landing_uri(_feed_cfg(cfg, "csv", None), data_root, PART) == (
-        f"{data_root.uri}/landing/{cfg.name}/{PART}/batch.dat")
-    for base, expected in [("s3://bucket/feeds/", "s3://bucket/feeds"), ("memory://x", "memory://x"),
-                           ("/srv/feeds", "/srv/feeds")]:
+        f"{data_root.uri}/landing/{cfg.name}/{PART}/batch.dat"
+    )
+    for base, expected in [
+        ("s3://bucket/feeds/", "s3://bucket/feeds"),
+        ("memory://x", "memory://x"),
+        ("/srv/feeds", "/srv/feeds"),
+    ]:
         uri = landing_uri(_feed_cfg(cfg, "csv", base), data_root, PART)
         assert uri == f"{expected}/{cfg.name}/{PART}/batch.dat"
 
@@ -104,7 +121,14 @@ def test_every_format_at_any_location_ingests_to_the_same_content(cfg, data_root
     stored = read_parquet_bytes(data_root.read_bytes(f"{raw}/data.parquet"))
     assert data_root.read_json(f"{raw}/{MANIFEST}")["run_id"] == "r-jsonl_iso"
     assert [str(t) for t in stored.dtypes] == [
-        "int64", "float64", "float64", "object", "object", "bool", "datetime64[us]"]
+        "int64",
+        "float64",
+        "float64",
+        "object",
+        "object",
+        "bool",
+        "datetime64[us]",
+    ]
     assert stored["note"].tolist() == ["a", None, "007", "d"]
     assert stored["code"].tolist() == ["01", "02", "03", "10"]
     sent = _frame()["observed"].dt.tz_localize(None).astype("datetime64[us]")
@@ -113,7 +137,7 @@ def test_every_format_at_any_location_ingests_to_the_same_content(cfg, data_root
 
 def test_jsonl_timestamps_as_epoch_ms_or_iso_strings(cfg):
     feed = _feed_cfg(cfg, "jsonl", None)
-    lines = (b'{"id":1,"observed":1714550400000}\n{"id":2,"observed":null}\n')
+    lines = b'{"id":1,"observed":1714550400000}\n{"id":2,"observed":null}\n'
     df = read_batch(lines, feed)
     assert df["observed"].tolist()[0] == pd.Timestamp("2024-05-01T08:00:00")
     assert pd.isna(df["observed"].iloc[1]) and str(df["observed"].dtype) == "datetime64[us]"
@@ -130,8 +154,9 @@ def test_missing_file_at_a_configured_landing_is_retryable(cfg, data_root, landi
     assert f"{landing}/{cfg.name}/{PART}/batch.dat" in str(err.value)
 
 
-@pytest.mark.parametrize(("declared", "delivered"),
-                         [("parquet", "csv"), ("jsonl", "parquet"), ("jsonl", "csv"), ("csv", "parquet")])
+@pytest.mark.parametrize(
+    ("declared", "delivered"), [("parquet", "csv"), ("jsonl", "parquet"), ("jsonl", "csv"), ("csv", "parquet")]
+)
 def test_wrong_format_is_quarantined_with_its_bytes(cfg, data_root, landing, declared, delivered):
     payload = _payloads()[delivered][1]
     _drop(f"{landing}/{cfg.name}/{PART}/batch.dat", payload)
@@ -150,8 +175,14 @@ def test_webhook_source_uri_wins_over_the_configured_landing(cfg, data_root, lan
     elsewhere = tmp_path / "delivery.jsonl"
     elsewhere.write_bytes(payload)
     feed = _feed_cfg(cfg, fmt, landing)  # nothing at the landing: only the delivery exists
-    m = ingest_batch(feed, data_root, partition="run=hook-1", interval=Interval(None, None), run_id="hook-1",
-                     source_uri=str(elsewhere))
+    m = ingest_batch(
+        feed,
+        data_root,
+        partition="run=hook-1",
+        interval=Interval(None, None),
+        run_id="hook-1",
+        source_uri=str(elsewhere),
+    )
     assert m["source_uri"] == str(elsewhere) and m["rows"] == 4
 
 

@@ -19,8 +19,9 @@ IV = Interval("2013-01-03T00:00:00+00:00", "2013-01-04T00:00:00+00:00")
 
 
 def _land(root, cfg, corrupt=None):
-    return nycflights13.replay_days(root, cfg.name, [DAY], file_name=cfg.source.file_name,
-                                    corruptions={DAY: corrupt} if corrupt else None)[0]
+    return nycflights13.replay_days(
+        root, cfg.name, [DAY], file_name=cfg.source.file_name, corruptions={DAY: corrupt} if corrupt else None
+    )[0]
 
 
 def test_ingest_writes_partition_with_manifest(data_root, cfg):
@@ -39,6 +40,7 @@ def test_ingest_writes_partition_with_manifest(data_root, cfg):
     assert manifest["run_id"] == "r1"
     # the data survives the CSV round trip exactly (timestamps as naive UTC)
     pd.testing.assert_series_equal(df["time_hour"], expected["time_hour"].dt.tz_localize(None), check_dtype=False)
+
     def norm(f):  # parquet reads missing text as None, pandas' CSV reader as NaN
         f = f.drop(columns="time_hour")
         return f.astype(object).where(f.notna(), None)
@@ -60,8 +62,14 @@ def test_rerun_replaces_partition_without_duplicates(data_root, cfg):
 def test_source_uri_overrides_landing(data_root, cfg, tmp_path):
     other = tmp_path / "elsewhere.csv"
     other.write_bytes(nycflights13.to_csv_bytes(nycflights13.day_frame(dt.date(2013, 2, 1))))
-    m = ingest_batch(cfg, data_root, partition="run=webhook-1", interval=Interval(None, None), run_id="webhook-1",
-                     source_uri=str(other))
+    m = ingest_batch(
+        cfg,
+        data_root,
+        partition="run=webhook-1",
+        interval=Interval(None, None),
+        run_id="webhook-1",
+        source_uri=str(other),
+    )
     assert m["source_uri"] == str(other)
     assert m["rows"] == len(nycflights13.day_frame(dt.date(2013, 2, 1)))
 

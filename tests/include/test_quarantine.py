@@ -17,8 +17,9 @@ PART = "ds=2013-01-04"
 
 
 def _ingest(root, cfg, corrupt=None, run_id="r1"):
-    nycflights13.replay_days(root, cfg.name, [DAY], file_name=cfg.source.file_name,
-                             corruptions={DAY: corrupt} if corrupt else None)
+    nycflights13.replay_days(
+        root, cfg.name, [DAY], file_name=cfg.source.file_name, corruptions={DAY: corrupt} if corrupt else None
+    )
     return ingest_batch(cfg, root, partition=PART, interval=Interval(str(DAY), None), run_id=run_id)
 
 
@@ -39,7 +40,10 @@ def test_failing_batch_moves_to_quarantine_whole(data_root, cfg):
     assert err.value.quarantine_uri == q
     msg = str(err.value)
     assert "expect_" not in msg.split("\n")[0]
-    assert "FAILED column_values_to_be_between on 'distance'" in msg and "FAILED column_values_to_be_between on 'month'" in msg
+    assert (
+        "FAILED column_values_to_be_between on 'distance'" in msg
+        and "FAILED column_values_to_be_between on 'month'" in msg
+    )
     assert f"airloop quarantine release {cfg.name} {PART}" in msg
     assert not data_root.exists(m["uri"])  # never trained on
     assert data_root.read_bytes(f"{q}/data.parquet") == raw_data  # nothing lost

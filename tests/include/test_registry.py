@@ -25,7 +25,9 @@ def test_decide(cfg, challenger, champion, passed, words):
 
 
 def test_decide_lower_is_better(cfg):
-    rmse = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"metric": "rmse", "min_metric": 20.0, "max_regression": 1.0})})
+    rmse = cfg.model_copy(
+        update={"gate": cfg.gate.model_copy(update={"metric": "rmse", "min_metric": 20.0, "max_regression": 1.0})}
+    )
     assert decide(rmse, 15.0, 14.5)[0] is True
     assert decide(rmse, 16.0, 14.5)[0] is False
     assert decide(rmse, 25.0, None)[0] is False
@@ -77,14 +79,26 @@ def test_gate_with_real_models(feature_root, cfg, tmp_path):
     holdout = load_partitions(root, "raw", cfg.name, tuple(first["holdout_partitions"]))
     d1 = run_gate(cfg, client, history_root, first["version"], holdout, by="test")
     assert d1.passed and d1.aliases_set == ("champion",) and d1.champion_version is None
-    second = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="g/2", tracking_uri=uri, seed=14))
+    second = train(
+        TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="g/2", tracking_uri=uri, seed=14)
+    )
     d2 = run_gate(cfg, client, history_root, second["version"], holdout, by="test")
     assert d2.champion_version == first["version"] and d2.champion_score == pytest.approx(d1.challenger_score)
     # a one-epoch model on the same window, without the linear start, is clearly worse than the champion (about
     # as good as chance: 0.50 ROC AUC, either side of it by seed and encoding). The absolute threshold is
     # out of the way (0), so the refusal can only come from the comparison with the champion.
-    weak = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="g/3", tracking_uri=uri,
-                              max_epochs=1, learning_rate=1e-5, linear_start=False))
+    weak = train(
+        TrainRequest(
+            model=cfg.name,
+            data_root=root.uri,
+            partitions=parts,
+            run_key="g/3",
+            tracking_uri=uri,
+            max_epochs=1,
+            learning_rate=1e-5,
+            linear_start=False,
+        )
+    )
     strict = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"max_regression": 0.0, "min_metric": 0.0})})
     d3 = run_gate(strict, client, history_root, weak["version"], holdout, by="test")
     assert not d3.passed and "behind the champion" in d3.reason
@@ -107,8 +121,16 @@ def test_manual_rollback_restores_a_version_and_records_it(feature_root, cfg, tm
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     hist = DataRoot(tmp_path / "h")
-    v1 = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="rb/1", tracking_uri=uri, max_epochs=2))
-    v2 = train(TrainRequest(model=cfg.name, data_root=root.uri, partitions=parts, run_key="rb/2", tracking_uri=uri, max_epochs=2))
+    v1 = train(
+        TrainRequest(
+            model=cfg.name, data_root=root.uri, partitions=parts, run_key="rb/1", tracking_uri=uri, max_epochs=2
+        )
+    )
+    v2 = train(
+        TrainRequest(
+            model=cfg.name, data_root=root.uri, partitions=parts, run_key="rb/2", tracking_uri=uri, max_epochs=2
+        )
+    )
     set_alias(client, hist, cfg.name, "champion", v2["version"], by="t", why="promoted")
     with pytest.raises(ValueError, match="needs a reason"):
         rollback(client, hist, cfg.name, v1["version"], by="oncall", why=" ")
@@ -116,7 +138,9 @@ def test_manual_rollback_restores_a_version_and_records_it(feature_root, cfg, tm
         rollback(client, hist, cfg.name, "99", by="oncall", why="x")
     records = rollback(client, hist, cfg.name, v1["version"], by="oncall", why="latency regression")
     assert [(r["alias"], r["version"], r["replaced"]) for r in records] == [
-        ("previous", v2["version"], None), ("champion", v1["version"], v2["version"])]
+        ("previous", v2["version"], None),
+        ("champion", v1["version"], v2["version"]),
+    ]
     assert str(client.get_model_version_by_alias(cfg.name, "champion").version) == v1["version"]
     assert str(client.get_model_version_by_alias(cfg.name, "previous").version) == v2["version"]
     assert read_history(hist, cfg.name)[-1]["why"] == "rollback: latency regression"

@@ -38,8 +38,16 @@ def service(champion, tmp_path):
     uri, _ = champion
     champ, _ = load_variants("flight_delays", uri)
     chall = Variant("challenger", "99", champ.model)
-    return ModelService("flight_delays", champ, chall, 0.5, PredictionLog(tmp_path, "flight_delays"), max_body=64_000, seed=1,
-                        request_columns=get_pipeline("flight_delays").request_columns)
+    return ModelService(
+        "flight_delays",
+        champ,
+        chall,
+        0.5,
+        PredictionLog(tmp_path, "flight_delays"),
+        max_body=64_000,
+        seed=1,
+        request_columns=get_pipeline("flight_delays").request_columns,
+    )
 
 
 def _records(rows):
@@ -59,7 +67,9 @@ def test_every_json_format_and_csv_gives_the_in_process_answer(service, champion
     ]
     client = TestClient(create_app(service))
     for body, ctype in bodies:
-        r = client.post("/invocations", content=json.dumps(body), headers={"content-type": ctype, "x-request-key": "k1"})
+        r = client.post(
+            "/invocations", content=json.dumps(body), headers={"content-type": ctype, "x-request-key": "k1"}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["predictions"] == pytest.approx(expected, abs=1e-6)
     r = client.post("/invocations", content=rows.to_csv(index=False), headers={"content-type": "text/csv"})
@@ -106,7 +116,9 @@ def test_traffic_share_tracks_the_weight():
 def test_every_prediction_is_logged_and_survives_a_torn_write(service, champion, tmp_path):
     _, rows = champion
     for i in range(3):
-        status, out = service.invoke(json.dumps({"dataframe_records": _records(rows.head(4))}).encode(), "application/json", f"key{i}")
+        status, out = service.invoke(
+            json.dumps({"dataframe_records": _records(rows.head(4))}).encode(), "application/json", f"key{i}"
+        )
         assert status == 200
     service.log.close()
     logged, partial = read_log(tmp_path, "flight_delays")
@@ -125,9 +137,15 @@ def test_metrics_and_info_endpoints(service, champion):
     _, rows = champion
     client = TestClient(create_app(service))
     assert client.get("/ping").status_code == 200 and client.get("/health").status_code == 200
-    assert client.get("/version").json()["variants"] == {"champion": service.variants["champion"].version, "challenger": "99"}
-    client.post("/invocations", content=json.dumps({"dataframe_records": _records(rows.head(2))}),
-                headers={"content-type": "application/json", "x-request-key": "m"})
+    assert client.get("/version").json()["variants"] == {
+        "champion": service.variants["champion"].version,
+        "challenger": "99",
+    }
+    client.post(
+        "/invocations",
+        content=json.dumps({"dataframe_records": _records(rows.head(2))}),
+        headers={"content-type": "application/json", "x-request-key": "m"},
+    )
     text = client.get("/metrics").text
     assert "airloop_requests_total" in text and "airloop_request_latency_seconds_bucket" in text
     assert "airloop_prediction_bucket" in text
@@ -167,11 +185,22 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     uri, rows = champion
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    cmd = [sys.executable, "-m", "airloop.serving.server", "--model", "flight_delays", "--port", str(port),
-           "--data-root", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "airloop.serving.server",
+        "--model",
+        "flight_delays",
+        "--port",
+        str(port),
+        "--data-root",
+        str(tmp_path),
+    ]
 
     def start():
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         for _ in range(120):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
@@ -190,8 +219,9 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)  # mid-load, no chance to clean up
                 proc.wait()
                 proc = start()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"content-type": "application/json"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=body, headers={"content-type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=10) as r:
                     acked.append(json.loads(r.read())["request_id"])
@@ -212,7 +242,9 @@ def test_a_new_challenger_starts_with_no_traffic(service):
     service.set_weight(0.5)
     service.reload(champ, chall)  # the same challenger: its canary share stays
     assert service.weight == 0.5
-    service.reload(champ, Variant("challenger", "100", chall.model))  # another version: only its canary gives it a share
+    service.reload(
+        champ, Variant("challenger", "100", chall.model)
+    )  # another version: only its canary gives it a share
     assert service.weight == 0.0
 
 
@@ -228,6 +260,7 @@ def test_the_event_time_partitions_the_log_and_a_bad_one_is_a_400(service, champ
 
 
 # --- the prediction histogram: bucket bounds from the champion ---------------------------------------
+
 
 class Scaled:
     """A stub model: ``prediction = factor * x``; ``prediction_edges`` as the airloop pyfunc has them."""
@@ -253,9 +286,16 @@ class Pyfunc:
 
 
 def _stub_service(champion, challenger=None, **kw):
-    return ModelService("stub", Variant("champion", "1", champion),
-                        Variant("challenger", "2", challenger) if challenger else None, 0.0, None,
-                        request_columns=["x"], seed=3, **kw)
+    return ModelService(
+        "stub",
+        Variant("champion", "1", champion),
+        Variant("challenger", "2", challenger) if challenger else None,
+        0.0,
+        None,
+        request_columns=["x"],
+        seed=3,
+        **kw,
+    )
 
 
 def _buckets(text, variant):
@@ -297,8 +337,12 @@ def test_a_champion_with_other_bounds_resets_the_prediction_histograms_only():
     text = service.metrics.render()
     assert _buckets(text, "champion") == [] and 'airloop_requests_total{variant="champion"} 2.0' in text
     service.invoke(body, "application/json")
-    assert [line.split('le="')[1].split('"')[0] for line in _buckets(service.metrics.render(), "champion")] == \
-        ["12.0", "24.0", "36.0", "+Inf"]
+    assert [line.split('le="')[1].split('"')[0] for line in _buckets(service.metrics.render(), "champion")] == [
+        "12.0",
+        "24.0",
+        "36.0",
+        "+Inf",
+    ]
 
 
 def test_metrics_given_other_buckets_start_that_histogram_over():

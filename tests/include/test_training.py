@@ -11,8 +11,15 @@ pytestmark = pytest.mark.unit
 
 
 def _req(root, parts, key, uri, **kw):
-    return TrainRequest(model="flight_delays", data_root=root.uri, partitions=parts, run_key=key, tracking_uri=uri,
-                        lineage={"airloop.dag_id": "test"}, **kw)
+    return TrainRequest(
+        model="flight_delays",
+        data_root=root.uri,
+        partitions=parts,
+        run_key=key,
+        tracking_uri=uri,
+        lineage={"airloop.dag_id": "test"},
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,9 @@ def test_logged_run_has_lineage_signature_and_reference(two_runs, tracking, feat
     run = client.get_run(a["run_id"])
     tags = run.data.tags
     assert tags["airloop_run_key"] == "test/run-a" and tags["airloop.model"] == "flight_delays"
-    assert tags["airloop.feature_version"] and tags["airloop.holdout_partitions"].count("ds=") == len(a["holdout_partitions"])
+    assert tags["airloop.feature_version"] and tags["airloop.holdout_partitions"].count("ds=") == len(
+        a["holdout_partitions"]
+    )
     root, parts = feature_root
     assert tags[f"airloop.partition.{parts[0]}"].startswith("sha256:")
     assert {"train_loss", "val_loss", "val_roc_auc", "holdout_roc_auc"} <= set(run.data.metrics)
@@ -92,10 +101,28 @@ def test_entrypoint_runs_as_a_command(feature_root, tracking, tmp_path):
 
     root, parts = feature_root
     result = tmp_path / "return.json"
-    proc = subprocess.run([sys.executable, "-m", "airloop.training.train", "--model", "flight_delays",
-                           "--data-root", root.uri, "--partitions", ",".join(parts), "--run-key", "test/run-a",
-                           "--tracking-uri", tracking, "--result-file", str(result)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airloop.training.train",
+            "--model",
+            "flight_delays",
+            "--data-root",
+            root.uri,
+            "--partitions",
+            ",".join(parts),
+            "--run-key",
+            "test/run-a",
+            "--tracking-uri",
+            tracking,
+            "--result-file",
+            str(result),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(Path(result).read_text())["version"]
 
@@ -119,8 +146,14 @@ def test_linear_start_is_the_regularised_logistic_regression(feature_root, cfg, 
     df = df[df["arrived_late"].notna()].sort_values("time_hour", kind="stable").reset_index(drop=True)
     train_df, val_df = df.iloc[:-1500], df.iloc[-1500:]
     features = cfg.features if piecewise else cfg.features.model_copy(update={"piecewise": ()})
-    r = fit(TrainRequest(model="flight_delays", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
-            "binary_classification", train_df, val_df, "arrived_late", features)
+    r = fit(
+        TrainRequest(model="flight_delays", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
+        "binary_classification",
+        train_df,
+        val_df,
+        "arrived_late",
+        features,
+    )
     assert r["best_epoch"] == -1 and r["history"] == []  # refit = the linear model on train + validation
     assert bool(r["pre"].edges) == bool(piecewise)
     full = pd.concat([train_df, val_df], ignore_index=True)
@@ -136,8 +169,9 @@ def test_linear_start_is_the_regularised_logistic_regression(feature_root, cfg, 
     theirs = objective(lr.coef_[0], float(lr.intercept_[0]))
     assert ours <= theirs + 1e-6 * theirs, (ours, theirs)
     if not piecewise:
-        np.testing.assert_allclose(predict(r["net"], r["pre"], full, "binary_classification"),
-                                   lr.predict_proba(x)[:, 1], atol=2e-3)
+        np.testing.assert_allclose(
+            predict(r["net"], r["pre"], full, "binary_classification"), lr.predict_proba(x)[:, 1], atol=2e-3
+        )
     assert set(r["linear_start_val"]) >= {"val_loss", "val_roc_auc"}
 
 
@@ -157,14 +191,18 @@ def test_piecewise_encoding_of_the_time_of_day():
     rows = pd.DataFrame({"t": [-50.0, 0.0, 374.625, 999.0, 2000.0, np.nan], "x": [0.0] * 6, "c": ["a"] * 6})
     out = pre.transform(rows)
     np.testing.assert_array_equal(out[:, : plain.width], plain.transform(rows))
-    np.testing.assert_allclose(out[:, plain.width :], [
-        [0, 0, 0, 0],  # below the range: every bin 0, the standardised column carries it
-        [0, 0, 0, 0],
-        [1, 0.5, 0, 0],  # halfway through the second bin
-        [1, 1, 1, 1],
-        [1, 1, 1, 1],  # above: saturated
-        [1, 1, 0, 0],  # missing -> the training mean (499.5), the second bin's upper edge
-    ], atol=1e-6)
+    np.testing.assert_allclose(
+        out[:, plain.width :],
+        [
+            [0, 0, 0, 0],  # below the range: every bin 0, the standardised column carries it
+            [0, 0, 0, 0],
+            [1, 0.5, 0, 0],  # halfway through the second bin
+            [1, 1, 1, 1],
+            [1, 1, 1, 1],  # above: saturated
+            [1, 1, 0, 0],  # missing -> the training mean (499.5), the second bin's upper edge
+        ],
+        atol=1e-6,
+    )
     assert Preprocessor.from_json(pre.to_json()) == pre  # what the pyfunc loads
     # columns in the order of ``piecewise``, also after the JSON round trip (which sorts the keys of ``edges``)
     two = Preprocessor(["t", "x"], ["c"], piecewise=["x", "t"], bins=4).fit(train)
@@ -193,8 +231,14 @@ def test_a_regression_target_in_the_hundreds_is_learnt_standardised():
     assert r["target_scale"] == pytest.approx(target_scale(train["y"], "regression"))
     pred = predict(r["net"], r["pre"], hold, "regression")
     assert 250 < pred.mean() < 450  # in the target's units, not standardised ones
-    linear = fit(TrainRequest(model="m", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
-                 "regression", train, val, "y", features)
+    linear = fit(
+        TrainRequest(model="m", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
+        "regression",
+        train,
+        val,
+        "y",
+        features,
+    )
     ours = metrics_for("regression", hold["y"], pred)["rmse"]
     start = metrics_for("regression", hold["y"], predict(linear["net"], linear["pre"], hold, "regression"))["rmse"]
     assert ours < 0.8 * start, (ours, start)

@@ -41,7 +41,10 @@ def test_day_without_weather_is_caught(cfg):
     [
         ("null_column", {("expect_column_values_to_not_be_null", "origin")}),
         ("missing_column", {("expect_table_columns_to_match_set", None)}),
-        ("out_of_range", {("expect_column_values_to_be_between", "distance"), ("expect_column_values_to_be_between", "month")}),
+        (
+            "out_of_range",
+            {("expect_column_values_to_be_between", "distance"), ("expect_column_values_to_be_between", "month")},
+        ),
         ("wrong_types", {("expect_column_values_to_be_in_type_list", "distance")}),
     ],
 )

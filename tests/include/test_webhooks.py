@@ -39,11 +39,14 @@ def test_standard_webhooks_known_answer():
     assert (d.delivery_id, d.timestamp) == (SW_ID, SW_TS)
 
 
-@pytest.mark.parametrize(("headers", "body", "why"), [
-    ({"X-Hub-Signature-256": GH_SIGNATURE, "X-GitHub-Delivery": "d"}, b"Hello, World?", "does not match"),
-    ({"X-Hub-Signature-256": GH_SIGNATURE.upper(), "X-GitHub-Delivery": "d"}, GH_BODY, "sha256="),
-    ({"X-GitHub-Delivery": "d"}, GH_BODY, "missing header X-Hub-Signature-256"),
-])
+@pytest.mark.parametrize(
+    ("headers", "body", "why"),
+    [
+        ({"X-Hub-Signature-256": GH_SIGNATURE, "X-GitHub-Delivery": "d"}, b"Hello, World?", "does not match"),
+        ({"X-Hub-Signature-256": GH_SIGNATURE.upper(), "X-GitHub-Delivery": "d"}, GH_BODY, "sha256="),
+        ({"X-GitHub-Delivery": "d"}, GH_BODY, "missing header X-Hub-Signature-256"),
+    ],
+)
 def test_github_rejects(headers, body, why):
     with pytest.raises(wh.SignatureRejected, match=why) as e:
         wh.verify("github", [GH_SECRET], headers, body)
@@ -96,20 +99,29 @@ def test_missing_and_bad_headers_are_named():
 
 
 def test_batch_landed_payload():
-    ok = wh.parse_payload("batch_landed", json.dumps({"source_uri": "s3://landing/x.csv", "day": "2013-07-15", "rows": 3}).encode())
+    ok = wh.parse_payload(
+        "batch_landed", json.dumps({"source_uri": "s3://landing/x.csv", "day": "2013-07-15", "rows": 3}).encode()
+    )
     assert (ok.source_uri, ok.day.isoformat(), ok.rows) == ("s3://landing/x.csv", "2013-07-15", 3)
 
 
-@pytest.mark.parametrize(("body", "field", "msg"), [
-    (b"not json", "", "not JSON"),
-    (b"[1, 2]", "", "JSON object"),
-    (b'{"day": "2013-07-15"}', "source_uri", "source_uri: Field required"),
-    (b'{"source_uri": "/l/x.csv", "day": "2013-13-01"}', "day", "day: "),
-    (b'{"source_uri": "landing/x.csv", "day": "2013-07-15"}', "source_uri", "absolute path"),
-    (b'{"source_uri": "/l/../etc/passwd", "day": "2013-07-15"}', "source_uri", "'..'"),
-    (b'{"source_uri": "/l/x.csv", "day": "2013-07-15", "rows": -1}', "rows", "rows: "),
-    (b'{"source_uri": "/l/x.csv", "day": "2013-07-15", "sourceuri": "/x"}', "sourceuri", "sourceuri: unknown field"),
-])
+@pytest.mark.parametrize(
+    ("body", "field", "msg"),
+    [
+        (b"not json", "", "not JSON"),
+        (b"[1, 2]", "", "JSON object"),
+        (b'{"day": "2013-07-15"}', "source_uri", "source_uri: Field required"),
+        (b'{"source_uri": "/l/x.csv", "day": "2013-13-01"}', "day", "day: "),
+        (b'{"source_uri": "landing/x.csv", "day": "2013-07-15"}', "source_uri", "absolute path"),
+        (b'{"source_uri": "/l/../etc/passwd", "day": "2013-07-15"}', "source_uri", "'..'"),
+        (b'{"source_uri": "/l/x.csv", "day": "2013-07-15", "rows": -1}', "rows", "rows: "),
+        (
+            b'{"source_uri": "/l/x.csv", "day": "2013-07-15", "sourceuri": "/x"}',
+            "sourceuri",
+            "sourceuri: unknown field",
+        ),
+    ],
+)
 def test_bad_payloads_name_the_field(body, field, msg):
     with pytest.raises(wh.PayloadRejected, match=msg) as e:
         wh.parse_payload("batch_landed", body)

@@ -77,8 +77,9 @@ def drive(url, champion_version, traffic):
     target = LocalServerTarget(url)
     done = threading.Event()
     counts = {}
-    sender = threading.Thread(target=lambda: counts.update(replay.replay(url, traffic, concurrency=4, loop=True,
-                                                                         stop=done.is_set)))
+    sender = threading.Thread(
+        target=lambda: counts.update(replay.replay(url, traffic, concurrency=4, loop=True, stop=done.is_set))
+    )
     try:
         target.prepare("99")
         state = start_rollout("flight_delays", "99", champion_version, target.readings(), time.time())

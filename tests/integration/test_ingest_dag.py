@@ -36,7 +36,9 @@ def ingest_dag(airflow_db):
 @pytest.fixture(scope="module")
 def root(cfg) -> DataRoot:
     root = DataRoot(default_data_root_uri())
-    nycflights13.replay_days(root, cfg.name, [*REAL_DAYS, *CORRUPT], file_name=cfg.source.file_name, corruptions=CORRUPT)
+    nycflights13.replay_days(
+        root, cfg.name, [*REAL_DAYS, *CORRUPT], file_name=cfg.source.file_name, corruptions=CORRUPT
+    )
     return root
 
 

@@ -40,8 +40,9 @@ class Ctx(dict):
     """The slice of a task context the deploy and drift operators read."""
 
     def __init__(self, dag_id: str, xcom: dict, interval: tuple[dt.datetime, dt.datetime] | None = None):
-        ti = SimpleNamespace(xcom_pull=lambda task_ids: xcom.get(task_ids),
-                             xcom_push=lambda key, value: xcom.__setitem__(key, value))
+        ti = SimpleNamespace(
+            xcom_pull=lambda task_ids: xcom.get(task_ids), xcom_push=lambda key, value: xcom.__setitem__(key, value)
+        )
         super().__init__(ti=ti, dag=SimpleNamespace(dag_id=dag_id), run_id=f"manual__{dag_id}")
         if interval:
             self.update(data_interval_start=interval[0], data_interval_end=interval[1])
@@ -71,8 +72,12 @@ def build_features_and_train(dags, days: list[dt.date]) -> dict:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        (row,) = session.query(XComModel).filter(XComModel.dag_id == f"{MODEL}__train", XComModel.run_id == run.run_id,
-                                                 XComModel.task_id == "gate_challenger", XComModel.key == "return_value")
+        (row,) = session.query(XComModel).filter(
+            XComModel.dag_id == f"{MODEL}__train",
+            XComModel.run_id == run.run_id,
+            XComModel.task_id == "gate_challenger",
+            XComModel.key == "return_value",
+        )
         gate = XComModel.deserialize_value(row)
     from mlflow import MlflowClient
 
@@ -95,13 +100,16 @@ def baselines(root: DataRoot, cfg, result: dict) -> dict[str, float]:
     hold_f = load_partitions(root, "features", MODEL, tuple(result["holdout_partitions"]))
     train_f, hold_f = train_f[train_f[target].notna()], hold_f[hold_f[target].notna()]
     f = cfg.features
-    pre = Preprocessor(numeric_features(f), categorical_features(f), piecewise=list(f.piecewise),
-                       bins=f.piecewise_bins).fit(train_f)
+    pre = Preprocessor(
+        numeric_features(f), categorical_features(f), piecewise=list(f.piecewise), bins=f.piecewise_bins
+    ).fit(train_f)
     ridge = Ridge(alpha=1.0).fit(pre.transform(train_f), train_f[target])
     mean = np.full(len(hold_f), float(train_f[target].mean()))
-    return {"rows": len(hold_f),
-            "ridge": metrics_for("regression", hold_f[target], ridge.predict(pre.transform(hold_f)))["rmse"],
-            "mean": metrics_for("regression", hold_f[target], mean)["rmse"]}
+    return {
+        "rows": len(hold_f),
+        "ridge": metrics_for("regression", hold_f[target], ridge.predict(pre.transform(hold_f)))["rmse"],
+        "mean": metrics_for("regression", hold_f[target], mean)["rmse"],
+    }
 
 
 def run_canary(root: DataRoot, cfg, url: str) -> dict:
@@ -157,8 +165,9 @@ def deploy_and_serve(root: DataRoot, cfg, monkeypatch, v1: str, v2: str) -> dict
     # of a loaded CI machine; the model code is the same on both sides
     latency_tolerant = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"max_p99_latency_ratio": 20.0})})
     real = config.get_pipeline
-    monkeypatch.setattr(config, "get_pipeline",
-                        lambda name, folder=None: latency_tolerant if name == MODEL else real(name, folder))
+    monkeypatch.setattr(
+        config, "get_pipeline", lambda name, folder=None: latency_tolerant if name == MODEL else real(name, folder)
+    )
     client = MlflowClient()
     service = ModelService(MODEL, None, None, 0.0, PredictionLog(root.uri, MODEL), seed=3)
     with serve_in_thread(create_app(service, lambda: load_variants(MODEL))) as url:
@@ -193,8 +202,10 @@ def test_the_second_model_runs_its_whole_loop(dags, use_tracking_uri, monkeypatc
     assert first["train_partitions"] + first["holdout_partitions"] == [f"ds={d}" for d in FIRST]
     rmse, base = first["metrics"]["rmse"], baselines(root, cfg, first)
     record_property("holdout_rmse", {"model": rmse, **base})
-    print(f"\nbikeshare v{first['version']} holdout ({base['rows']} hours): RMSE model {rmse:.2f}, "
-          f"ridge {base['ridge']:.2f}, mean {base['mean']:.2f}")
+    print(
+        f"\nbikeshare v{first['version']} holdout ({base['rows']} hours): RMSE model {rmse:.2f}, "
+        f"ridge {base['ridge']:.2f}, mean {base['mean']:.2f}"
+    )
     assert base["rows"] > 100  # six days of hours
     assert rmse < 0.7 * base["mean"], (rmse, base)
     assert rmse < 1.1 * base["ridge"], (rmse, base)
@@ -224,16 +235,22 @@ def test_the_second_model_runs_its_whole_loop(dags, use_tracking_uri, monkeypatc
 
     # the drift DAG's check: a week inside the champion's reference does not drift, mid-May does
     own, later = check_drift(root, OWN_WEEK), check_drift(root, LATER_WEEK)
-    print(f"drift: own week share {own['drift_share']} {own['drifted_columns']}; later week share "
-          f"{later['drift_share']} {later['drifted_columns']} (prediction {later['prediction_score']}); "
-          f"canary PSI {psi}, online RMSE {online}; {time.monotonic() - t0:.0f} s")
+    print(
+        f"drift: own week share {own['drift_share']} {own['drifted_columns']}; later week share "
+        f"{later['drift_share']} {later['drifted_columns']} (prediction {later['prediction_score']}); "
+        f"canary PSI {psi}, online RMSE {online}; {time.monotonic() - t0:.0f} s"
+    )
     assert own["champion_version"] == later["champion_version"] == v2
-    assert own["current_rows"] == len(hours(OWN_WEEK)) and not own["dataset_drift"] and not own["prediction_drifted"], own
+    assert own["current_rows"] == len(hours(OWN_WEEK)) and not own["dataset_drift"] and not own["prediction_drifted"], (
+        own
+    )
     assert later["dataset_drift"] and {"temp", "atemp"} <= set(later["drifted_columns"]), later
     # the performance on served hours whose counts are known: all of the own week (ingested), none of May
     assert own["performance"]["labeled"] == len(hours(OWN_WEEK)) and own["performance"]["current"] > 0, own
     assert later["performance"]["labeled"] == 0, later
     history = read_history(root, MODEL)
-    assert [(h["interval_start"][:10], h["dataset_drift"]) for h in history] == [("2011-03-13", False),
-                                                                                ("2011-05-15", True)]
+    assert [(h["interval_start"][:10], h["dataset_drift"]) for h in history] == [
+        ("2011-03-13", False),
+        ("2011-05-15", True),
+    ]
     assert root.exists(later["report_uri"])

@@ -80,8 +80,12 @@ def test_first_model_becomes_champion_with_lineage(flow, cfg):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        links = {x.task_id: XComModel.deserialize_value(x) for x in session.query(XComModel).filter(
-            XComModel.dag_id == "flight_delays__train", XComModel.run_id == tr.run_id, XComModel.key == "mlflow_url")}
+        links = {
+            x.task_id: XComModel.deserialize_value(x)
+            for x in session.query(XComModel).filter(
+                XComModel.dag_id == "flight_delays__train", XComModel.run_id == tr.run_id, XComModel.key == "mlflow_url"
+            )
+        }
     assert links == {
         "train_model": f"http://mlflow.example:5000/#/experiments/{run.info.experiment_id}/runs/{champion.run_id}",
         "gate_challenger": f"http://mlflow.example:5000/#/models/{cfg.name}/versions/{champion.version}",
@@ -107,7 +111,11 @@ def test_model_beats_the_majority_class_baseline(flow, cfg):
     hold_raw = load_partitions(root, "raw", cfg.name, tuple(result["holdout_partitions"]))
     y_tr, y_ho = label(train_raw, "arr_delay", 15), label(hold_raw, "arr_delay", 15)
     hold_raw, y_ho = hold_raw[y_ho.notna()].reset_index(drop=True), y_ho[y_ho.notna()].to_numpy()
-    model_p = mlflow.pyfunc.load_model(f"models:/{cfg.name}@champion").predict(hold_raw[cfg.request_columns])["prediction"].to_numpy()
+    model_p = (
+        mlflow.pyfunc.load_model(f"models:/{cfg.name}@champion")
+        .predict(hold_raw[cfg.request_columns])["prediction"]
+        .to_numpy()
+    )
     base_p = np.full(len(y_ho), float(y_tr[y_tr.notna()].mean()))  # the base rate: no ranking skill
     assert roc_auc_score(y_ho, model_p) > roc_auc_score(y_ho, base_p) + 0.1
     assert brier_score_loss(y_ho, model_p) < brier_score_loss(y_ho, base_p)
@@ -117,11 +125,18 @@ def test_model_beats_the_majority_class_baseline(flow, cfg):
 def test_a_drift_triggered_run_carries_the_drift_context_in_its_conf_and_tags(flow, dags, cfg):
     """What the drift loop's trigger sends (see tests/operators/test_drift_loop.py) reaches MLflow."""
     _, _, client, *_ = flow
-    context = {"model": cfg.name, "champion_version": "1", "drift_share": 0.33, "dataset_drift": True,
-               "drifted_columns": {"month": 6000.0, "temp": 5.9}, "prediction_score": 0.4, "prediction_drifted": True,
-               "report_uri": "file:///data/reports/flight_delays/drift/2013-07-01/report.html",
-               "reference": {"uri": "runs:/abc/reference/reference_sample.parquet", "rows": 5000},
-               "current": {"start": "2013-07-01T00:00:00+00:00", "end": "2013-07-08T00:00:00+00:00", "rows": 6000}}
+    context = {
+        "model": cfg.name,
+        "champion_version": "1",
+        "drift_share": 0.33,
+        "dataset_drift": True,
+        "drifted_columns": {"month": 6000.0, "temp": 5.9},
+        "prediction_score": 0.4,
+        "prediction_drifted": True,
+        "report_uri": "file:///data/reports/flight_delays/drift/2013-07-01/report.html",
+        "reference": {"uri": "runs:/abc/reference/reference_sample.parquet", "rows": 5000},
+        "current": {"start": "2013-07-01T00:00:00+00:00", "end": "2013-07-08T00:00:00+00:00", "rows": 6000},
+    }
     run = dags["flight_delays__train"].test(run_conf={"reason": "drift", "drift": context})
     assert run.conf["drift"] == context
     key = f"flight_delays__train/{run.run_id}"

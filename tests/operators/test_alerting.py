@@ -57,24 +57,40 @@ def test_failures_are_classified_by_their_cause_then_by_task():
     from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
 
     failed = BatchValidationError("2 expectations failed", summary={"failed": 2}, quarantine_uri="/q/ds=1")
-    assert classify("validate_batch", wrapped(failed)) == ("batch_quarantined", {"validation": {"failed": 2}, "quarantine_uri": "/q/ds=1"})
+    assert classify("validate_batch", wrapped(failed)) == (
+        "batch_quarantined",
+        {"validation": {"failed": 2}, "quarantine_uri": "/q/ds=1"},
+    )
     assert classify("ingest_batch", wrapped(BatchFormatError("not csv")))[0] == "batch_unreadable"
     assert classify("ingest_batch", BatchNotFoundError("no batch at ..."))[0] == "batch_late"
     assert classify("train_model", PodLaunchTimeoutException("Pod took too long to start"))[0] == "training_pod_pending"
-    assert classify("x", OnCallFailure("v3 rolled back", kind="canary_rollback", details={"p": 1})) == ("canary_rollback", {"p": 1})
+    assert classify("x", OnCallFailure("v3 rolled back", kind="canary_rollback", details={"p": 1})) == (
+        "canary_rollback",
+        {"p": 1},
+    )
     assert classify("build_features", RuntimeError("spark died"))[0] == "feature_job_failed"
     # a verdict is declared by the code that reached it, never inferred from the task that crashed
     assert classify("gate_challenger", RuntimeError("boom"))[0] == "rerun_interval"
     assert classify("validate_batch", RuntimeError("suite file missing"))[0] == "rerun_interval"
     assert classify("conclude_canary", RuntimeError("MLflow unreachable"))[0] == "deploy_failed"
-    assert classify("start_canary", RuntimeError("x"))[0] == classify("watch_canary", RuntimeError("x"))[0] == "deploy_failed"
+    assert (
+        classify("start_canary", RuntimeError("x"))[0]
+        == classify("watch_canary", RuntimeError("x"))[0]
+        == "deploy_failed"
+    )
 
 
 def test_every_kind_an_alert_can_have_has_a_runbook():
     from airloop.runbooks import RUNBOOKS
 
-    kinds = {*TASK_KINDS.values(), *FAULT_KINDS.values(), "rerun_interval", "feature_job_failed", "deploy_failed",
-             "training_pod_pending"}
+    kinds = {
+        *TASK_KINDS.values(),
+        *FAULT_KINDS.values(),
+        "rerun_interval",
+        "feature_job_failed",
+        "deploy_failed",
+        "training_pod_pending",
+    }
     assert kinds <= set(RUNBOOKS), kinds - set(RUNBOOKS)
 
 
@@ -89,8 +105,9 @@ def test_the_root_error_is_the_innermost_one_and_leads_the_summary():
     assert [type(e).__name__ for e in exception_chain(exc)] == ["AirflowFailException", "ValueError", "KeyError"]
     assert root_error(exc) == "KeyError: 'fare'"
     alert = build_alert({"ti": _ti(task_id="train_model"), "exception": exc}, "any_model")
-    assert alert["summary"] == ("flight_delays__ingest.train_model failed (try 1): KeyError: 'fare' | "
-                                "the feature 'fare' has no source column")
+    assert alert["summary"] == (
+        "flight_delays__ingest.train_model failed (try 1): KeyError: 'fare' | the feature 'fare' has no source column"
+    )
     assert alert["root_error"] == "KeyError: 'fare'" and alert["error"].splitlines()[0] == "KeyError: 'fare'"
     # a context suppressed with ``raise ... from None`` is not the cause
     try:
@@ -105,17 +122,28 @@ def test_the_root_error_is_the_innermost_one_and_leads_the_summary():
 
 
 def _ti(**kw):
-    base = {"dag_id": "flight_delays__ingest", "task_id": "validate_batch", "run_id": "scheduled__2013-01-22", "try_number": 1,
-            "log_url": "http://127.0.0.1:8080/dags/flight_delays__ingest/runs/scheduled__2013-01-22/tasks/validate_batch?try_number=1"}
+    base = {
+        "dag_id": "flight_delays__ingest",
+        "task_id": "validate_batch",
+        "run_id": "scheduled__2013-01-22",
+        "try_number": 1,
+        "log_url": "http://127.0.0.1:8080/dags/flight_delays__ingest/runs/scheduled__2013-01-22/tasks/validate_batch?try_number=1",
+    }
     return SimpleNamespace(**{**base, **kw})
 
 
 def test_the_alert_explains_and_links():
-    exc = wrapped(BatchValidationError("Batch flight_delays/ds=2013-01-22 failed 1 of 25 expectations:\n- column dest missing",
-                                       summary={"failed": 1}))
+    exc = wrapped(
+        BatchValidationError(
+            "Batch flight_delays/ds=2013-01-22 failed 1 of 25 expectations:\n- column dest missing",
+            summary={"failed": 1},
+        )
+    )
     alert = build_alert({"ti": _ti(), "exception": exc}, "flight_delays")
-    assert alert["summary"] == ("flight_delays__ingest.validate_batch failed (try 1): BatchValidationError: "
-                                "Batch flight_delays/ds=2013-01-22 failed 1 of 25 expectations:")
+    assert alert["summary"] == (
+        "flight_delays__ingest.validate_batch failed (try 1): BatchValidationError: "
+        "Batch flight_delays/ds=2013-01-22 failed 1 of 25 expectations:"
+    )
     assert "column dest missing" in alert["error"] and alert["error_type"] == "AirflowFailException"
     assert alert["kind"] == "batch_quarantined" and alert["runbook"] == "include/runbooks/batch-quarantined.md"
     assert alert["runbook_url"].endswith("/airloop/runbooks/batch_quarantined") and alert["log_url"] == _ti().log_url
@@ -140,18 +168,34 @@ def receiver():
 
 def test_every_configured_channel_gets_the_alert(receiver, cfg, tmp_path, monkeypatch):
     url, got = receiver
-    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "host": f"{url}/services",
-                                                               "password": "T000/B000/XXXX"}))
-    monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_ALERTS_HTTP", json.dumps({"conn_type": "http", "host": f"{url}/hooks/oncall",
-                                                                      "password": "tok"}))
-    all_channels = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"channels": ("log", "slack", "http")})})
-    alert = build_alert({"ti": _ti(task_id="gate_challenger", dag_id="flight_delays__train"),
-                         "exception": OnCallFailure("v7 did not pass the gate: 0.61 < 0.66", kind="gate_refused",
-                                                    details={"gate": {"challenger_score": 0.61}})}, cfg.name)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLACK_ALERTS",
+        json.dumps({"conn_type": "slackwebhook", "host": f"{url}/services", "password": "T000/B000/XXXX"}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRLOOP_ALERTS_HTTP",
+        json.dumps({"conn_type": "http", "host": f"{url}/hooks/oncall", "password": "tok"}),
+    )
+    all_channels = cfg.model_copy(
+        update={"alerts": cfg.alerts.model_copy(update={"channels": ("log", "slack", "http")})}
+    )
+    alert = build_alert(
+        {
+            "ti": _ti(task_id="gate_challenger", dag_id="flight_delays__train"),
+            "exception": OnCallFailure(
+                "v7 did not pass the gate: 0.61 < 0.66",
+                kind="gate_refused",
+                details={"gate": {"challenger_score": 0.61}},
+            ),
+        },
+        cfg.name,
+    )
     root = DataRoot(str(tmp_path))
     assert deliver(all_channels, alert, root) == {"log": "sent", "slack": "sent", "http": "sent"}
 
-    [(slack_path, _, slack), (http_path, http_headers, posted)] = sorted(got, key=lambda g: g[0] != "services/T000/B000/XXXX")
+    [(slack_path, _, slack), (http_path, http_headers, posted)] = sorted(
+        got, key=lambda g: g[0] != "services/T000/B000/XXXX"
+    )
     assert slack_path == "services/T000/B000/XXXX"
     assert "`flight_delays__train.gate_challenger` failed" in slack["text"] and "0.61 < 0.66" in slack["text"]
     assert f"<{alert['log_url']}|Task log>" in slack["text"] and "|Runbook: gate refused>" in slack["text"]
@@ -162,7 +206,10 @@ def test_every_configured_channel_gets_the_alert(receiver, cfg, tmp_path, monkey
 
 
 def test_a_channel_that_is_down_does_not_silence_the_others(cfg, tmp_path, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_ALERTS_HTTP", json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{free_port()}/x"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRLOOP_ALERTS_HTTP",
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{free_port()}/x"}),
+    )
     monkeypatch.delenv("AIRFLOW_CONN_SLACK_ALERTS", raising=False)
     both = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={"channels": ("http", "slack", "log")})})
     alert = build_alert({"ti": _ti(), "exception": RuntimeError("x")}, cfg.name)
@@ -190,9 +237,21 @@ def test_a_broken_batch_through_airflow_sends_exactly_one_alert(airflow_db, cfg)
     new = read_alerts(root, cfg.name)[before:]
     assert len(new) == 1, new
     [a] = new
-    assert (a["dag_id"], a["task_id"], a["run_id"], a["try_number"]) == ("flight_delays__ingest", "validate_batch", run.run_id, 1)
-    assert a["kind"] == "batch_quarantined" and "dest" in a["error"] and a["details"]["quarantine_uri"].endswith("ds=2013-05-20")
-    assert a["log_url"].endswith("/tasks/validate_batch?try_number=1") and "/dags/flight_delays__ingest/runs/" in a["log_url"]
+    assert (a["dag_id"], a["task_id"], a["run_id"], a["try_number"]) == (
+        "flight_delays__ingest",
+        "validate_batch",
+        run.run_id,
+        1,
+    )
+    assert (
+        a["kind"] == "batch_quarantined"
+        and "dest" in a["error"]
+        and a["details"]["quarantine_uri"].endswith("ds=2013-05-20")
+    )
+    assert (
+        a["log_url"].endswith("/tasks/validate_batch?try_number=1")
+        and "/dags/flight_delays__ingest/runs/" in a["log_url"]
+    )
     assert a["runbook_url"].endswith("/airloop/runbooks/batch_quarantined")
 
 
@@ -266,8 +325,10 @@ def failing_spark_submit(tmp_path, monkeypatch):
     script.chmod(0o755)
     # the feature operator puts the interpreter's bin folder on PATH when it is missing: keep it behind ours
     monkeypatch.setenv("PATH", os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]))
-    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[2]",
-                                                                 "extra": {"deploy-mode": "client"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SPARK_DEFAULT",
+        json.dumps({"conn_type": "spark", "host": "local[2]", "extra": {"deploy-mode": "client"}}),
+    )
     return script
 
 
@@ -289,10 +350,16 @@ def test_the_error_a_job_printed_is_found_in_its_output():
         airloop.errors.ConfigError: pipelines/any.yaml: features.columns[0]: no source column 'fare'
         26/12/02 14:09:58 INFO SparkContext: Invoking stop() from shutdown hook
         """)
-    assert error_in_output(chained) == "airloop.errors.ConfigError: pipelines/any.yaml: features.columns[0]: no source column 'fare'"
+    assert (
+        error_in_output(chained)
+        == "airloop.errors.ConfigError: pipelines/any.yaml: features.columns[0]: no source column 'fare'"
+    )
     jvm = '26/12/02 14:09:58 INFO X: y\nException in thread "main" java.lang.OutOfMemoryError: Java heap space\n\tat x.y(Z.java:1)'
     assert error_in_output(jvm) == "java.lang.OutOfMemoryError: Java heap space"
-    assert error_in_output("26/12/02 14:09:58 INFO SparkContext: Successfully stopped SparkContext", bare_lines=True) is None
+    assert (
+        error_in_output("26/12/02 14:09:58 INFO SparkContext: Successfully stopped SparkContext", bare_lines=True)
+        is None
+    )
 
 
 def test_a_spark_submit_failure_is_a_feature_job_failure_led_by_the_python_error(failing_spark_submit):
@@ -300,20 +367,31 @@ def test_a_spark_submit_failure_is_a_feature_job_failure_led_by_the_python_error
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
     from airflow.sdk.exceptions import AirflowException
 
-    hook = SparkSubmitHook(conn_id="spark_default", name="airloop-features-any_model", application_args=["--model", "any_model"])
+    hook = SparkSubmitHook(
+        conn_id="spark_default", name="airloop-features-any_model", application_args=["--model", "any_model"]
+    )
     with pytest.raises(AirflowException) as info:
         hook.submit("/opt/airloop/include/airloop/spark/build_features.py")
     exc = info.value
     assert str(exc).startswith("Cannot execute: spark-submit --master local[2]") and "Error code is: 1." in str(exc)
     assert classify("any_task", exc) == ("feature_job_failed", {})
-    alert = build_alert({"ti": _ti(dag_id="any_model__features", task_id="build_features"), "exception": exc}, "any_model")
-    assert alert["summary"].startswith("any_model__features.build_features failed (try 1): KeyError: 'trip_distance' | "
-                                       "Cannot execute: spark-submit --master local[2]")
-    assert alert["error"].splitlines()[0] == "KeyError: 'trip_distance'" and alert["root_error"] == "KeyError: 'trip_distance'"
+    alert = build_alert(
+        {"ti": _ti(dag_id="any_model__features", task_id="build_features"), "exception": exc}, "any_model"
+    )
+    assert alert["summary"].startswith(
+        "any_model__features.build_features failed (try 1): KeyError: 'trip_distance' | "
+        "Cannot execute: spark-submit --master local[2]"
+    )
+    assert (
+        alert["error"].splitlines()[0] == "KeyError: 'trip_distance'"
+        and alert["root_error"] == "KeyError: 'trip_distance'"
+    )
     assert alert["kind"] == "feature_job_failed" and alert["runbook"] == "include/runbooks/feature-job-failed.md"
     # exit code only, no error in what it printed: say so, not the command line
-    bare = AirflowException("Cannot execute: spark-submit --master local[2] job.py. Error code is: 137.\n"
-                            "Last spark-submit output:\n26/12/02 14:09:58 INFO SparkContext: Running Spark version 4.2.0")
+    bare = AirflowException(
+        "Cannot execute: spark-submit --master local[2] job.py. Error code is: 137.\n"
+        "Last spark-submit output:\n26/12/02 14:09:58 INFO SparkContext: Running Spark version 4.2.0"
+    )
     assert root_error(bare).startswith("spark-submit exited with code 137 and its output names no Python or JVM error")
 
 
@@ -334,12 +412,14 @@ def test_the_feature_operator_raises_the_drivers_error_first(failing_spark_submi
     assert str(exc.__cause__).startswith("Cannot execute: spark-submit")
     assert exc.root_error == "KeyError: 'trip_distance'" and exc.details == {"partitions": parts, "exit_code": 1}
 
-    alert = build_alert({"ti": _ti(dag_id=f"{cfg.name}__features", task_id="build_features", try_number=3),
-                         "exception": exc}, cfg.name)
+    alert = build_alert(
+        {"ti": _ti(dag_id=f"{cfg.name}__features", task_id="build_features", try_number=3), "exception": exc}, cfg.name
+    )
     assert alert["kind"] == "feature_job_failed" and alert["runbook"] == "include/runbooks/feature-job-failed.md"
     assert alert["summary"] == (
         f"{cfg.name}__features.build_features failed (try 3): KeyError: 'trip_distance' | The feature job of "
-        f"{cfg.name} on 2 partition(s) (ds=2013-01-08, ds=2013-01-09) failed: spark-submit exited with code 1.")
+        f"{cfg.name} on 2 partition(s) (ds=2013-01-08, ds=2013-01-09) failed: spark-submit exited with code 1."
+    )
     first, second = alert["error"].splitlines()[:2]
     assert first.startswith(f"The feature job of {cfg.name}") and second == "Driver error: KeyError: 'trip_distance'"
     assert "Cannot execute: spark-submit" in alert["error"] and alert["details"]["partitions"] == parts
@@ -347,15 +427,21 @@ def test_the_feature_operator_raises_the_drivers_error_first(failing_spark_submi
 
 # --- deploys: only the canary's verdict is a rollback ------------------------------------------------------
 
+
 def test_a_deploy_that_never_reached_the_model_server_is_a_failed_deploy():
     from airloop_airflow.deploy import LocalServerTarget
 
     with pytest.raises(urllib.error.URLError) as info:
         LocalServerTarget(f"http://127.0.0.1:{free_port()}").prepare("4")  # start_canary's first call
-    alert = build_alert({"ti": _ti(dag_id="any_model__deploy", task_id="start_canary"), "exception": info.value}, "any_model")
+    alert = build_alert(
+        {"ti": _ti(dag_id="any_model__deploy", task_id="start_canary"), "exception": info.value}, "any_model"
+    )
     assert alert["kind"] == "deploy_failed" and alert["runbook"] == "include/runbooks/deploy-failed.md"
     assert alert["runbook_url"].endswith("/airloop/runbooks/deploy_failed")
-    assert alert["summary"] == "any_model__deploy.start_canary failed (try 1): ConnectionRefusedError: [Errno 111] Connection refused"
+    assert (
+        alert["summary"]
+        == "any_model__deploy.start_canary failed (try 1): ConnectionRefusedError: [Errno 111] Connection refused"
+    )
     # the server gone in the middle of the rollout: still no verdict, so no rollback
     assert classify("watch_canary", info.value)[0] == "deploy_failed"
 
@@ -371,24 +457,39 @@ def test_a_model_server_answering_503_is_a_failed_deploy():
 
     with serve_in_thread(app) as url, pytest.raises(urllib.error.HTTPError) as info:
         LocalServerTarget(url).prepare("4")
-    alert = build_alert({"ti": _ti(dag_id="any_model__deploy", task_id="start_canary"), "exception": info.value}, "any_model")
+    alert = build_alert(
+        {"ti": _ti(dag_id="any_model__deploy", task_id="start_canary"), "exception": info.value}, "any_model"
+    )
     assert alert["kind"] == "deploy_failed"
-    assert alert["summary"] == (f"any_model__deploy.start_canary failed (try 1): HTTPError: HTTP Error 503: Service Unavailable "
-                                f"({url}/admin/reload)")
+    assert alert["summary"] == (
+        f"any_model__deploy.start_canary failed (try 1): HTTPError: HTTP Error 503: Service Unavailable "
+        f"({url}/admin/reload)"
+    )
 
 
 def test_only_the_canarys_verdict_is_a_rollback():
     rolled_back = OnCallFailure(
         "any_model v4 rolled back at 25% of traffic: challenger 5xx rate 0.080 > 0.02. Champion v3 serves all "
-        'traffic; aliases unchanged. Figures: {"challenger_5xx_rate": 0.08}', kind="canary_rollback",
-        details={"figures": {"challenger_5xx_rate": 0.08}, "percent": 25, "version": "4", "champion_version": "3"})
-    alert = build_alert({"ti": _ti(dag_id="any_model__deploy", task_id="conclude_canary"), "exception": rolled_back}, "any_model")
+        'traffic; aliases unchanged. Figures: {"challenger_5xx_rate": 0.08}',
+        kind="canary_rollback",
+        details={"figures": {"challenger_5xx_rate": 0.08}, "percent": 25, "version": "4", "champion_version": "3"},
+    )
+    alert = build_alert(
+        {"ti": _ti(dag_id="any_model__deploy", task_id="conclude_canary"), "exception": rolled_back}, "any_model"
+    )
     assert alert["kind"] == "canary_rollback" and alert["runbook"] == "include/runbooks/canary-rolled-back.md"
-    assert alert["summary"] == ("any_model__deploy.conclude_canary failed (try 1): any_model v4 rolled back at 25% of "
-                                "traffic: challenger 5xx rate 0.080 > 0.02. Champion v3 serves all traffic; aliases unchanged. "
-                                'Figures: {"challenger_5xx_rate": 0.08}')
+    assert alert["summary"] == (
+        "any_model__deploy.conclude_canary failed (try 1): any_model v4 rolled back at 25% of "
+        "traffic: challenger 5xx rate 0.080 > 0.02. Champion v3 serves all traffic; aliases unchanged. "
+        'Figures: {"challenger_5xx_rate": 0.08}'
+    )
     assert alert["details"]["figures"] == {"challenger_5xx_rate": 0.08} and alert["error"] == str(rolled_back)
     # the same task failing on an error (promotion could not reach the registry) rolled nothing back
-    crashed = build_alert({"ti": _ti(dag_id="any_model__deploy", task_id="conclude_canary"),
-                           "exception": ConnectionRefusedError(111, "Connection refused")}, "any_model")
+    crashed = build_alert(
+        {
+            "ti": _ti(dag_id="any_model__deploy", task_id="conclude_canary"),
+            "exception": ConnectionRefusedError(111, "Connection refused"),
+        },
+        "any_model",
+    )
     assert crashed["kind"] == "deploy_failed" and crashed["details"] == {}

@@ -66,9 +66,11 @@ def server(registry, monkeypatch, tmp_path):
 
 def tasks(tmp_path):
     kw = {"model": "flight_delays", "data_root": str(tmp_path)}
-    return (StartCanaryOperator(task_id="start_canary", **kw),
-            CanaryStepSensor(task_id="watch_canary", poke_interval=1, timeout=60, **kw),
-            ConcludeCanaryOperator(task_id="conclude_canary", **kw))
+    return (
+        StartCanaryOperator(task_id="start_canary", **kw),
+        CanaryStepSensor(task_id="watch_canary", poke_interval=1, timeout=60, **kw),
+        ConcludeCanaryOperator(task_id="conclude_canary", **kw),
+    )
 
 
 @pytest.fixture()
@@ -84,8 +86,13 @@ def small_canary(monkeypatch, cfg):
     # 300 challenger requests per step, as in the HTTP canary tests: with 60, sampling noise alone gives a
     # prediction PSI of about 0.15 on average between two identical models (and p99 is the maximum), and a
     # healthy challenger was once rolled back
-    fast = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={
-        "min_requests": 300, "interval_seconds": 1, "poke_seconds": 1, "max_p99_latency_ratio": 20.0})})
+    fast = cfg.model_copy(
+        update={
+            "canary": cfg.canary.model_copy(
+                update={"min_requests": 300, "interval_seconds": 1, "poke_seconds": 1, "max_p99_latency_ratio": 20.0}
+            )
+        }
+    )
     monkeypatch.setattr(config, "get_pipeline", lambda name, folder=None: fast)
     return fast
 
@@ -133,13 +140,22 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
         conclude.execute(Ctx(xcom))
     assert isinstance(failed.value, AirflowFailException)  # a verdict: no retry
     # the task's failure callback sends the one alert, with the figures that decided it
-    ti = SimpleNamespace(dag_id="flight_delays__deploy", task_id="conclude_canary", run_id="r1", try_number=1,
-                         log_url="http://ui/dags/flight_delays__deploy/runs/r1/tasks/conclude_canary?try_number=1")
+    ti = SimpleNamespace(
+        dag_id="flight_delays__deploy",
+        task_id="conclude_canary",
+        run_id="r1",
+        try_number=1,
+        log_url="http://ui/dags/flight_delays__deploy/runs/r1/tasks/conclude_canary?try_number=1",
+    )
     AirloopFailureNotifier().notify({"ti": ti, "task": conclude, "exception": failed.value})
     assert current_alias(client, "flight_delays", "champion") == v1
     assert current_alias(client, "flight_delays", "challenger") == v2
     alerts = read_alerts(DataRoot(str(tmp_path)), "flight_delays")
-    assert len(alerts) == 1 and alerts[0]["kind"] == "canary_rollback" and alerts[0]["details"]["figures"]["challenger_5xx_rate"] > 0.02
+    assert (
+        len(alerts) == 1
+        and alerts[0]["kind"] == "canary_rollback"
+        and alerts[0]["details"]["figures"]["challenger_5xx_rate"] > 0.02
+    )
     assert alerts[0]["runbook"] == "include/runbooks/canary-rolled-back.md"
     assert alerts[0]["runbook_url"].endswith("/airloop/runbooks/canary_rollback")
     assert alerts[0]["log_url"] == ti.log_url and alerts[0]["try_number"] == 1
@@ -172,14 +188,22 @@ def test_kserve_target_sends_exactly_these_requests(cfg):
     from airloop import kserve
 
     kcfg = cfg.model_copy(update={"deployment": cfg.deployment.model_copy(update={"target": "kserve"})})
-    where = {"group": "serving.kserve.io", "version": "v1beta1", "namespace": "ml-serving", "plural": "inferenceservices"}
+    where = {
+        "group": "serving.kserve.io",
+        "version": "v1beta1",
+        "namespace": "ml-serving",
+        "plural": "inferenceservices",
+    }
     api = RecordingCustomObjectsApi()
     queries = []
     target = KServeTarget(kcfg, api, lambda q: queries.append(q) or [], lambda v: f"s3://mlflow/models/{v}")
     target.prepare("1")  # no InferenceService yet: create it serving v1
     assert api.calls[-1] == ("create", {**where, "body": kserve.inference_service(kcfg, "s3://mlflow/models/1", "1")})
-    api.obj = {"status": {"components": {"predictor": {"latestCreatedRevision": "fd-00002",
-                                                       "previousRolledoutRevision": "fd-00001"}}}}
+    api.obj = {
+        "status": {
+            "components": {"predictor": {"latestCreatedRevision": "fd-00002", "previousRolledoutRevision": "fd-00001"}}
+        }
+    }
     target.prepare("2")
     target.set_percent(25)
     target.finish(promoted=False)
@@ -190,7 +214,10 @@ def test_kserve_target_sends_exactly_these_requests(cfg):
         {**where, "name": "flight-delays", "body": {"spec": {"predictor": {"canaryTrafficPercent": 0}}}},
     ]
     target.readings()
-    assert queries == [*kserve.queries("ml-serving", "fd-00002").values(), *kserve.queries("ml-serving", "fd-00001").values()]
+    assert queries == [
+        *kserve.queries("ml-serving", "fd-00002").values(),
+        *kserve.queries("ml-serving", "fd-00001").values(),
+    ]
 
 
 def test_the_online_metric_joins_logged_predictions_with_ingested_outcomes(cfg, tmp_path):
@@ -220,8 +247,10 @@ def test_the_online_metric_joins_logged_predictions_with_ingested_outcomes(cfg, 
         variant = "champion" if i % 2 else "challenger"
         out = (0.9 if yi == 1 else 0.1) if variant == "champion" else 0.5
         records.append({"timestamp": now, "variant": variant, "inputs": {k: r[k] for k in key}, "output": out})
-    records += [{"timestamp": now, "variant": "challenger", "inputs": {k: r[k] for k in key}, "output": 0.5}
-                for r in not_ingested.to_dict(orient="records")]
+    records += [
+        {"timestamp": now, "variant": "challenger", "inputs": {k: r[k] for k in key}, "output": 0.5}
+        for r in not_ingested.to_dict(orient="records")
+    ]
     log.append(records)
     log.close()
     sensor = CanaryStepSensor(task_id="watch_canary", model=cfg.name, data_root=str(tmp_path))

@@ -29,12 +29,19 @@ OWN = (dt.datetime(2013, 1, 15, tzinfo=dt.UTC), dt.datetime(2013, 1, 22, tzinfo=
 
 def ctx(interval, xcom, running_train_runs=0):
     outlet_events = collections.defaultdict(lambda: SimpleNamespace(extra=None))
-    ti = SimpleNamespace(xcom_pull=lambda task_ids: xcom.get(task_ids),
-                         xcom_push=lambda key, value: xcom.__setitem__(key, value),
-                         get_dr_count=lambda dag_id, states: running_train_runs)
-    return {"ti": ti, "data_interval_start": interval[0], "data_interval_end": interval[1],
-            "run_id": f"scheduled__{interval[0].isoformat()}", "outlet_events": outlet_events,
-            "dag": SimpleNamespace(dag_id="flight_delays__drift")}
+    ti = SimpleNamespace(
+        xcom_pull=lambda task_ids: xcom.get(task_ids),
+        xcom_push=lambda key, value: xcom.__setitem__(key, value),
+        get_dr_count=lambda dag_id, states: running_train_runs,
+    )
+    return {
+        "ti": ti,
+        "data_interval_start": interval[0],
+        "data_interval_end": interval[1],
+        "run_id": f"scheduled__{interval[0].isoformat()}",
+        "outlet_events": outlet_events,
+        "dag": SimpleNamespace(dag_id="flight_delays__drift"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +56,16 @@ def served(champion, tmp_path_factory):
         for day in days:
             rows = nycflights13.day_frame(day)
             for chunk_start in range(0, len(rows), 200):
-                chunk = rows.iloc[chunk_start:chunk_start + 200]
-                body = json.dumps({"dataframe_split": json.loads(chunk[list(dict.fromkeys([*CFG.request_columns, *CFG.deployment.outcome_key]))].to_json(orient="split", index=False))})
+                chunk = rows.iloc[chunk_start : chunk_start + 200]
+                body = json.dumps(
+                    {
+                        "dataframe_split": json.loads(
+                            chunk[list(dict.fromkeys([*CFG.request_columns, *CFG.deployment.outcome_key]))].to_json(
+                                orient="split", index=False
+                            )
+                        )
+                    }
+                )
                 status, _ = service.invoke(body.encode(), "application/json", None, f"{day}T12:00:00")
                 assert status == 200
     service.log.close()
@@ -66,9 +81,11 @@ def env(served, use_tracking_uri):
 
 def tasks(root):
     kw = {"model": "flight_delays", "data_root": root.uri}
-    return (DriftCheckOperator(task_id="check_drift", **kw),
-            DriftSensor(task_id="watch_drift", poke_interval=60, timeout=600, **kw),
-            RetrainOnDriftOperator(task_id="trigger_retrain", **kw))
+    return (
+        DriftCheckOperator(task_id="check_drift", **kw),
+        DriftSensor(task_id="watch_drift", poke_interval=60, timeout=600, **kw),
+        RetrainOnDriftOperator(task_id="trigger_retrain", **kw),
+    )
 
 
 def test_summer_traffic_drifts_and_triggers_one_retraining_with_the_context(env, cfg, monkeypatch, capsys, tmp_path):
@@ -162,8 +179,9 @@ def test_the_waiting_sensor_gives_its_slot_back_instead_of_sleeping(tmp_path):
     slot and the scheduler starts it again after ``poke_interval``), rather than sleeping in the slot."""
     from airflow.sdk.exceptions import AirflowRescheduleException
 
-    sensor = DriftSensor(task_id="watch_drift", model="flight_delays", data_root=str(tmp_path), poke_interval=60,
-                         timeout=600)
+    sensor = DriftSensor(
+        task_id="watch_drift", model="flight_delays", data_root=str(tmp_path), poke_interval=60, timeout=600
+    )
     c = ctx(SUMMER, {})
     c["ti"].get_first_reschedule_date = lambda context: None
     before = dt.datetime.now(dt.UTC)

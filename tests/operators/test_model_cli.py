@@ -24,17 +24,19 @@ def rides(n: int = 240, seed: int = 3) -> pd.DataFrame:
     temp = rng.normal(15, 5, n).round(1)
     casual = rng.poisson(20 + np.clip(temp, 0, None), n)
     registered = rng.poisson(50 + 2 * started.hour, n)
-    return pd.DataFrame({
-        "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "station": rng.choice(["north", "south", "east"], n),
-        "temp": temp,
-        "humidity": np.where(rng.random(n) < 0.08, np.nan, rng.uniform(20, 90, n).round()),
-        "member": rng.choice([True, False], n),
-        "casual": casual,
-        "registered": registered,
-        "count_scaled": (casual + registered) * 2.5,
-        "count": casual + registered,
-    })
+    return pd.DataFrame(
+        {
+            "started_at": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "station": rng.choice(["north", "south", "east"], n),
+            "temp": temp,
+            "humidity": np.where(rng.random(n) < 0.08, np.nan, rng.uniform(20, 90, n).round()),
+            "member": rng.choice([True, False], n),
+            "casual": casual,
+            "registered": registered,
+            "count_scaled": (casual + registered) * 2.5,
+            "count": casual + registered,
+        }
+    )
 
 
 def payments(n: int = 200, seed: int = 5) -> pd.DataFrame:
@@ -43,14 +45,16 @@ def payments(n: int = 200, seed: int = 5) -> pd.DataFrame:
     score = rng.uniform(0, 1, n)
     fraud = (score + rng.normal(0, 0.3, n) > 0.8).astype(int)
     amount = rng.gamma(2, 30, n).round(2)
-    return pd.DataFrame({
-        "created_at": pd.date_range("2024-03-01", periods=n, freq="h", tz="UTC"),
-        "amount": amount,
-        "country": rng.choice(["DE", "FR", "US"], n),
-        "score": score,
-        "chargeback": fraud * amount,
-        "fraud": fraud,
-    })
+    return pd.DataFrame(
+        {
+            "created_at": pd.date_range("2024-03-01", periods=n, freq="h", tz="UTC"),
+            "amount": amount,
+            "country": rng.choice(["DE", "FR", "US"], n),
+            "score": score,
+            "chargeback": fraud * amount,
+            "fraud": fraud,
+        }
+    )
 
 
 def init(tmp_path, *args: str) -> int:
@@ -77,9 +81,17 @@ def test_init_regression_writes_a_config_that_loads_and_a_suite_the_sample_passe
     assert cfg.task.type == "regression" and cfg.task.target == "count"
     assert cfg.task.label.source_column == "count" and cfg.task.label.positive_above is None
     assert cfg.source.kind == "files" and cfg.source.format == "csv"
-    assert cfg.data_schema.columns == {"started_at": "timestamp", "station": "string", "temp": "float",
-                                       "humidity": "float", "member": "bool", "casual": "int", "registered": "int",
-                                       "count_scaled": "float", "count": "int"}
+    assert cfg.data_schema.columns == {
+        "started_at": "timestamp",
+        "station": "string",
+        "temp": "float",
+        "humidity": "float",
+        "member": "bool",
+        "casual": "int",
+        "registered": "int",
+        "count_scaled": "float",
+        "count": "int",
+    }
     assert cfg.event_time == "started_at" and cfg.data_schema.timestamp_columns == ("started_at",)
     # the target is the label source; the name match and the two parts that add up to it are flagged
     assert set(cfg.data_schema.leakage_columns) == {"count", "count_scaled", "casual", "registered"}
@@ -132,13 +144,16 @@ def test_init_binary_with_a_threshold_names_the_label(tmp_path, monkeypatch):
     assert cfg.task.label.positive_above == 100 and cfg.source.format == "parquet"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--target", "nope"], "--target 'nope' is not a column of the sample"),
-    (["--target", "station"], "--target 'station' is string"),
-    (["--target", "temp", "--task", "binary_classification"], "binary_classification needs --positive-above X"),
-    (["--target", "temp", "--task", "regression", "--positive-above", "3"], "--positive-above is only for"),
-    (["--target", "count", "--positive-above", "10000"], "is the same for every row of the sample"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "nope"], "--target 'nope' is not a column of the sample"),
+        (["--target", "station"], "--target 'station' is string"),
+        (["--target", "temp", "--task", "binary_classification"], "binary_classification needs --positive-above X"),
+        (["--target", "temp", "--task", "regression", "--positive-above", "3"], "--positive-above is only for"),
+        (["--target", "count", "--positive-above", "10000"], "is the same for every row of the sample"),
+    ],
+)
 def test_init_usage_errors(tmp_path, capsys, args, message):
     sample = tmp_path / "rides.csv"
     rides().to_csv(sample, index=False)
@@ -168,14 +183,18 @@ def test_init_refuses_to_overwrite_without_force_and_bad_names_or_files(tmp_path
 
 
 def check(tmp_path, *args: str) -> int:
-    return cli.main(["--state-dir", str(tmp_path / "state"), "model", "check", *args,
-                     "--pipelines-dir", str(tmp_path / "p")])
+    return cli.main(
+        ["--state-dir", str(tmp_path / "state"), "model", "check", *args, "--pipelines-dir", str(tmp_path / "p")]
+    )
 
 
 def test_check_ok_and_failing(tmp_path, capsys):
     sample = tmp_path / "rides.csv"
     rides().to_csv(sample, index=False)
-    assert init(tmp_path, "rides", "--sample", str(sample), "--target", "count", "--pipelines-dir", str(tmp_path / "p")) == 0
+    assert (
+        init(tmp_path, "rides", "--sample", str(sample), "--target", "count", "--pipelines-dir", str(tmp_path / "p"))
+        == 0
+    )
     capsys.readouterr()
 
     assert check(tmp_path, "rides") == 0
@@ -215,7 +234,11 @@ def test_the_partner_of_a_correlated_part_of_the_target_is_flagged_too(tmp_path,
     assert init(tmp_path, "rides", "--sample", str(sample), "--target", "count", "--pipelines-dir", str(folder)) == 0
     out = capsys.readouterr().out
     assert "registered: |r|" in out and "casual: casual + registered equals count" in out
-    assert set(load_pipeline_config(folder / "rides.yaml").data_schema.leakage_columns) == {"count", "casual", "registered"}
+    assert set(load_pipeline_config(folder / "rides.yaml").data_schema.leakage_columns) == {
+        "count",
+        "casual",
+        "registered",
+    }
 
 
 def test_traffic_sends_each_row_with_its_key_and_event_time(tmp_path, capsys):
@@ -241,21 +264,45 @@ def test_traffic_sends_each_row_with_its_key_and_event_time(tmp_path, capsys):
     rows = nycflights13.day_frame(dt.date(2013, 1, 5)).head(7)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     with serve_in_thread(create_app(service)) as url:
-        rc = cli.main(["--state-dir", str(tmp_path / "state"), "traffic", "flight_delays", str(tmp_path / "rows.csv"),
-                       "--url", url])
+        rc = cli.main(
+            [
+                "--state-dir",
+                str(tmp_path / "state"),
+                "traffic",
+                "flight_delays",
+                str(tmp_path / "rows.csv"),
+                "--url",
+                url,
+            ]
+        )
     assert rc == 0 and "7 rows" in capsys.readouterr().out
     assert len(seen) == 7 and all(k and k.startswith("2013-1-5-") and t.startswith("2013-01-05T") for k, t in seen)
     rows.drop(columns=["dest"]).to_csv(tmp_path / "short.csv", index=False)
-    assert cli.main(["--state-dir", str(tmp_path / "state"), "traffic", "flight_delays", str(tmp_path / "short.csv"),
-                     "--url", url]) == 1
+    assert (
+        cli.main(
+            [
+                "--state-dir",
+                str(tmp_path / "state"),
+                "traffic",
+                "flight_delays",
+                str(tmp_path / "short.csv"),
+                "--url",
+                url,
+            ]
+        )
+        == 1
+    )
     assert "lacks the request columns ['dest']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--start", "April"], "Invalid isoformat"),
-    (["--start", "2011-04-03", "--days", "0"], "--days must be at least 1"),
-    (["--start", "2011-04-03", "--conf", "[1]"], "a JSON object"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--start", "April"], "Invalid isoformat"),
+        (["--start", "2011-04-03", "--days", "0"], "--days must be at least 1"),
+        (["--start", "2011-04-03", "--conf", "[1]"], "a JSON object"),
+    ],
+)
 def test_run_refuses_bad_arguments_before_touching_the_stack(tmp_path, capsys, args, message):
     assert cli.main(["--state-dir", str(tmp_path / "state"), "run", "m__drift", *args]) == 2
     assert message in capsys.readouterr().err

@@ -21,10 +21,14 @@ def models(tmp_path, monkeypatch):
     folder.mkdir()
     text = (PIPELINES_DIR / "flight_delays.yaml").read_text()
     assert "name: flight_delays\n" in text and "kind: replay" in text and "target: local" in text
-    (folder / "zeta.yaml").write_text(text.replace("name: flight_delays\n", "name: zeta\n", 1).replace(
-        "  target: local", "  target: local\n  model_server_conn_id: zeta_endpoint", 1))
-    (folder / "alpha.yaml").write_text(text.replace("name: flight_delays\n", "name: alpha\n", 1).replace(
-        "kind: replay", "kind: files", 1))
+    (folder / "zeta.yaml").write_text(
+        text.replace("name: flight_delays\n", "name: zeta\n", 1).replace(
+            "  target: local", "  target: local\n  model_server_conn_id: zeta_endpoint", 1
+        )
+    )
+    (folder / "alpha.yaml").write_text(
+        text.replace("name: flight_delays\n", "name: alpha\n", 1).replace("kind: replay", "kind: files", 1)
+    )
     (folder / "broken.yaml").write_text("name: broken\ndescription: no task, no schema\n")
     monkeypatch.setenv("AIRLOOP_PIPELINES_DIR", str(folder))
     monkeypatch.delenv("AIRLOOP_DATA_ROOT", raising=False)
@@ -92,8 +96,17 @@ def test_one_model_server_per_valid_config(tmp_path, models):
     for model, port in (("alpha", "19004"), ("zeta", "19005")):
         # --allow-empty: a model without a champion answers 503 instead of failing the stack
         assert stack.component_command(s, f"model-server-{model}") == [
-            sys.executable, "-m", "airloop.serving.server", "--model", model, "--port", port,
-            "--data-root", s.data_root, "--allow-empty"]
+            sys.executable,
+            "-m",
+            "airloop.serving.server",
+            "--model",
+            model,
+            "--port",
+            port,
+            "--data-root",
+            s.data_root,
+            "--allow-empty",
+        ]
     assert stack.component_command(s, "api-server")[1:] == ["api-server", "--host", "127.0.0.1", "--port", "19000"]
     with pytest.raises(stack.StackError, match=r"serves no model 'broken' \(it serves \['alpha', 'zeta'\]\)"):
         s.model_server_url_for("broken")
@@ -120,8 +133,14 @@ def test_two_models_cannot_share_a_server_connection(tmp_path, models):
 def test_ports_checked_before_start_follow_the_models(tmp_path, models):
     s = stack.StackSettings(state_dir=str(tmp_path), port=19000)
     needed = stack._ports_needed(s, stack.components(s), running={})
-    assert needed == [(19000, "api-server"), (19001, "the worker log server"), (19002, "the trigger log server"),
-                      (19003, "mlflow"), (19004, "model-server-alpha"), (19005, "model-server-zeta")]
+    assert needed == [
+        (19000, "api-server"),
+        (19001, "the worker log server"),
+        (19002, "the trigger log server"),
+        (19003, "mlflow"),
+        (19004, "model-server-alpha"),
+        (19005, "model-server-zeta"),
+    ]
     # a running stack that only lacks one model server checks that server's port alone
     assert stack._ports_needed(s, ["model-server-zeta"], running={"api-server": 1}) == [(19005, "model-server-zeta")]
 
@@ -131,8 +150,9 @@ def test_a_model_server_that_exits_does_not_fail_the_start(tmp_path, monkeypatch
     wanted = stack.components(s)
     alive = {c: 1 for c in wanted if c != "model-server-zeta"}
     monkeypatch.setattr(stack, "running_components", lambda _s: dict(alive))
-    monkeypatch.setattr(stack, "health", lambda _s: {"scheduler": {"status": "healthy"},
-                                                     "metadatabase": {"status": "healthy"}})
+    monkeypatch.setattr(
+        stack, "health", lambda _s: {"scheduler": {"status": "healthy"}, "metadatabase": {"status": "healthy"}}
+    )
     pinged = []
     monkeypatch.setattr(stack, "_http_ok", lambda url: pinged.append(url) or True)
     assert stack._await_healthy(s, wanted, tmp_path, wait_s=5) == ["zeta"]
@@ -177,9 +197,11 @@ def test_replay_refuses_a_model_fed_by_files(tmp_path, capsys, monkeypatch, mode
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(state / "data"))
     assert cli.main(["--state-dir", str(state), "replay", "--model", "alpha", "--days", "1"]) == 2
     err = capsys.readouterr().err
-    assert (f"alpha has source.kind files: its batches are dropped by the upstream system at "
-            f"{state / 'data'}/landing/alpha/ds=<YYYY-MM-DD>/flights.csv; replay only fills models whose source "
-            "is the nycflights13 replay") in err
+    assert (
+        f"alpha has source.kind files: its batches are dropped by the upstream system at "
+        f"{state / 'data'}/landing/alpha/ds=<YYYY-MM-DD>/flights.csv; replay only fills models whose source "
+        "is the nycflights13 replay"
+    ) in err
     assert not (state / "data" / "landing").exists()
 
 
@@ -205,8 +227,22 @@ def test_cli_quarantine_commands_without_a_stack(tmp_path, capsys, cfg, monkeypa
     # the CLI exports these for its own process; monkeypatch restores them afterwards
     monkeypatch.setenv("AIRLOOP_HOME", str(state))
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(state / "data"))
-    assert cli.main(["--state-dir", str(state), "replay", "--start", "2013-01-10", "--days", "1",
-                     "--corrupt", "2013-01-10:missing_column"]) == 0
+    assert (
+        cli.main(
+            [
+                "--state-dir",
+                str(state),
+                "replay",
+                "--start",
+                "2013-01-10",
+                "--days",
+                "1",
+                "--corrupt",
+                "2013-01-10:missing_column",
+            ]
+        )
+        == 0
+    )
     from airloop.errors import BatchValidationError
     from airloop.ingest import Interval, ingest_batch
     from airloop.quarantine import validate_partition
@@ -220,10 +256,18 @@ def test_cli_quarantine_commands_without_a_stack(tmp_path, capsys, cfg, monkeypa
     assert cli.main(["--state-dir", str(state), "quarantine", "list"]) == 0
     out = capsys.readouterr().out
     assert "flight_delays/ds=2013-01-10  quarantined" in out and "report: file://" in out
-    assert cli.main(["--state-dir", str(state), "quarantine", "reject", "flight_delays", "2013-01-10", "--reason", "resent"]) == 0
+    assert (
+        cli.main(
+            ["--state-dir", str(state), "quarantine", "reject", "flight_delays", "2013-01-10", "--reason", "resent"]
+        )
+        == 0
+    )
     assert cli.main(["--state-dir", str(state), "quarantine", "list"]) == 0
     assert "no batches in quarantine awaiting a decision" in capsys.readouterr().out
-    assert cli.main(["--state-dir", str(state), "quarantine", "reject", "flight_delays", "2013-01-10", "--reason", "x"]) == 2
+    assert (
+        cli.main(["--state-dir", str(state), "quarantine", "reject", "flight_delays", "2013-01-10", "--reason", "x"])
+        == 2
+    )
     assert "already rejected" in capsys.readouterr().err
 
 

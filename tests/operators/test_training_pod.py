@@ -19,8 +19,11 @@ def pod(cfg, monkeypatch):
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", "s3://airloop-data/prod")
     monkeypatch.setenv("AIRLOOP_GIT_COMMIT", "abc123")
     op = TrainModelOperator(task_id="train_model", model=cfg.name, reason="drift", drift={"share": 0.6})
-    context = {"dag": SimpleNamespace(dag_id="flight_delays__train"), "run_id": "manual__2013-07-01T00:00:00+00:00",
-               "ti": SimpleNamespace(try_number=2)}
+    context = {
+        "dag": SimpleNamespace(dag_id="flight_delays__train"),
+        "run_id": "manual__2013-07-01T00:00:00+00:00",
+        "ti": SimpleNamespace(try_number=2),
+    }
     kpo = op.build_pod_operator(context, cfg, PARTS)
     return kpo, kpo.build_pod_request_obj(dry_run=True)
 
@@ -46,7 +49,9 @@ def test_pod_command_is_the_local_command(pod):
     assert args["--model"] == "flight_delays"
     assert args["--data-root"] == "s3://airloop-data/prod"
     assert args["--partitions"] == ",".join(PARTS)
-    assert args["--run-key"] == "flight_delays__train/manual__2013-07-01T00:00:00+00:00"  # no try number: retries reuse it
+    assert (
+        args["--run-key"] == "flight_delays__train/manual__2013-07-01T00:00:00+00:00"
+    )  # no try number: retries reuse it
     assert args["--result-file"] == "/airflow/xcom/return.json"
     lineage = json.loads(args["--lineage"])
     assert lineage["airloop.reason"] == "drift" and json.loads(lineage["airloop.drift"]) == {"share": 0.6}

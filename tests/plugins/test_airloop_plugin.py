@@ -27,7 +27,9 @@ def plugin():
 def client(plugin, data_root, cfg, monkeypatch):
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", data_root.uri)
     day = dt.date(2013, 1, 9)
-    nycflights13.replay_days(data_root, cfg.name, [day], file_name=cfg.source.file_name, corruptions={day: "null_column"})
+    nycflights13.replay_days(
+        data_root, cfg.name, [day], file_name=cfg.source.file_name, corruptions={day: "null_column"}
+    )
     ingest_batch(cfg, data_root, partition="ds=2013-01-09", interval=Interval(None, None), run_id="r1")
     with pytest.raises(BatchValidationError):
         quarantine.validate_partition(cfg, data_root, "ds=2013-01-09")
@@ -89,11 +91,23 @@ def test_a_tasks_runbook_link_follows_its_alert(plugin, client, data_root):
     from airloop_airflow.links import RunbookLink
 
     assert any(isinstance(link, RunbookLink) for link in plugin.AirloopPlugin.global_operator_extra_links)
-    append_alert(data_root, {"model": "flight_delays", "kind": "batch_unreadable", "summary": "not csv",
-                             "dag_id": "flight_delays__ingest", "run_id": "r9", "task_id": "ingest_batch"})
+    append_alert(
+        data_root,
+        {
+            "model": "flight_delays",
+            "kind": "batch_unreadable",
+            "summary": "not csv",
+            "dag_id": "flight_delays__ingest",
+            "run_id": "r9",
+            "task_id": "ingest_batch",
+        },
+    )
     q = "/runbooks/for-task?dag_id=flight_delays__ingest&run_id={}&task_id={}"
     follow = client.get(q.format("r9", "ingest_batch"), follow_redirects=False)
     assert (follow.status_code, follow.headers["location"]) == (307, "/airloop/runbooks/batch_unreadable")
     # no alert for that try: what a failure of that task means
-    assert client.get(q.format("r1", "gate_challenger"), follow_redirects=False).headers["location"] == "/airloop/runbooks/gate_refused"
+    assert (
+        client.get(q.format("r1", "gate_challenger"), follow_redirects=False).headers["location"]
+        == "/airloop/runbooks/gate_refused"
+    )
     assert client.get(q.format("r1", "other"), follow_redirects=False).headers["location"] == "/airloop/runbooks"

@@ -34,10 +34,19 @@ def client(airflow_db):
     spec.loader.exec_module(mod)
     mp = pytest.MonkeyPatch()
     # a rotation under way: senders may still sign with the previous secret, which the tests use
-    mp.setenv("AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS",
-              json.dumps({"conn_type": "generic", "password": "whsec_bmV3LXNlY3JldC1hZnRlci1yb3RhdGlvbiE=",
-                          "extra": {"previous_secrets": [SECRET]}}))
-    mp.setenv("AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS_GITHUB", json.dumps({"conn_type": "generic", "password": GH_SECRET}))
+    mp.setenv(
+        "AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS",
+        json.dumps(
+            {
+                "conn_type": "generic",
+                "password": "whsec_bmV3LXNlY3JldC1hZnRlci1yb3RhdGlvbiE=",
+                "extra": {"previous_secrets": [SECRET]},
+            }
+        ),
+    )
+    mp.setenv(
+        "AIRFLOW_CONN_AIRLOOP_WEBHOOK_FLIGHT_DELAYS_GITHUB", json.dumps({"conn_type": "generic", "password": GH_SECRET})
+    )
     yield TestClient(mod.app)
     mp.undo()
 
@@ -55,8 +64,10 @@ def runs(run_id: str) -> list:
     from airflow.utils.session import create_session
 
     with create_session() as s:
-        return [(r.run_id, r.conf, r.logical_date, r.data_interval_start, r.data_interval_end, r.triggering_user_name)
-                for r in s.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)]
+        return [
+            (r.run_id, r.conf, r.logical_date, r.data_interval_start, r.data_interval_end, r.triggering_user_name)
+            for r in s.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)
+        ]
 
 
 def test_signed_delivery_creates_one_run_and_a_repeat_finds_it(client):
@@ -74,7 +85,11 @@ def test_signed_delivery_creates_one_run_and_a_repeat_finds_it(client):
 
     # the sender retries the same delivery (new timestamp, new signature): same run, nothing created
     again = client.post(f"/webhooks/{SOURCE}", content=body, headers=signed(body, "msg_route_1"))
-    assert again.status_code == 200 and again.json()["dag_run_id"] == out["dag_run_id"] and again.json()["created"] is False
+    assert (
+        again.status_code == 200
+        and again.json()["dag_run_id"] == out["dag_run_id"]
+        and again.json()["created"] is False
+    )
     assert len(runs(out["dag_run_id"])) == 1
 
     # another delivery (another id) for a day that already has its run: 409, naming the run and the way
@@ -103,7 +118,9 @@ def test_refusals_say_why_and_create_nothing(client):
     r = client.post(f"/webhooks/{SOURCE}", content=big, headers=signed(big, "m2"))
     assert r.status_code == 413 and "65536 bytes" in r.json()["detail"]
 
-    r = client.post(f"/webhooks/{SOURCE}", content=good, headers=signed(good, "m3", secret="whsec_" + "V3JvbmdXcm9uZ1dyb25nIQ=="))
+    r = client.post(
+        f"/webhooks/{SOURCE}", content=good, headers=signed(good, "m3", secret="whsec_" + "V3JvbmdXcm9uZ1dyb25nIQ==")
+    )
     assert (r.status_code, r.json()["detail"]) == (401, "no webhook-signature matches the body")
 
     r = client.post(f"/webhooks/{SOURCE}", content=good, headers={"webhook-id": "m4"})

@@ -39,12 +39,16 @@ def parse_request(body: bytes, content_type: str, max_bytes: int) -> pd.DataFram
         try:
             df = pd.read_csv(io.BytesIO(body))
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-            raise RequestError(400, f"malformed CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise RequestError(
+                400, f"malformed CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         if df.empty:
             raise RequestError(400, "the CSV body has a header but no rows")
         return df
     if ctype != "application/json":
-        raise RequestError(415, f"unsupported content type {content_type or '(none)'!r}; send application/json or text/csv")
+        raise RequestError(
+            415, f"unsupported content type {content_type or '(none)'!r}; send application/json or text/csv"
+        )
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from airloop.config import PipelineConfig
 
 
-def request_bodies(df: Any, columns: list[str], event_time_column: str | None = None,
-                   key_columns: list[str] | tuple[str, ...] = ()) -> Iterable[tuple[str | None, bytes, str | None]]:
+def request_bodies(
+    df: Any, columns: list[str], event_time_column: str | None = None, key_columns: list[str] | tuple[str, ...] = ()
+) -> Iterable[tuple[str | None, bytes, str | None]]:
     """(request key, JSON body in ``dataframe_split`` form, event time) per row.
 
     :param columns: what each request carries (the model's inputs, plus the columns outcomes join on)
@@ -44,8 +45,9 @@ def bodies_for(cfg: PipelineConfig, df: Any) -> list[tuple[str | None, bytes, st
     return list(request_bodies(df, columns, cfg.event_time, cfg.data_schema.key_columns))
 
 
-def send(url: str, body: bytes, key: str | None, timeout: float = 10.0,
-         event_time: str | None = None) -> tuple[int, dict[str, Any] | None]:
+def send(
+    url: str, body: bytes, key: str | None, timeout: float = 10.0, event_time: str | None = None
+) -> tuple[int, dict[str, Any] | None]:
     """POST one request; (status, JSON body). A connection failure is status 0."""
     headers = {"Content-Type": "application/json"}
     if key:
@@ -62,8 +64,14 @@ def send(url: str, body: bytes, key: str | None, timeout: float = 10.0,
         return 0, None
 
 
-def replay(url: str, bodies: list[tuple[str | None, bytes, str | None]], *, concurrency: int = 4,
-           stop: Callable[[], bool] | None = None, loop: bool = False) -> collections.Counter[str]:
+def replay(
+    url: str,
+    bodies: list[tuple[str | None, bytes, str | None]],
+    *,
+    concurrency: int = 4,
+    stop: Callable[[], bool] | None = None,
+    loop: bool = False,
+) -> collections.Counter[str]:
     """Send ``bodies`` from ``concurrency`` threads until all are sent (or, with ``loop``, until ``stop()``).
 
     :returns: counts by status (``"200"``, ``"500"``, ``"0"`` for connection failures) and by

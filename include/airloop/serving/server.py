@@ -54,8 +54,9 @@ class HttpModel:
         import urllib.request
 
         body = json.dumps({"dataframe_split": json.loads(df.to_json(orient="split", index=False))}).encode()
-        req = urllib.request.Request(f"{self.url}/invocations", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/invocations", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 (a configured endpoint)
             preds = json.loads(r.read())["predictions"]
         return [float(p["prediction"]) if isinstance(p, dict) else float(p) for p in preds]
@@ -90,8 +91,9 @@ class Metrics:
 
     counters: dict[tuple[str, str], float] = field(default_factory=dict)
     hist: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    buckets: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
-        "request_latency_seconds": LATENCY_BUCKETS, "prediction": PREDICTION_BUCKETS})
+    buckets: dict[str, tuple[float, ...]] = field(
+        default_factory=lambda: {"request_latency_seconds": LATENCY_BUCKETS, "prediction": PREDICTION_BUCKETS}
+    )
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def inc(self, name: str, variant: str, by: float = 1.0) -> None:
@@ -164,9 +166,18 @@ def choose_variant(request_key: str | None, weight: float, rng: random.Random) -
 class ModelService:
     """The serving logic, independent of the HTTP framework (and so testable without a socket)."""
 
-    def __init__(self, model_name: str, champion: Variant | None, challenger: Variant | None, weight: float,
-                 log: PredictionLog | None, max_body: int = 4 * 1024 * 1024, seed: int | None = None,
-                 request_columns: list[str] | None = None, prediction_edges: list[float] | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        champion: Variant | None,
+        challenger: Variant | None,
+        weight: float,
+        log: PredictionLog | None,
+        max_body: int = 4 * 1024 * 1024,
+        seed: int | None = None,
+        request_columns: list[str] | None = None,
+        prediction_edges: list[float] | None = None,
+    ):
         """:param request_columns: the columns a request must carry (the model config's
         ``request_columns``; default: those of the pipeline config named ``model_name``)
         :param prediction_edges: bucket bounds of the prediction histograms for a champion that has no
@@ -194,8 +205,9 @@ class ModelService:
             raise ValueError("weight must be within [0, 1]")
         self.weight = weight if "challenger" in self.variants else 0.0
 
-    def invoke(self, body: bytes, content_type: str, request_key: str | None = None,
-               event_time: str | None = None) -> tuple[int, dict[str, Any]]:
+    def invoke(
+        self, body: bytes, content_type: str, request_key: str | None = None, event_time: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """One scoring request: (status, JSON response).
 
         :param event_time: when the scored event happens (ISO 8601, from ``X-Event-Time``; default now):
@@ -204,8 +216,11 @@ class ModelService:
         """
         t0 = time.perf_counter()
         if "champion" not in self.variants:
-            return 503, {"error_code": "NO_MODEL", "message": f"{self.model_name} has no @champion yet; "
-                         "the server loads it on POST /admin/reload once the first model passes the gate"}
+            return 503, {
+                "error_code": "NO_MODEL",
+                "message": f"{self.model_name} has no @champion yet; "
+                "the server loads it on POST /admin/reload once the first model passes the gate",
+            }
         try:
             df = parse_request(body, content_type, self.max_body)
             event = _event_time(event_time)
@@ -243,14 +258,28 @@ class ModelService:
         if self.log is not None:
             now = dt.datetime.now(dt.UTC).isoformat()
             rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
-            self.log.append([
-                {"request_id": request_id, "row": i, "timestamp": now, "event_time": event or now,
-                 "variant": served, "version": v.version,
-                 "inputs": rows[i], "output": float(preds[i]), "request_key": request_key}
-                for i in range(len(preds))
-            ])
-        return 200, {"predictions": [float(p) for p in preds], "variant": served, "version": v.version,
-                     "request_id": request_id}
+            self.log.append(
+                [
+                    {
+                        "request_id": request_id,
+                        "row": i,
+                        "timestamp": now,
+                        "event_time": event or now,
+                        "variant": served,
+                        "version": v.version,
+                        "inputs": rows[i],
+                        "output": float(preds[i]),
+                        "request_key": request_key,
+                    }
+                    for i in range(len(preds))
+                ]
+            )
+        return 200, {
+            "predictions": [float(p) for p in preds],
+            "variant": served,
+            "version": v.version,
+            "request_id": request_id,
+        }
 
     def _predict(self, variant: str, df: Any) -> list[float]:
         missing = [c for c in self.request_columns if c not in df.columns]
@@ -277,8 +306,11 @@ class ModelService:
             self.weight = 0.0
 
     def version_info(self) -> dict[str, Any]:
-        return {"model": self.model_name, "challenger_weight": self.weight,
-                "variants": {k: v.version for k, v in self.variants.items()}}
+        return {
+            "model": self.model_name,
+            "challenger_weight": self.weight,
+            "variants": {k: v.version for k, v in self.variants.items()},
+        }
 
 
 def load_variants(model: str, tracking_uri: str | None = None) -> tuple[Variant, Variant | None]:
@@ -315,11 +347,21 @@ def create_app(service: ModelService, loader: Any = None) -> Any:
         declared = int(request.headers.get("content-length") or 0)
         if declared > service.max_body:
             service.metrics.inc("client_errors", "none")
-            return JSONResponse({"error_code": "BAD_REQUEST", "message": f"request body is {declared} bytes; the limit is {service.max_body}"}, 413)
+            return JSONResponse(
+                {
+                    "error_code": "BAD_REQUEST",
+                    "message": f"request body is {declared} bytes; the limit is {service.max_body}",
+                },
+                413,
+            )
         body = await request.body()
         status, payload = await run_in_threadpool(
-            service.invoke, body, request.headers.get("content-type", ""), request.headers.get("x-request-key"),
-            request.headers.get("x-event-time"))
+            service.invoke,
+            body,
+            request.headers.get("content-type", ""),
+            request.headers.get("x-request-key"),
+            request.headers.get("x-event-time"),
+        )
         return JSONResponse(payload, status)
 
     async def ping(request: Request) -> PlainTextResponse:
@@ -347,12 +389,17 @@ def create_app(service: ModelService, loader: Any = None) -> Any:
         return JSONResponse(service.version_info())
 
     # The deploy DAG drives these; bind the server to loopback or a private network only.
-    return Starlette(routes=[
-        Route("/admin/weight", set_weight, methods=["PUT"]),
-        Route("/admin/reload", reload, methods=["POST"]),
-        Route("/invocations", invocations, methods=["POST"]),
-        Route("/ping", ping), Route("/health", ping), Route("/version", version), Route("/metrics", metrics),
-    ])
+    return Starlette(
+        routes=[
+            Route("/admin/weight", set_weight, methods=["PUT"]),
+            Route("/admin/reload", reload, methods=["POST"]),
+            Route("/invocations", invocations, methods=["POST"]),
+            Route("/ping", ping),
+            Route("/health", ping),
+            Route("/version", version),
+            Route("/metrics", metrics),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.allow_empty:
             raise
         champion, challenger = None, None
-    service = ModelService(args.model, champion, challenger, args.challenger_weight, PredictionLog(args.data_root, args.model))
+    service = ModelService(
+        args.model, champion, challenger, args.challenger_weight, PredictionLog(args.data_root, args.model)
+    )
     uvicorn.run(create_app(service, loader), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -49,8 +49,10 @@ def data_file() -> Path:
     """The CSV inside the installed ISLP package (located without importing it)."""
     spec = importlib.util.find_spec("ISLP")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the ISLP package (data files only) is not installed: run `make venv`, or "
-                           "`pip install --no-deps -r requirements-data.txt`")
+        raise RuntimeError(
+            "the ISLP package (data files only) is not installed: run `make venv`, or "
+            "`pip install --no-deps -r requirements-data.txt`"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / CSV_NAME
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: the installed ISLP is not 0.6.0 (see requirements-data.txt)")
@@ -136,8 +138,10 @@ def write_sample(out: str | Path, n_days: int, start: dt.date | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m airloop.sources.bikeshare",
-                                 description="The UCI Bike Sharing hours of 2011 (CC BY 4.0) as a daily feed")
+    ap = argparse.ArgumentParser(
+        prog="python -m airloop.sources.bikeshare",
+        description="The UCI Bike Sharing hours of 2011 (CC BY 4.0) as a daily feed",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("sample", help="write days to one file (a sample for `airloop model init`, or traffic)")
     sp.add_argument("--out", required=True, help="the file (.csv; .parquet or .jsonl by suffix)")

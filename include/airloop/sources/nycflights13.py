@@ -118,6 +118,8 @@ def replay_days(
         payload = corrupt(df, corruptions[day]) if day in corruptions else to_csv_bytes(df)
         uri = landing_uri(root, model, day, file_name)
         root.write_bytes_atomic(uri, payload)
-        log.info("landed %s (%d flights%s)", uri, len(df), f", corrupted: {corruptions[day]}" if day in corruptions else "")
+        log.info(
+            "landed %s (%d flights%s)", uri, len(df), f", corrupted: {corruptions[day]}" if day in corruptions else ""
+        )
         uris.append(uri)
     return uris

@@ -51,7 +51,9 @@ def make_mapper(cfg):
         from airloop.features import compute_features, feature_columns, label
 
         for pdf in batches:
-            out = compute_features(pdf, features, keep=keep, search_dirs=search_dirs)[[*feature_columns(features), *keep]]
+            out = compute_features(pdf, features, keep=keep, search_dirs=search_dirs)[
+                [*feature_columns(features), *keep]
+            ]
             out[cfg.task.target] = label(pdf, label_cfg.source_column, label_cfg.positive_above)
             yield out
 
@@ -115,7 +117,9 @@ def run(model: str, data_root: str, partitions: list[str], spark=None) -> list[d
                     "data_interval": raw_manifest.get("data_interval"),
                     "columns": [f.name for f in schema.fields],
                 }
-                root.fs.pipe_file(f"{root._path(tmp)}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode())
+                root.fs.pipe_file(
+                    f"{root._path(tmp)}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode()
+                )
             manifests.append({**manifest, "uri": out_uri})
             log.info("features %s/%s: %d rows in %.1f s -> %s", model, part, rows, time.monotonic() - t, out_uri)
     finally:

@@ -63,8 +63,12 @@ class Preprocessor:
 
     @property
     def width(self) -> int:
-        return (len(self.numeric) + len(self.flag_missing) + sum(len(v) for v in self.vocab.values())
-                + sum(len(e) - 1 for e in self.edges.values()))
+        return (
+            len(self.numeric)
+            + len(self.flag_missing)
+            + sum(len(v) for v in self.vocab.values())
+            + sum(len(e) - 1 for e in self.edges.values())
+        )
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         import numpy as np
@@ -83,7 +87,9 @@ class Preprocessor:
             vocab = self.vocab[c]
             index = {v: i for i, v in enumerate(vocab)}
             other = index[OTHER]
-            codes = np.fromiter((index.get(v, other) if isinstance(v, str) else other for v in df[c]), dtype=np.int64, count=n)
+            codes = np.fromiter(
+                (index.get(v, other) if isinstance(v, str) else other for v in df[c]), dtype=np.int64, count=n
+            )
             out[np.arange(n), j + codes] = 1.0
             j += len(vocab)
         for c in self.piecewise:  # in this list's order: the JSON of ``edges`` sorts its keys
@@ -105,8 +111,9 @@ class Preprocessor:
         return cls(**json.loads(text))
 
 
-def build_mlp(width: int, hidden: tuple[int, ...] = (32,), dropout: float = 0.1,
-              target_scale: tuple[float, float] = (0.0, 1.0)) -> Any:
+def build_mlp(
+    width: int, hidden: tuple[int, ...] = (32,), dropout: float = 0.1, target_scale: tuple[float, float] = (0.0, 1.0)
+) -> Any:
     """Wide and deep: a linear part on the inputs plus an MLP for interactions, summed into one output (a
     logit, or a regression target standardised by ``target_scale`` = (mean, std): :meth:`to_target`
     turns it back into the target's units)."""
@@ -154,8 +161,9 @@ def make_pyfunc_class():
             self.request_columns = meta.get("request_columns")
             self.features = FeaturesConfig.model_validate_json(open(context.artifacts["features"]).read())
             self.pre = Preprocessor.from_json(open(context.artifacts["preprocessor"]).read())
-            self.net = build_mlp(self.pre.width, tuple(meta["hidden"]), meta["dropout"],
-                                 tuple(meta.get("target_scale", (0.0, 1.0))))
+            self.net = build_mlp(
+                self.pre.width, tuple(meta["hidden"]), meta["dropout"], tuple(meta.get("target_scale", (0.0, 1.0)))
+            )
             self.net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
             self.net.eval()
 

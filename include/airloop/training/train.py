@@ -113,8 +113,11 @@ def metrics_for(task: str, y_true, y_pred) -> dict[str, float]:
         }
     err = y_pred - y_true
     var = float(np.var(y_true))
-    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
-            "r2": 1.0 - float(np.mean(err**2)) / var if var > 0 else float("nan")}
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": 1.0 - float(np.mean(err**2)) / var if var > 0 else float("nan"),
+    }
 
 
 def _device(choice: str):
@@ -138,11 +141,21 @@ def fit_linear(linear, x, y, task: str, c: float) -> None:
 
     import torch
 
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum") if task == "binary_classification" \
+    loss_fn = (
+        torch.nn.BCEWithLogitsLoss(reduction="sum")
+        if task == "binary_classification"
         else torch.nn.MSELoss(reduction="sum")
+    )
     lin64, x64, y64 = copy.deepcopy(linear).double(), x.double(), y.double()
-    opt = torch.optim.LBFGS(lin64.parameters(), lr=1.0, max_iter=500, history_size=20, tolerance_grad=1e-7,
-                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        lin64.parameters(),
+        lr=1.0,
+        max_iter=500,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -187,8 +200,12 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
     scale = target_scale(train_df[target], task)
 
     def preprocessor(df):
-        return Preprocessor(numeric_features(features), categorical_features(features),
-                            piecewise=list(features.piecewise), bins=features.piecewise_bins).fit(df)
+        return Preprocessor(
+            numeric_features(features),
+            categorical_features(features),
+            piecewise=list(features.piecewise),
+            bins=features.piecewise_bins,
+        ).fit(df)
 
     def tensors(pre, df):
         x = torch.from_numpy(pre.transform(df))
@@ -202,8 +219,11 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
         with torch.no_grad():
             vo = net(xv).squeeze(1).float()
             vp = torch.sigmoid(vo) if task == "binary_classification" else net.to_target(vo)
-        return float(loss_fn(vo, yv)), metrics_for(task, net.to_target(yv).cpu().numpy() if task != "binary_classification"
-                                                   else yv.cpu().numpy(), vp.cpu().numpy())
+        return float(loss_fn(vo, yv)), metrics_for(
+            task,
+            net.to_target(yv).cpu().numpy() if task != "binary_classification" else yv.cpu().numpy(),
+            vp.cpu().numpy(),
+        )
 
     def run(pre, xt, yt, epochs: int, val=None, record=None):
         torch.manual_seed(req.seed)
@@ -241,8 +261,12 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
             if val is None:
                 continue
             val_loss, val_metrics = evaluate(net, *val)
-            row = {"epoch": epoch, "train_loss": total / len(xt), "val_loss": val_loss,
-                   **{f"val_{k}": v for k, v in val_metrics.items()}}
+            row = {
+                "epoch": epoch,
+                "train_loss": total / len(xt),
+                "val_loss": val_loss,
+                **{f"val_{k}": v for k, v in val_metrics.items()},
+            }
             record.append(row)
             if on_epoch:
                 on_epoch(row)
@@ -268,10 +292,18 @@ def fit(req: TrainRequest, task: str, train_df, val_df, target: str, features: A
     else:
         net.load_state_dict(best[1])
     net.to("cpu").eval()
-    return {"net": net, "pre": pre, "history": history, "best_epoch": best_epoch, "device": device.type,
-            "linear_start_val": linear_val, "linear_seconds": timings["linear_seconds"],
-            "samples_per_s": seen / elapsed if elapsed else float("nan"), "train_seconds": elapsed,
-            "target_scale": scale}
+    return {
+        "net": net,
+        "pre": pre,
+        "history": history,
+        "best_epoch": best_epoch,
+        "device": device.type,
+        "linear_start_val": linear_val,
+        "linear_seconds": timings["linear_seconds"],
+        "samples_per_s": seen / elapsed if elapsed else float("nan"),
+        "train_seconds": elapsed,
+        "target_scale": scale,
+    }
 
 
 #: an epoch takes at least this many optimiser steps: a window of a few hundred rows in one batch of
@@ -338,7 +370,10 @@ def train(req: TrainRequest) -> dict[str, Any]:
     if existing is not None:
         log.info("run key %s already registered as %s v%s; not training again", req.run_key, cfg.name, existing.version)
         return json.loads(client.get_run(existing.run_id).data.tags.get("airloop_result", "{}")) or {
-            "model": cfg.name, "version": existing.version, "run_id": existing.run_id}
+            "model": cfg.name,
+            "version": existing.version,
+            "run_id": existing.run_id,
+        }
 
     train_parts, holdout_parts = split_partitions(req.partitions, req.holdout_fraction)
     feats = load_partitions(root, "features", cfg.name, train_parts)
@@ -346,13 +381,21 @@ def train(req: TrainRequest) -> dict[str, Any]:
     holdout_feats = load_partitions(root, "features", cfg.name, holdout_parts)
     holdout_feats = holdout_feats[holdout_feats[target].notna()]
 
-    artifact_root = None if req.tracking_uri.startswith(("http://", "https://", "databricks")) else \
-        f"{root.file_uri(root.uri + '/mlflow-artifacts')}/{cfg.name}"
+    artifact_root = (
+        None
+        if req.tracking_uri.startswith(("http://", "https://", "databricks"))
+        else f"{root.file_uri(root.uri + '/mlflow-artifacts')}/{cfg.name}"
+    )
     exp_id = _ensure_experiment(client, f"airloop-{cfg.name}", artifact_root)
     version_of_features = feature_version(cfg.features, cfg.feature_search_dirs)
-    tags = {**req.lineage, RUN_KEY_TAG: req.run_key, "airloop.model": cfg.name,
-            "airloop.feature_version": version_of_features,
-            "airloop.train_partitions": ",".join(train_parts), "airloop.holdout_partitions": ",".join(holdout_parts)}
+    tags = {
+        **req.lineage,
+        RUN_KEY_TAG: req.run_key,
+        "airloop.model": cfg.name,
+        "airloop.feature_version": version_of_features,
+        "airloop.train_partitions": ",".join(train_parts),
+        "airloop.holdout_partitions": ",".join(holdout_parts),
+    }
     for p in req.partitions:
         m = root.read_json(f"{root.partition_uri('features', cfg.name, p)}/_manifest.json")
         tags[f"airloop.partition.{p}"] = str(m.get("source_content_hash"))
@@ -365,22 +408,48 @@ def train(req: TrainRequest) -> dict[str, Any]:
                 f"{st.get('evaluated_expectations')} (suite {v.get('suite')}, content {v.get('content_hash')})"
             )
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.name}-{req.run_key}", tags=tags) as run:
-        mlflow.log_params({
-            "task": task, "target": target, "seed": req.seed, "max_epochs": req.max_epochs, "patience": req.patience,
-            "batch_size": req.batch_size, "learning_rate": req.learning_rate, "hidden": list(req.hidden),
-            "dropout": req.dropout, "linear_start": req.linear_start, "linear_c": req.linear_c,
-            "piecewise": list(cfg.features.piecewise), "piecewise_bins": cfg.features.piecewise_bins,
-            "features": ",".join(feature_columns(cfg.features))[:6000],
-            "train_rows": len(train_df), "val_rows": len(val_df), "holdout_rows": len(holdout_feats), "partitions": len(req.partitions),
-        })
-        result = fit(req, task, train_df, val_df, target, cfg.features,
-                     on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
+        mlflow.log_params(
+            {
+                "task": task,
+                "target": target,
+                "seed": req.seed,
+                "max_epochs": req.max_epochs,
+                "patience": req.patience,
+                "batch_size": req.batch_size,
+                "learning_rate": req.learning_rate,
+                "hidden": list(req.hidden),
+                "dropout": req.dropout,
+                "linear_start": req.linear_start,
+                "linear_c": req.linear_c,
+                "piecewise": list(cfg.features.piecewise),
+                "piecewise_bins": cfg.features.piecewise_bins,
+                "features": ",".join(feature_columns(cfg.features))[:6000],
+                "train_rows": len(train_df),
+                "val_rows": len(val_df),
+                "holdout_rows": len(holdout_feats),
+                "partitions": len(req.partitions),
+            }
+        )
+        result = fit(
+            req,
+            task,
+            train_df,
+            val_df,
+            target,
+            cfg.features,
+            on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+        )
         net, pre = result["net"], result["pre"]
         hold = metrics_for(task, holdout_feats[target], predict(net, pre, holdout_feats, task))
         mlflow.log_metrics({f"holdout_{k}": v for k, v in hold.items() if not math.isnan(v)})
-        mlflow.log_metrics({"samples_per_s": result["samples_per_s"], "best_epoch": result["best_epoch"],
-                            "linear_seconds": result["linear_seconds"],
-                            **{f"linear_start_{k}": v for k, v in result["linear_start_val"].items() if not math.isnan(v)}})
+        mlflow.log_metrics(
+            {
+                "samples_per_s": result["samples_per_s"],
+                "best_epoch": result["best_epoch"],
+                "linear_seconds": result["linear_seconds"],
+                **{f"linear_start_{k}": v for k, v in result["linear_start_val"].items() if not math.isnan(v)},
+            }
+        )
         mlflow.set_tag("airloop.device", result["device"])
 
         raw = load_partitions(root, "raw", cfg.name, holdout_parts[:1])
@@ -390,20 +459,39 @@ def train(req: TrainRequest) -> dict[str, Any]:
         example = raw[request_columns].dropna().head(5).reset_index(drop=True)
         if example.empty:
             example = raw[request_columns].head(5).reset_index(drop=True)
-        ref = train_df.sample(n=min(REFERENCE_ROWS, len(train_df)), random_state=req.seed)[[*feature_columns(cfg.features), target]]
+        ref = train_df.sample(n=min(REFERENCE_ROWS, len(train_df)), random_state=req.seed)[
+            [*feature_columns(cfg.features), target]
+        ]
         ref = ref.assign(prediction=predict(result["net"], result["pre"], ref, task))  # for prediction drift
         with tempfile.TemporaryDirectory() as tmp:
             import torch
 
-            paths = model_artifacts(tmp, cfg, net, pre, req, task, version_of_features, prediction_edges(ref["prediction"]),
-                                    result["target_scale"])
+            paths = model_artifacts(
+                tmp,
+                cfg,
+                net,
+                pre,
+                req,
+                task,
+                version_of_features,
+                prediction_edges(ref["prediction"]),
+                result["target_scale"],
+            )
             pyfunc = make_pyfunc_class()()
             pyfunc.load_context(type("Ctx", (), {"artifacts": paths})())
             signature = infer_signature(example, pyfunc.predict(None, example))
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=pyfunc, artifacts=paths, signature=signature, input_example=example,
+                name="model",
+                python_model=pyfunc,
+                artifacts=paths,
+                signature=signature,
+                input_example=example,
                 code_paths=model_code_paths(cfg),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "pandas<3"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                    "pandas<3",
+                ],
             )
             ref_path = f"{tmp}/reference_sample.parquet"
             ref.to_parquet(ref_path, index=False)
@@ -411,11 +499,17 @@ def train(req: TrainRequest) -> dict[str, Any]:
 
         version = register_once(client, cfg.name, info.model_uri, run.info.run_id, req.run_key, model_id=info.model_id)
         out = {
-            "model": cfg.name, "version": str(version.version), "run_id": run.info.run_id,
-            "model_uri": f"models:/{cfg.name}/{version.version}", "metrics": {k: v for k, v in hold.items() if not math.isnan(v)},
-            "holdout_partitions": list(holdout_parts), "train_partitions": list(train_parts),
-            "device": result["device"], "samples_per_s": round(result["samples_per_s"], 1),
-            "best_epoch": result["best_epoch"], "experiment_id": exp_id,
+            "model": cfg.name,
+            "version": str(version.version),
+            "run_id": run.info.run_id,
+            "model_uri": f"models:/{cfg.name}/{version.version}",
+            "metrics": {k: v for k, v in hold.items() if not math.isnan(v)},
+            "holdout_partitions": list(holdout_parts),
+            "train_partitions": list(train_parts),
+            "device": result["device"],
+            "samples_per_s": round(result["samples_per_s"], 1),
+            "best_epoch": result["best_epoch"],
+            "experiment_id": exp_id,
         }
         client.set_tag(run.info.run_id, "airloop_result", json.dumps(out))
     log.info("trained %s v%s on %s (holdout %s)", cfg.name, version.version, result["device"], hold)
@@ -438,20 +532,43 @@ def prediction_edges(predictions) -> list[float]:
     return sorted({float(q) for q in np.quantile(values, PREDICTION_QUANTILES)})
 
 
-def model_artifacts(folder: str, cfg, net, pre, req: TrainRequest, task: str, version_of_features: str,
-                    edges: list[float], scale: tuple[float, float] = (0.0, 1.0)) -> dict[str, str]:
+def model_artifacts(
+    folder: str,
+    cfg,
+    net,
+    pre,
+    req: TrainRequest,
+    task: str,
+    version_of_features: str,
+    edges: list[float],
+    scale: tuple[float, float] = (0.0, 1.0),
+) -> dict[str, str]:
     """Write the files the pyfunc loads: weights, preprocessor, feature definition and metadata."""
     import torch
 
-    paths = {"weights": f"{folder}/weights.pt", "preprocessor": f"{folder}/preprocessor.json",
-             "features": f"{folder}/features.json", "meta": f"{folder}/meta.json"}
+    paths = {
+        "weights": f"{folder}/weights.pt",
+        "preprocessor": f"{folder}/preprocessor.json",
+        "features": f"{folder}/features.json",
+        "meta": f"{folder}/meta.json",
+    }
     torch.save(net.state_dict(), paths["weights"])
     Path(paths["preprocessor"]).write_text(pre.to_json())
     Path(paths["features"]).write_text(cfg.features.model_dump_json())
-    Path(paths["meta"]).write_text(json.dumps({
-        "task": task, "hidden": list(req.hidden), "dropout": req.dropout, "feature_version": version_of_features,
-        "request_columns": cfg.request_columns, "event_time": cfg.event_time, "prediction_edges": edges,
-        "target_scale": list(scale)}))
+    Path(paths["meta"]).write_text(
+        json.dumps(
+            {
+                "task": task,
+                "hidden": list(req.hidden),
+                "dropout": req.dropout,
+                "feature_version": version_of_features,
+                "request_columns": cfg.request_columns,
+                "event_time": cfg.event_time,
+                "prediction_edges": edges,
+                "target_scale": list(scale),
+            }
+        )
+    )
     return paths
 
 
@@ -491,7 +608,9 @@ def register_once(client, name: str, source: str, run_id: str, run_key: str, mod
     if existing is not None:
         return existing
     # model_id: a tracking server requires it to resolve a models:/m-... source (a database store does not)
-    return client.create_model_version(name, source=source, run_id=run_id, tags={RUN_KEY_TAG: run_key}, model_id=model_id)
+    return client.create_model_version(
+        name, source=source, run_id=run_id, tags={RUN_KEY_TAG: run_key}, model_id=model_id
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,9 +630,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tracking_uri:
         ap.error("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     req = TrainRequest(
-        model=args.model, data_root=args.data_root, partitions=tuple(p for p in args.partitions.split(",") if p),
-        run_key=args.run_key, tracking_uri=args.tracking_uri, lineage=json.loads(args.lineage), seed=args.seed,
-        max_epochs=args.max_epochs, device=args.device,
+        model=args.model,
+        data_root=args.data_root,
+        partitions=tuple(p for p in args.partitions.split(",") if p),
+        run_key=args.run_key,
+        tracking_uri=args.tracking_uri,
+        lineage=json.loads(args.lineage),
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        device=args.device,
     )
     out = train(req)
     if args.result_file:

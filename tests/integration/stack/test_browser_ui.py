@@ -46,9 +46,17 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -87,7 +95,9 @@ def _wait_state(api, run_id: str, timeout_s: float = 600) -> str:
 def test_login_find_trigger_succeed_and_follow_a_failed_tasks_runbook(running_stack, browser, shots, cfg):
     s, api = running_stack
     root = DataRoot(s.data_root)
-    nycflights13.replay_days(root, cfg.name, [GOOD, BAD], file_name=cfg.source.file_name, corruptions={BAD: "out_of_range"})
+    nycflights13.replay_days(
+        root, cfg.name, [GOOD, BAD], file_name=cfg.source.file_name, corruptions={BAD: "out_of_range"}
+    )
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
     tag = uuid.uuid4().hex[:6]
@@ -125,7 +135,10 @@ def test_login_find_trigger_succeed_and_follow_a_failed_tasks_runbook(running_st
     tis = {t["task_id"]: t["state"] for t in api.task_instances(DAG_ID, good_run)}
     assert tis == {"ingest_batch": "success", "validate_batch": "success"}
     run = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{good_run}")
-    assert (run["data_interval_start"][:10], run["conf"]["source_uri"].endswith(f"ds={GOOD}/flights.csv")) == (str(GOOD), True)
+    assert (run["data_interval_start"][:10], run["conf"]["source_uri"].endswith(f"ds={GOOD}/flights.csv")) == (
+        str(GOOD),
+        True,
+    )
     page.goto(f"{s.base_url}/dags/{DAG_ID}/runs/{good_run}")
     page.get_by_text("Success").first.wait_for()
     page.screenshot(path=shots / "04-run-succeeded.png", full_page=True)

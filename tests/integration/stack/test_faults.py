@@ -99,7 +99,9 @@ def test_a_task_killed_with_sigkill_is_retried_and_publishes_once(running_stack,
     state = cli._wait_runs(api, DAG_ID, {run_id}, timeout_s=600)[run_id]
     ti = _task(api, run_id, "validate_batch")
     assert (state, ti["state"], ti["try_number"]) == ("success", "success", 2), ti
-    events = [e for e in api.get("/api/v2/assets/events", limit=1000)["asset_events"] if e.get("source_run_id") == run_id]
+    events = [
+        e for e in api.get("/api/v2/assets/events", limit=1000)["asset_events"] if e.get("source_run_id") == run_id
+    ]
     assert len(events) == 1 and events[0]["extra"]["partition"] == f"ds={day}"
     _partition_is_whole(root, day)
     assert not Path(f"{root.uri}/quarantine/flight_delays/ds={day}").exists()
@@ -143,7 +145,9 @@ def test_postgres_restarted_mid_run(running_stack, cfg):
         alerts = [a for a in read_alerts(root, cfg.name) if a.get("run_id") == run_id]
         assert failed and {a["task_id"] for a in alerts} == set(failed)
     else:
-        events = [e for e in api.get("/api/v2/assets/events", limit=1000)["asset_events"] if e.get("source_run_id") == run_id]
+        events = [
+            e for e in api.get("/api/v2/assets/events", limit=1000)["asset_events"] if e.get("source_run_id") == run_id
+        ]
         assert len(events) == 1
     summary = ", ".join(f"{k}: {v['state']} try {v['try_number']}" for k, v in tis.items())
     print(f"\nPostgreSQL restarted during {run_id}: run {state}; tasks {summary}")

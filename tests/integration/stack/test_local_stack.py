@@ -24,8 +24,9 @@ HOOKED = dt.date(2013, 6, 13)  # announced by a signed webhook instead of a sche
 def test_scheduler_runs_ingest_and_gate(running_stack, cfg, capsys):
     s, api = running_stack
     root = DataRoot(default_data_root_uri())
-    nycflights13.replay_days(root, cfg.name, [*GOOD, BAD, HOOKED], file_name=cfg.source.file_name,
-                             corruptions={BAD: "missing_column"})
+    nycflights13.replay_days(
+        root, cfg.name, [*GOOD, BAD, HOOKED], file_name=cfg.source.file_name, corruptions={BAD: "missing_column"}
+    )
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
     api.wait_for_dag(cfg.dag_id("release"))

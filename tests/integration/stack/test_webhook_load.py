@@ -27,8 +27,12 @@ DAG_ID = "flight_delays__ingest"
 
 
 def _post(base_url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{base_url}/airloop/webhooks/{SOURCE}", data=body, method="POST",
-                                 headers={**headers, "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{base_url}/airloop/webhooks/{SOURCE}",
+        data=body,
+        method="POST",
+        headers={**headers, "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -50,8 +54,8 @@ def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_ru
     # one delivery per day (Airflow keeps one run per day of the ingest DAG), days no other test runs
     unique = [(f"load_{tag}_{i:03d}", dt.date(2013, 8, 1) + dt.timedelta(days=i)) for i in range(140)]
     plan = [(mid, day, secret) for mid, day in unique]
-    plan += [(mid, day, secret) for mid, day in rng.sample(unique, 40)]                       # 20%: repeats
-    plan += [(f"load_{tag}_bad_{i:02d}", dt.date(2013, 8, 1), wrong) for i in range(20)]       # 10%: bad signature
+    plan += [(mid, day, secret) for mid, day in rng.sample(unique, 40)]  # 20%: repeats
+    plan += [(f"load_{tag}_bad_{i:02d}", dt.date(2013, 8, 1), wrong) for i in range(20)]  # 10%: bad signature
     rng.shuffle(plan)
     assert len(plan) == 200
 
@@ -84,8 +88,15 @@ def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_ru
 
         runs = []
         for offset in (0, 100, 200):  # the API pages by at most 100
-            runs += [r["dag_run_id"] for r in api.get(f"/api/v2/dags/{DAG_ID}/dagRuns", limit=100, offset=offset,
-                                                      run_id_pattern=f"webhook__{SOURCE}__load_{tag}")["dag_runs"]]
+            runs += [
+                r["dag_run_id"]
+                for r in api.get(
+                    f"/api/v2/dags/{DAG_ID}/dagRuns",
+                    limit=100,
+                    offset=offset,
+                    run_id_pattern=f"webhook__{SOURCE}__load_{tag}",
+                )["dag_runs"]
+            ]
         assert sorted(runs) == sorted(wh.run_id_for(SOURCE, mid) for mid, _ in unique)
         counts = collections.Counter(r[2] for r in results)
         print(f"\n200 deliveries: {dict(counts)}; re-sent after 503: {sum(r[4] for r in results)}")
@@ -94,6 +105,7 @@ def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_ru
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            session.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_id.like(f"webhook__{SOURCE}__load_{tag}%")).delete(
-                synchronize_session=False)
+            session.query(DagRun).filter(
+                DagRun.dag_id == DAG_ID, DagRun.run_id.like(f"webhook__{SOURCE}__load_{tag}%")
+            ).delete(synchronize_session=False)
         api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": was_paused})
