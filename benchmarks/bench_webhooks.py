@@ -41,7 +41,7 @@ def main() -> int:
     os.environ["AIRLOOP_HOME"] = str(tmp / "state")
     os.environ["AIRLOOP_DATA_ROOT"] = str(tmp / "state" / "data")
     sys.path.insert(0, str(REPO))
-    from airloop_airflow import stack
+    from airloop_local import stack
 
     s = stack.StackSettings(
         state_dir=str(tmp / "state"), port=18780, database_url=os.environ.get("AIRLOOP_DATABASE_URL", "")

@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from airloop.errors import ConfigError
-from airloop_airflow.alerting import AirloopFailureNotifier
 from airloop_airflow.assets import model_asset
-from airloop_airflow.batch import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
-from airloop_airflow.deploy import CanaryStepSensor, ConcludeCanaryOperator, StartCanaryOperator
-from airloop_airflow.drift import DriftCheckOperator, DriftSensor, RetrainOnDriftOperator
-from airloop_airflow.features import FeatureJobOperator
-from airloop_airflow.training import ChampionChallengerGateOperator, ModelRollbackOperator, TrainModelOperator
+from airloop_airflow.notifiers.alerts import AirloopFailureNotifier
+from airloop_airflow.operators.canary import ConcludeCanaryOperator, StartCanaryOperator
+from airloop_airflow.operators.drift import DriftCheckOperator, RetrainOnDriftOperator
+from airloop_airflow.operators.features import FeatureJobOperator
+from airloop_airflow.operators.ingest import BatchIngestOperator, BatchValidationOperator, QuarantineReleaseOperator
+from airloop_airflow.operators.training import ChampionChallengerGateOperator, ModelRollbackOperator, TrainModelOperator
+from airloop_airflow.sensors.canary import CanaryStepSensor
+from airloop_airflow.sensors.drift import DriftSensor
 
 if TYPE_CHECKING:
     from airloop.config import PipelineConfig

@@ -4,7 +4,7 @@
   validation reports under the data root (the "Validation report" extra link points here). Every route
   needs a logged-in Airflow user (the UI's session cookie or a bearer token).
 * ``POST /airloop/webhooks/<source>``: signed webhook deliveries that start DAG runs
-  (``airloop_airflow.webhooks``; the signature is their authentication, no login).
+  (``airloop_webhook_routes``; the signature is their authentication, no login).
 * ``/airloop/runbooks/<kind>``: the on-call runbooks, rendered, linked from alerts and failed tasks.
 * A "Quarantine" entry in the UI's navigation.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
+from airloop_webhook_routes import router as webhook_router
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from airloop_airflow.links import RunbookLink
-from airloop_airflow.webhooks import router as webhook_router
+from airloop_airflow.links.ui import RunbookLink
 
 # Only these zones of the data root are served, and only these file types.
 SERVED_ZONES = ("reports", "quarantine")
@@ -110,7 +110,7 @@ def runbook_for_task(dag_id: str, run_id: str, task_id: str) -> RedirectResponse
     """The runbook of a task's failure: the kind its alert recorded, else what the task's failure means."""
     from airloop.alerts import read_alerts
     from airloop.storage import DataRoot
-    from airloop_airflow.alerting import TASK_KINDS
+    from airloop_airflow.notifiers.alerts import TASK_KINDS
 
     model = dag_id.split("__")[0]
     kind = None

@@ -24,8 +24,9 @@ os.environ["AIRLOOP_DATA_ROOT"] = str(_SESSION_DIR / "state" / "data")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 
+from airloop_local import stack  # noqa: E402  (no Airflow import inside)
+
 import airloop  # noqa: E402
-from airloop_airflow import stack  # noqa: E402  (no Airflow import inside)
 
 # The cached environment is shared by checkouts; make sure it runs this checkout's code.
 if not Path(airloop.__file__).resolve().is_relative_to(REPO):

@@ -2,7 +2,7 @@
 Kubernetes API, with its canary analysis read from Prometheus.
 
 Pure builders only (manifests, merge patches, PromQL), so each is tested exactly without a cluster; the
-deploy DAG's ``KServeTarget`` (``operators/deploy.py``) sends them.
+deploy DAG's ``KServeTarget`` (``operators/targets/kserve.py``) sends them.
 
 How KServe canaries work: patching the predictor's ``storageUri`` creates a new revision; with
 ``canaryTrafficPercent: N`` it gets N % of the traffic and the last revision that was rolled out at

@@ -49,7 +49,7 @@ def test_feature_planning_keeps_only_validated_partitions(data_root, cfg):
     """What the feature task builds: conf or events, intersected with what passed the gate."""
     from types import SimpleNamespace
 
-    from airloop_airflow.features import partitions_to_build
+    from airloop_airflow.operators.features import partitions_to_build
 
     day = dt.date(2013, 3, 5)
     nycflights13.replay_days(data_root, cfg.name, [day], file_name=cfg.source.file_name)

@@ -34,8 +34,7 @@ def test_every_kind_has_a_runbook_that_says_what_it_means_and_how_to_recover():
 @pytest.mark.parametrize("line", list(commands()))
 def test_every_documented_command_parses(line):
     from airflow.cli.cli_parser import get_parser
-
-    from airloop_airflow.cli import build_parser
+    from airloop_local.cli import build_parser
 
     argv = shlex.split(line)[1:]
     args = build_parser().parse_args(argv)  # SystemExit (a test error) if the command does not exist

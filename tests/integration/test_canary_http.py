@@ -18,7 +18,7 @@ from airloop.config import CanaryConfig, get_pipeline
 from airloop.serving import replay
 from airloop.serving.server import HttpModel, ModelService, Variant, create_app, load_variants
 from airloop.training.train import load_partitions
-from airloop_airflow.deploy import LocalServerTarget
+from airloop_airflow.targets.local import LocalServerTarget
 from tests.conftest import free_port, serve_in_thread
 
 pytestmark = pytest.mark.integration

@@ -114,7 +114,8 @@ def baselines(root: DataRoot, cfg, result: dict) -> dict[str, float]:
 
 def run_canary(root: DataRoot, cfg, url: str) -> dict:
     from airloop.serving import replay
-    from airloop_airflow.deploy import CanaryStepSensor, ConcludeCanaryOperator, StartCanaryOperator
+    from airloop_airflow.operators.canary import ConcludeCanaryOperator, StartCanaryOperator
+    from airloop_airflow.sensors.canary import CanaryStepSensor
 
     kw = {"model": MODEL, "data_root": root.uri}
     start = StartCanaryOperator(task_id="start_canary", **kw)
@@ -145,7 +146,7 @@ def serve_week(url: str, cfg, week: tuple[dt.datetime, dt.datetime]) -> None:
 
 
 def check_drift(root: DataRoot, week: tuple[dt.datetime, dt.datetime]) -> dict:
-    from airloop_airflow.drift import DriftCheckOperator
+    from airloop_airflow.operators.drift import DriftCheckOperator
 
     check = DriftCheckOperator(task_id="check_drift", model=MODEL, data_root=root.uri)
     return check.execute(Ctx(f"{MODEL}__drift", {}, interval=week))

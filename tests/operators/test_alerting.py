@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from airloop.alerts import error_in_output, exception_chain, read_alerts
 from airloop.errors import BatchFormatError, BatchNotFoundError, BatchValidationError
 from airloop.storage import DataRoot
-from airloop_airflow.alerting import (
+from airloop_airflow.notifiers.alerts import (
     FAULT_KINDS,
     TASK_KINDS,
     AirloopFailureNotifier,
@@ -400,7 +400,7 @@ def test_the_feature_operator_raises_the_drivers_error_first(failing_spark_submi
     error, then which model and partitions failed and how; the provider's message (the command) after."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    from airloop_airflow import features
+    from airloop_airflow.operators import features
 
     parts = ["ds=2013-01-08", "ds=2013-01-09"]
     monkeypatch.setattr(features, "partitions_to_build", lambda context, model, data_root: parts)
@@ -429,7 +429,7 @@ def test_the_feature_operator_raises_the_drivers_error_first(failing_spark_submi
 
 
 def test_a_deploy_that_never_reached_the_model_server_is_a_failed_deploy():
-    from airloop_airflow.deploy import LocalServerTarget
+    from airloop_airflow.targets.local import LocalServerTarget
 
     with pytest.raises(urllib.error.URLError) as info:
         LocalServerTarget(f"http://127.0.0.1:{free_port()}").prepare("4")  # start_canary's first call
@@ -447,7 +447,7 @@ def test_a_deploy_that_never_reached_the_model_server_is_a_failed_deploy():
 
 
 def test_a_model_server_answering_503_is_a_failed_deploy():
-    from airloop_airflow.deploy import LocalServerTarget
+    from airloop_airflow.targets.local import LocalServerTarget
 
     app = FastAPI()
 

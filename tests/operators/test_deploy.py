@@ -13,13 +13,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airloop.config import get_pipeline
 from airloop.serving import replay
 from airloop.training.train import load_partitions
-from airloop_airflow.deploy import (
-    CanaryStepSensor,
-    ConcludeCanaryOperator,
-    KServeTarget,
-    StartCanaryOperator,
-    load_state,
-)
+from airloop_airflow.operators.canary import ConcludeCanaryOperator, StartCanaryOperator, load_state
+from airloop_airflow.sensors.canary import CanaryStepSensor
+from airloop_airflow.targets.kserve import KServeTarget
 from tests.conftest import drive_canary, serve_in_thread
 
 pytestmark = pytest.mark.integration
@@ -127,7 +123,7 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     from airloop.alerts import read_alerts
     from airloop.registry import current_alias
     from airloop.storage import DataRoot
-    from airloop_airflow.alerting import AirloopFailureNotifier, OnCallFailure
+    from airloop_airflow.notifiers.alerts import AirloopFailureNotifier, OnCallFailure
 
     client, v1, v2 = registry
     url, service = server

@@ -17,7 +17,8 @@ from airloop.serving.prediction_log import PredictionLog
 from airloop.serving.server import ModelService, load_variants
 from airloop.sources import nycflights13
 from airloop.storage import DataRoot
-from airloop_airflow.drift import DriftCheckOperator, DriftSensor, RetrainOnDriftOperator
+from airloop_airflow.operators.drift import DriftCheckOperator, RetrainOnDriftOperator
+from airloop_airflow.sensors.drift import DriftSensor
 
 CFG = get_pipeline("flight_delays")
 
@@ -106,7 +107,7 @@ def test_summer_traffic_drifts_and_triggers_one_retraining_with_the_context(env,
     assert logged == ["drift/2013-07-01/drift_report.html"]  # on the champion's MLflow run too
     assert [h["interval_start"][:10] for h in read_history(env, "flight_delays")] == ["2013-07-01"]
     assert env.exists(f"{env.uri}/reports/flight_delays/drift/trend.html")
-    from airloop_airflow import cli
+    from airloop_local import cli
 
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", env.uri)
     assert cli.main(["--state-dir", str(tmp_path), "drift", "history", "flight_delays"]) == 0
@@ -131,7 +132,7 @@ def test_summer_traffic_drifts_and_triggers_one_retraining_with_the_context(env,
 
 
 def test_a_running_retraining_is_never_doubled(env, cfg):
-    from airloop_airflow.drift import retrain_log_uri
+    from airloop_airflow.operators.drift import retrain_log_uri
 
     if env.exists(retrain_log_uri(env, "flight_delays")):
         env.fs.rm(env._path(retrain_log_uri(env, "flight_delays")))
@@ -165,7 +166,7 @@ def test_no_traffic_in_the_interval_gives_no_verdict(env):
 
 def test_new_features_alone_do_not_retrain_a_champion_when_configured(env, cfg, monkeypatch):
     from airloop import config
-    from airloop_airflow.training import TrainModelOperator
+    from airloop_airflow.operators.training import TrainModelOperator
 
     waiting = cfg.model_copy(update={"training": cfg.training.model_copy(update={"on_new_features": "until_champion"})})
     monkeypatch.setattr(config, "get_pipeline", lambda name, folder=None: waiting)

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from airloop_local import cli
 
 from airloop.config import load_pipeline_config
 from airloop.features import compute_features, feature_columns
 from airloop.ingest import read_batch
 from airloop.validation import validate_frame
-from airloop_airflow import cli
 
 pytestmark = pytest.mark.unit
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from airloop_local.settings import SettingsError, apply_settings, load_settings
 
-from airloop_airflow.settings import SettingsError, apply_settings, load_settings
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from airloop_local import cli, stack
 
 from airloop.config import PIPELINES_DIR
-from airloop_airflow import cli, stack
 
 pytestmark = pytest.mark.unit
 
@@ -114,7 +114,7 @@ def test_one_model_server_per_valid_config(tmp_path, models):
 
 def test_the_deploy_dag_reads_the_models_own_connection(tmp_path, monkeypatch, models):
     from airloop.config import get_pipeline
-    from airloop_airflow.deploy import build_target
+    from airloop_airflow.targets import build_target
 
     env = stack.StackSettings(state_dir=str(tmp_path), port=19000).env()
     for key in ("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_ALPHA", "AIRFLOW_CONN_ZETA_ENDPOINT"):

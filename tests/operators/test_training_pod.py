@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from airloop_airflow.training import ENTRYPOINT, TrainModelOperator
+from airloop_airflow.operators.training import ENTRYPOINT, TrainModelOperator
 
 pytestmark = pytest.mark.unit
 

@@ -88,7 +88,7 @@ def test_runbooks_are_rendered_and_listed(client):
 
 def test_a_tasks_runbook_link_follows_its_alert(plugin, client, data_root):
     from airloop.alerts import append_alert
-    from airloop_airflow.links import RunbookLink
+    from airloop_airflow.links.ui import RunbookLink
 
     assert any(isinstance(link, RunbookLink) for link in plugin.AirloopPlugin.global_operator_extra_links)
     append_alert(

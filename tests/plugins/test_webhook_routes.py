@@ -11,11 +11,11 @@ import json
 import time
 
 import pytest
+from airloop_local import stack
 from fastapi.testclient import TestClient
 
 from airloop import webhooks as wh
 from airloop.storage import default_data_root_uri
-from airloop_airflow import stack
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ def running_stack(airflow_db):
     """The real local stack (API server + UI, scheduler, DAG processor, triggerer, MLflow, model server) on
     the session's metadata database and a test port: started once for the tests of this folder, stopped
     after them (a live scheduler must not pick up the runs other modules execute with ``dag.test()``)."""
-    from airloop_airflow import cli
+    from airloop_local import cli
 
     s = airflow_db
     try:

@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from airloop_local import stack
 
 from airloop.sources import nycflights13
 from airloop.storage import DataRoot
-from airloop_airflow import stack
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

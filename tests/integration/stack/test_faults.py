@@ -20,11 +20,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from airloop_local import cli
 
 from airloop.alerts import read_alerts
 from airloop.sources import nycflights13
 from airloop.storage import MANIFEST, DataRoot
-from airloop_airflow import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,10 +9,10 @@ import datetime as dt
 import urllib.request
 
 import pytest
+from airloop_local import cli
 
 from airloop.sources import nycflights13
 from airloop.storage import DataRoot, default_data_root_uri
-from airloop_airflow import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,97 +8,20 @@ retries; anything else (a file not landed yet, a storage hiccup) is retried with
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airloop_airflow.assets import model_asset
-from airloop_airflow.links import REPORT_URL_KEY, ValidationReportLink, report_url
+from airloop_airflow.base import ModelOperator, data_problems_fail_fast, event_extra, partition_of, report_link
+from airloop_airflow.links.ui import REPORT_URL_KEY, ValidationReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airloop.config import PipelineConfig
-    from airloop.storage import DataRoot
 
-
-@contextlib.contextmanager
-def data_problems_fail_fast() -> Iterator[None]:
-    """Turn data problems into non-retryable failures; let everything else retry."""
-    from airloop.errors import DataProblem
-
-    try:
-        yield
-    except DataProblem as e:
-        raise AirflowFailException(str(e)) from e
-
-
-def _partition(context: Context) -> str:
-    from airloop.storage import partition_key
-
-    return partition_key(context.get("data_interval_start"), context["run_id"])
-
-
-def _report_link(root: DataRoot, uri: str) -> str:
-    """A UI link for a report under a local data root; the URI itself for object storage."""
-    if root.is_local and uri.startswith(root.uri + "/"):
-        return report_url(uri[len(root.uri) + 1 :])
-    return uri
-
-
-def _event_extra(result: dict[str, Any]) -> dict[str, Any]:
-    """What downstream DAGs need to find the batch: URIs, hashes and counts, never data."""
-    keys = ("uri", "partition", "rows", "content_hash", "source_uri", "source_sha256", "data_interval", "report_uri")
-    extra = {k: result.get(k) for k in keys}
-    extra["validation"] = {k: result["validation"][k] for k in ("suite", "evaluated", "failed")}
-    return extra
-
-
-class _ModelBound:
-    """Bound to one model's pipeline config (looked up by name at run time) and a data root."""
-
-    template_fields: Sequence[str] = ("model",)
-
-    def __init__(self, *, model: str, data_root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.model = model
-        self.data_root = data_root
-
-    def pipeline(self) -> PipelineConfig:
-        from airloop.config import get_pipeline
-
-        return get_pipeline(self.model)
-
-    def root_uri(self) -> str:
-        from airloop.storage import default_data_root_uri
-
-        return self.data_root or default_data_root_uri()
-
-    def root(self) -> DataRoot:
-        from airloop.storage import DataRoot
-
-        return DataRoot(self.root_uri())
-
-
-class _ModelOperator(_ModelBound, BaseOperator):
-    """Base for operators bound to one model's pipeline config."""
-
-    def __init__(self, **kwargs: Any) -> None:  # an own __init__: Airflow's operator metaclass wraps it
-        super().__init__(**kwargs)
-
-
-class _ModelSensor(_ModelBound, BaseSensorOperator):
-    """Base for sensors bound to one model; reschedule mode by default (no slot held while waiting)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("mode", "reschedule")
-        super().__init__(**kwargs)
-
-
-class BatchIngestOperator(_ModelOperator):
+class BatchIngestOperator(ModelOperator):
     """Read the batch of the run's data interval (or ``source_uri``) into the raw zone, atomically.
 
     :param model: the model name (templated)
@@ -107,7 +30,7 @@ class BatchIngestOperator(_ModelOperator):
     :param data_root: data root URI; defaults to ``AIRLOOP_DATA_ROOT``
     """
 
-    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "source_uri")
+    template_fields: Sequence[str] = (*ModelOperator.template_fields, "source_uri")
     ui_color = "#e8f4fd"
 
     def __init__(self, *, source_uri: str | None = None, **kwargs: Any) -> None:
@@ -117,7 +40,7 @@ class BatchIngestOperator(_ModelOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airloop.ingest import Interval, ingest_batch
 
-        cfg, root, partition = self.pipeline(), self.root(), _partition(context)
+        cfg, root, partition = self.pipeline(), self.root(), partition_of(context)
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         interval = Interval(start.isoformat() if start else None, end.isoformat() if end else None)
         src = self.source_uri or None
@@ -132,7 +55,7 @@ class BatchIngestOperator(_ModelOperator):
         return {k: manifest[k] for k in ("uri", "partition", "rows", "content_hash", "source_uri")}
 
 
-class BatchValidationOperator(_ModelOperator):
+class BatchValidationOperator(ModelOperator):
     """The gate: run the model's expectation suite on the run's raw partition.
 
     Pass: emits an event on ``<model>.validated`` whose ``extra`` holds the partition URI, content hash,
@@ -153,15 +76,15 @@ class BatchValidationOperator(_ModelOperator):
         from airloop.errors import BatchValidationError
         from airloop.quarantine import validate_partition
 
-        cfg, root, partition = self.pipeline(), self.root(), _partition(context)
+        cfg, root, partition = self.pipeline(), self.root(), partition_of(context)
         with data_problems_fail_fast():
             try:
                 result = validate_partition(cfg, root, partition)
             except BatchValidationError as e:
-                context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, f"{e.quarantine_uri}/report.html"))
+                context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, f"{e.quarantine_uri}/report.html"))
                 raise
-        context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, result["report_uri"]))
-        extra = _event_extra(result)
+        context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, result["report_uri"]))
+        extra = event_extra(result)
         context["outlet_events"][model_asset(cfg.name, "validated")].extra = extra
         self.log.info(
             "Batch %s/%s passed %s expectations; published %s",
@@ -173,13 +96,13 @@ class BatchValidationOperator(_ModelOperator):
         return extra
 
 
-class QuarantineReleaseOperator(_ModelOperator):
+class QuarantineReleaseOperator(ModelOperator):
     """Re-validate a quarantined batch with the current suite and, if it passes, publish it.
 
     :param partition: the quarantined partition, e.g. ``ds=2013-01-08`` (templated; usually from conf)
     """
 
-    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "partition")
+    template_fields: Sequence[str] = (*ModelOperator.template_fields, "partition")
     operator_extra_links = (ValidationReportLink(),)
 
     def __init__(self, *, partition: str, **kwargs: Any) -> None:
@@ -198,12 +121,12 @@ class QuarantineReleaseOperator(_ModelOperator):
         try:
             result = release(cfg, root, partition, by=by)
         except BatchValidationError as e:
-            context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, f"{e.quarantine_uri}/report.html"))
+            context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, f"{e.quarantine_uri}/report.html"))
             raise AirflowFailException(f"Not released, still failing:\n{e}") from e
         except QuarantineError as e:
             raise AirflowFailException(str(e)) from e
-        context["ti"].xcom_push(key=REPORT_URL_KEY, value=_report_link(root, result["report_uri"]))
-        extra = {**_event_extra(result), "released_by": by}
+        context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, result["report_uri"]))
+        extra = {**event_extra(result), "released_by": by}
         context["outlet_events"][model_asset(cfg.name, "validated")].extra = extra
         self.log.info("Released %s/%s from quarantine and published it", cfg.name, partition)
         return extra

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airloop_airflow import stack
+from airloop_local import stack
 
 DEMO_MODEL = "flight_delays"
 SUMMER_START = dt.date(2013, 7, 1)
@@ -49,7 +49,7 @@ def _use_stack_env(s: stack.StackSettings) -> None:
 
 
 def _api(s: stack.StackSettings) -> Any:
-    from airloop_airflow.api_client import AirflowApi
+    from airloop_local.airflow_api import AirflowApi
 
     password = stack.admin_password(s)
     if not password or not stack.health(s):
@@ -571,7 +571,7 @@ def trigger_interval_run(
     Backfills would do the same, but Airflow refuses to create them on SQLite while the scheduler runs;
     a run with an explicit data interval works on every metadata database.
     """
-    from airloop_airflow.api_client import ApiError
+    from airloop_local.airflow_api import ApiError
 
     run_id = f"replay__{day.isoformat()}"
     start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)

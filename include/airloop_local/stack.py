@@ -44,7 +44,7 @@ class StackError(RuntimeError):
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -241,7 +241,7 @@ def write_airflow_cfg(s: StackSettings) -> Path:
     }
     cfg["database"] = {"sql_alchemy_conn": s.db_url}
     if s.db_url.startswith("sqlite"):
-        cfg["database"]["sql_alchemy_connect_args"] = "airloop_airflow.stack.SQLITE_CONNECT_ARGS"
+        cfg["database"]["sql_alchemy_connect_args"] = "airloop_local.stack.SQLITE_CONNECT_ARGS"
     cfg["api"] = {
         "host": "127.0.0.1",
         "port": str(s.port),
@@ -292,7 +292,7 @@ def apply_settings(s: StackSettings, settings_file: Path | None = None) -> str:
     stack's ``AIRFLOW_HOME`` is the one Airflow configures itself from); return what was applied."""
     settings_file = settings_file or _repo_root() / "airflow_settings.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "airloop_airflow.settings", str(settings_file)],
+        [sys.executable, "-m", "airloop_local.settings", str(settings_file)],
         env=s.env(),
         text=True,
         capture_output=True,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airloop_airflow.assets import model_asset
-from airloop_airflow.batch import _ModelOperator
+from airloop_airflow.base import ModelOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -53,14 +53,14 @@ def partitions_to_build(context: Context, model: str, data_root: str) -> list[st
     return sorted(wanted & valid)
 
 
-class FeatureJobOperator(_ModelOperator):
+class FeatureJobOperator(ModelOperator):
     """Build feature partitions for the validated partitions of this run with Spark.
 
     :param conn_id: Spark connection (templated); ``spark_default``
     :param spark_conf: extra Spark configuration
     """
 
-    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "conn_id")
+    template_fields: Sequence[str] = (*ModelOperator.template_fields, "conn_id")
     ui_color = "#fdf0e8"
 
     def __init__(
@@ -120,7 +120,7 @@ class FeatureJobOperator(_ModelOperator):
             try:
                 submit.execute(context)
             except Exception as e:  # the driver's own error first (its traceback's last line), then the command
-                from airloop_airflow.alerting import spark_job_failure
+                from airloop_airflow.notifiers.alerts import spark_job_failure
 
                 shown = ", ".join(partitions[:5]) + (
                     f", ... ({len(partitions) - 5} more)" if len(partitions) > 5 else ""

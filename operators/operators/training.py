@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airloop_airflow.alerting import POD_PENDING_EXCEPTIONS, OnCallFailure
 from airloop_airflow.assets import model_asset
-from airloop_airflow.batch import _ModelOperator
-from airloop_airflow.links import MLFLOW_URL_KEY, MlflowLink, mlflow_ui_url
+from airloop_airflow.base import ModelOperator
+from airloop_airflow.links.ui import MLFLOW_URL_KEY, MlflowLink, mlflow_ui_url
+from airloop_airflow.notifiers.alerts import POD_PENDING_EXCEPTIONS, OnCallFailure
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -64,7 +64,7 @@ def training_window(root: Any, cfg: PipelineConfig) -> list[str]:
     return parts[-cfg.training.window_days :]
 
 
-class TrainModelOperator(_ModelOperator):
+class TrainModelOperator(ModelOperator):
     """Train, log and register one model version for this DAG run (a GPU pod or a local process).
 
     :param reason: why this training runs: ``schedule``, ``drift`` or ``manual`` (templated)
@@ -72,7 +72,7 @@ class TrainModelOperator(_ModelOperator):
     :param mode: ``auto`` (pod if the Kubernetes connection exists), ``kubernetes`` or ``local``
     """
 
-    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "reason", "drift")
+    template_fields: Sequence[str] = (*ModelOperator.template_fields, "reason", "drift")
     ui_color = "#e8fde9"
     operator_extra_links = (MlflowLink(),)
 
@@ -275,7 +275,7 @@ def _label_value(value: str) -> str:
     return v.strip("-_.") or "none"
 
 
-class ChampionChallengerGateOperator(_ModelOperator):
+class ChampionChallengerGateOperator(ModelOperator):
     """Score the new version against ``@champion`` on the training run's holdout and set aliases.
 
     Pass: alias ``challenger`` (or ``champion`` when there is none yet), and an event on
@@ -331,14 +331,14 @@ class ChampionChallengerGateOperator(_ModelOperator):
         return extra
 
 
-class ModelRollbackOperator(_ModelOperator):
+class ModelRollbackOperator(ModelOperator):
     """On-call: make an earlier version ``champion`` at once (recorded in the alias history).
 
     :param version: the version to restore (templated; from the run conf)
     :param reason: why (templated; required)
     """
 
-    template_fields: Sequence[str] = (*_ModelOperator.template_fields, "version", "reason")
+    template_fields: Sequence[str] = (*ModelOperator.template_fields, "version", "reason")
 
     def __init__(self, *, version: str, reason: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -14,16 +14,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airloop_airflow.assets import model_asset
-from airloop_airflow.batch import _ModelOperator, _ModelSensor, _report_link
-from airloop_airflow.links import DRIFT_REPORT_KEY, DriftReportLink
+from airloop_airflow.base import ModelOperator, report_link
+from airloop_airflow.links.ui import DRIFT_REPORT_KEY, DriftReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -53,7 +51,7 @@ def drift_context(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class DriftCheckOperator(_ModelOperator):
+class DriftCheckOperator(ModelOperator):
     """Compare the champion's reference with the data interval's traffic; report and record it."""
 
     operator_extra_links = (DriftReportLink(),)
@@ -132,7 +130,7 @@ class DriftCheckOperator(_ModelOperator):
         root.write_bytes_atomic(
             f"{root.uri}/reports/{cfg.name}/drift/trend.html", drift.trend_html(history, cfg.name).encode()
         )
-        context["ti"].xcom_push(key=DRIFT_REPORT_KEY, value=_report_link(root, report_uri))
+        context["ti"].xcom_push(key=DRIFT_REPORT_KEY, value=report_link(root, report_uri))
         self.log.info(
             "Drift of %s v%s on %s .. %s (%d predictions, %d compared): share %.2f (dataset drift at %.2f) "
             "-> %s; drifted %s; prediction score %s; performance %s; report %s",
@@ -153,32 +151,7 @@ class DriftCheckOperator(_ModelOperator):
         return {k: v for k, v in result.to_dict().items() if k != "method"}
 
 
-class DriftSensor(_ModelSensor):
-    """Succeeds when the model's latest drift result crosses the thresholds (reschedule mode)."""
-
-    ui_color = "#fde8ef"
-
-    def poke(self, context: Context) -> PokeReturnValue:
-        from airloop.drift import read_history
-
-        history = read_history(self.root(), self.model)
-        if not history:
-            return PokeReturnValue(is_done=False)
-        latest = max(history, key=lambda r: (r["interval_start"], r["computed_at"]))
-        drifting = latest["dataset_drift"] or latest["prediction_drifted"]
-        if drifting:
-            self.log.info("Drift: %s", json.dumps(drift_context(latest)))
-            return PokeReturnValue(is_done=True, xcom_value=drift_context(latest))
-        this_interval = context["data_interval_start"].astimezone(dt.UTC).isoformat()
-        if latest["interval_start"] >= this_interval:
-            raise AirflowSkipException(
-                f"no drift: share {latest['drift_share']} < {self.pipeline().drift.drift_share}, "
-                f"prediction score {latest['prediction_score']}"
-            )
-        return PokeReturnValue(is_done=False)
-
-
-class RetrainOnDriftOperator(_ModelOperator, TriggerDagRunOperator):
+class RetrainOnDriftOperator(ModelOperator, TriggerDagRunOperator):
     """Trigger ``<model>__train`` with the drift context, at most once per cooldown, never twice at once."""
 
     def __init__(self, *, model: str, sensor_task_id: str = "watch_drift", **kwargs: Any) -> None:

@@ -90,6 +90,6 @@ def apply_settings(path: str | Path) -> dict[str, int]:
     return {k: len(v) for k, v in settings.items()}
 
 
-if __name__ == "__main__":  # python -m airloop_airflow.settings airflow_settings.yaml
+if __name__ == "__main__":  # python -m airloop_local.settings airflow_settings.yaml
     counts = apply_settings(sys.argv[1])
     print(json.dumps(counts))

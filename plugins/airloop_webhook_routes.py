@@ -78,7 +78,7 @@ def _allowed_prefixes(cfg: PipelineConfig, source: WebhookSourceConfig) -> tuple
 def _ui_url(dag_id: str, run_id: str) -> str:
     from urllib.parse import quote
 
-    from airloop_airflow.links import ui_base_url
+    from airloop_airflow.links.ui import ui_base_url
 
     return f"{ui_base_url()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 

@@ -206,7 +206,7 @@ def _clip(text: str, n: int) -> str:
 
 def runbook_url(kind: str) -> str:
     """The rendered runbook of a failure kind on the API server (the airloop plugin serves it)."""
-    from airloop_airflow.links import ui_base_url
+    from airloop_airflow.links.ui import ui_base_url
 
     return f"{ui_base_url()}/airloop/runbooks/{kind}"
 
