@@ -305,6 +305,16 @@ class Rollout:
         return cls(**d)
 
 
+def load_rollout(root: DataRoot, model: str, version: str) -> Rollout | None:
+    """The saved state of ``version``'s canary, or None when it never started."""
+    uri = root.canary_state(model, version)
+    return Rollout.from_dict(root.read_json(uri)) if root.exists(uri) else None
+
+
+def save_rollout(root: DataRoot, state: Rollout) -> None:
+    root.write_json_atomic(root.canary_state(state.model, state.version), state.to_dict())
+
+
 def start_rollout(
     model: str, version: str, champion_version: str | None, readings: dict[str, VariantStats], now: float
 ) -> Rollout:

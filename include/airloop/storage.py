@@ -101,11 +101,70 @@ class DataRoot:
     def __repr__(self) -> str:
         return f"DataRoot({self.uri!r})"
 
-    # -- paths -------------------------------------------------------------------------------------
-    def partition_uri(self, zone: str, model: str, key: str) -> str:
+    # -- paths: the one home of the data root's layout ---------------------------------------------
+    def zone_uri(self, zone: str, model: str) -> str:
+        """``<root>/<zone>/<model>``: every batch of one model in one zone."""
         if zone not in ZONES:
             raise ValueError(f"unknown zone {zone!r}; zones are {ZONES}")
-        return f"{self.uri}/{zone}/{model}/{key}"
+        return f"{self.uri}/{zone}/{model}"
+
+    def partition_uri(self, zone: str, model: str, key: str) -> str:
+        """``<root>/<zone>/<model>/<key>``: one batch (``key`` is a partition such as ``ds=2024-01-31``)."""
+        return f"{self.zone_uri(zone, model)}/{key}"
+
+    def landing(self, model: str, partition: str) -> str:
+        """Where an upstream system drops the batch of one interval (when the config names no other place)."""
+        return self.partition_uri("landing", model, partition)
+
+    def raw(self, model: str, partition: str) -> str:
+        """An accepted batch, as received, with its manifest."""
+        return self.partition_uri("raw", model, partition)
+
+    def quarantine(self, model: str, partition: str) -> str:
+        """A refused batch: the bytes received, the validation result and its report."""
+        return self.partition_uri("quarantine", model, partition)
+
+    def features(self, model: str, partition: str) -> str:
+        """The feature table the Spark job built from one raw batch."""
+        return self.partition_uri("features", model, partition)
+
+    def predictions(self, model: str) -> str:
+        """The model server's prediction log of one model."""
+        return self.zone_uri("predictions", model)
+
+    def report(self, model: str, *parts: str) -> str:
+        """``<root>/reports/<model>/<parts...>``: reports, logs and state files of one model."""
+        return "/".join([self.zone_uri("reports", model), *parts])
+
+    def validation_result(self, model: str, partition: str) -> str:
+        """The validation result (JSON) of one batch."""
+        return self.report(model, partition, "validation.json")
+
+    def canary_state(self, model: str, version: str) -> str:
+        """The state of one version's canary rollout (resumed by a retry or a restarted scheduler)."""
+        return self.report(model, "canary", f"v{version}.json")
+
+    def canary_folder(self, model: str) -> str:
+        return self.report(model, "canary")
+
+    def drift_folder(self, model: str, day: str | None = None) -> str:
+        """Drift reports of one model; of one checked interval when ``day`` (``YYYY-MM-DD``) is given."""
+        return self.report(model, "drift", *([day] if day else []))
+
+    def drift_history(self, model: str) -> str:
+        return self.report(model, "drift", "history.jsonl")
+
+    def drift_trend(self, model: str) -> str:
+        return self.report(model, "drift", "trend.html")
+
+    def retrain_log(self, model: str) -> str:
+        return self.report(model, "drift", "retrain_log.jsonl")
+
+    def alias_history(self, model: str) -> str:
+        return self.report(model, "alias_history.jsonl")
+
+    def alert_log(self, model: str) -> str:
+        return self.report(model, "alerts.jsonl")
 
     def _path(self, uri: str) -> str:
         """The filesystem path of a URI inside (or outside) this root."""

@@ -25,30 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from airloop.canary import load_rollout, save_rollout
 from airloop_airflow.base import ModelOperator
 from airloop_airflow.notifiers.alerts import OnCallFailure
 from airloop_airflow.targets import build_target
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airloop.canary import Rollout
-    from airloop.storage import DataRoot
-
-
-def state_uri(root: DataRoot, model: str, version: str) -> str:
-    return f"{root.uri}/reports/{model}/canary/v{version}.json"
-
-
-def load_state(root: DataRoot, model: str, version: str) -> Rollout | None:
-    from airloop.canary import Rollout
-
-    uri = state_uri(root, model, version)
-    return Rollout.from_dict(root.read_json(uri)) if root.exists(uri) else None
-
-
-def save_state(root: DataRoot, state: Rollout) -> None:
-    root.write_json_atomic(state_uri(root, state.model, state.version), state.to_dict())
 
 
 class StartCanaryOperator(ModelOperator):
@@ -87,7 +70,7 @@ class StartCanaryOperator(ModelOperator):
                 f"v{version} is not {cfg.name}@challenger; only a version that passed the "
                 "gate is rolled out (set the alias through the train DAG's gate)"
             )
-        state = load_state(root, cfg.name, version)
+        state = load_rollout(root, cfg.name, version)
         if state is not None and state.status != "running":
             raise AirflowSkipException(
                 f"the canary of v{version} already ended: {state.status} "
@@ -96,7 +79,7 @@ class StartCanaryOperator(ModelOperator):
         if state is None:
             target.prepare(version)
             state = start_rollout(cfg.name, version, champion, target.readings(), time.time())
-            save_state(root, state)
+            save_rollout(root, state)
             self.log.info(
                 "Canary of %s v%s against champion v%s on %s: steps %s",
                 cfg.name,
@@ -108,7 +91,7 @@ class StartCanaryOperator(ModelOperator):
         else:
             self.log.info("Resuming the canary of %s v%s at step %d", cfg.name, version, state.step)
         target.set_percent(cfg.canary.steps[state.step])
-        return {"version": version, "champion_version": champion, "state_uri": state_uri(root, cfg.name, version)}
+        return {"version": version, "champion_version": champion, "state_uri": root.canary_state(cfg.name, version)}
 
 
 class ConcludeCanaryOperator(ModelOperator):
@@ -127,7 +110,7 @@ class ConcludeCanaryOperator(ModelOperator):
 
         cfg, root = self.pipeline(), self.root()
         started = context["ti"].xcom_pull(task_ids=self.start_task_id)
-        state = load_state(root, cfg.name, started["version"])
+        state = load_rollout(root, cfg.name, started["version"])
         if state is None or state.status == "running":
             raise AirflowFailException(
                 f"the canary of v{started['version']} has not ended (state {state and state.status})"
@@ -163,6 +146,6 @@ class ConcludeCanaryOperator(ModelOperator):
                 "percent": last["percent"],
                 "version": state.version,
                 "champion_version": state.champion_version,
-                "state_uri": state_uri(root, cfg.name, state.version),
+                "state_uri": root.canary_state(cfg.name, state.version),
             },
         )

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
+from airloop.canary import load_rollout, save_rollout
 from airloop_airflow.base import ModelSensor
-from airloop_airflow.operators.canary import load_state, save_state
 from airloop_airflow.targets import build_target
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class CanaryStepSensor(ModelSensor):
 
         cfg, root = self.pipeline(), self.root()
         started = context["ti"].xcom_pull(task_ids=self.start_task_id)
-        state = load_state(root, cfg.name, started["version"])
+        state = load_rollout(root, cfg.name, started["version"])
         if state is None:
             raise AirflowFailException(f"no canary state at {started['state_uri']}")
         if state.status != "running":
@@ -51,7 +51,7 @@ class CanaryStepSensor(ModelSensor):
         )
         if decision.action == "rollback":
             target.set_percent(0)  # first stop the harm, then record
-        save_state(root, state)
+        save_rollout(root, state)
         self.log.info(
             "Step %d/%d (%d%%): %s: %s | %s",
             min(state.step + 1, len(cfg.canary.steps)),

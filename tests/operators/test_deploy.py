@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from airloop.canary import load_rollout
 from airloop.config import get_pipeline
 from airloop.serving import replay
 from airloop.training.train import load_partitions
-from airloop_airflow.operators.canary import ConcludeCanaryOperator, StartCanaryOperator, load_state
+from airloop_airflow.operators.canary import ConcludeCanaryOperator, StartCanaryOperator
 from airloop_airflow.sensors.canary import CanaryStepSensor
 from airloop_airflow.targets.kserve import KServeTarget
 from tests.conftest import drive_canary, serve_in_thread
@@ -155,7 +156,7 @@ def test_a_rollback_keeps_the_aliases_alerts_and_fails(registry, server, bodies,
     assert alerts[0]["runbook"] == "include/runbooks/canary-rolled-back.md"
     assert alerts[0]["runbook_url"].endswith("/airloop/runbooks/canary_rollback")
     assert alerts[0]["log_url"] == ti.log_url and alerts[0]["try_number"] == 1
-    assert load_state(DataRoot(str(tmp_path)), "flight_delays", v2).status == "rolled_back"
+    assert load_rollout(DataRoot(str(tmp_path)), "flight_delays", v2).status == "rolled_back"
     with pytest.raises(AirflowSkipException, match="already ended: rolled_back"):
         start.execute(Ctx({}))
 
