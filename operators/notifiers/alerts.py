@@ -5,7 +5,7 @@ runs once, when a task has failed for good (after its retries; a retry is not a 
 which model, DAG, task and try, explains the failure (the task's own message: failed expectations, gate
 scores, canary figures, ...), links the task's log in the Airflow UI and the runbook of that kind of
 failure. Channels: the local alert log (``reports/<model>/alerts.jsonl``, the default), Slack through the
-Slack provider's incoming-webhook hook, and a generic HTTP webhook (JSON POST). One channel failing never
+Slack provider's incoming-webhook hook, and a generic HTTP webhook (JSON POST, ``hooks/alert_webhook.py``). One channel failing never
 stops the others, and never changes the task's outcome.
 
 Operators that fail on a verdict raise :class:`OnCallFailure` with the failure kind and the figures that
@@ -24,7 +24,6 @@ then the outer message, so the reader sees ``KeyError: '<column>'`` before a spa
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -200,6 +199,12 @@ def _restates(line: str, root: str) -> bool:
     return outer in root or (core in outer and len(outer) - len(core) <= max(20, len(core)))
 
 
+def _without_tail(outer: str, root: str) -> str:
+    """``outer`` without a copy of the root error at its end (an HTTP client's ``POST <url>: no answer:
+    ConnectionRefusedError: ...`` after that ``ConnectionRefusedError``)."""
+    return outer[: -len(root)].rstrip(" :") if outer.endswith(root) and outer != root else outer
+
+
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -223,7 +228,7 @@ def build_alert(context: Context, model: str) -> dict[str, Any]:
         root, outer = root_error(exc), one_line(exc, bare=(AirflowException,))
         headline = _clip(root, MAX_ROOT_CHARS)
         if not _restates(outer, root):
-            headline += f" | {_clip(outer, MAX_OUTER_CHARS)}"
+            headline += f" | {_clip(_without_tail(outer, root), MAX_OUTER_CHARS)}"
         if root not in "\n".join(error.splitlines()[:2]):  # the root error on top of the full text
             error = f"{root}\n{error}"
     else:  # failed outside the task process: killed, out of memory, heartbeat lost
@@ -262,27 +267,15 @@ def slack_text(alert: dict[str, Any]) -> str:
 def send_slack(conn_id: str, alert: dict[str, Any], channel: str | None = None) -> None:
     from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
-    kwargs = {"channel": channel} if channel else {}
+    kwargs: dict[str, Any] = {"channel": channel} if channel else {}
     SlackWebhookHook(slack_webhook_conn_id=conn_id).send(text=slack_text(alert), **kwargs)
 
 
 def send_http(conn_id: str, alert: dict[str, Any]) -> None:
-    """POST the alert as JSON to the connection's URL (``host`` holding a full URL, or host/port/schema);
-    a password is sent as a bearer token."""
-    import requests
-    from airflow.sdk import BaseHook
+    """POST the alert as JSON to the webhook of connection ``conn_id`` (:class:`AlertWebhookHook`)."""
+    from airloop_airflow.hooks.alert_webhook import AlertWebhookHook
 
-    conn = BaseHook.get_connection(conn_id)
-    host = conn.host or ""
-    if "://" in host:
-        url = host
-    else:
-        url = f"{conn.schema or 'https'}://{host}{f':{conn.port}' if conn.port else ''}{conn.extra_dejson.get('endpoint', '')}"
-    headers = {"Content-Type": "application/json"}
-    if conn.password:
-        headers["Authorization"] = f"Bearer {conn.password}"
-    r = requests.post(url, data=json.dumps(alert, default=str), headers=headers, timeout=10)
-    r.raise_for_status()
+    AlertWebhookHook(conn_id).send(alert)
 
 
 def deliver(cfg: PipelineConfig, alert: dict[str, Any], root: DataRoot) -> dict[str, str]:
@@ -322,7 +315,8 @@ class AirloopFailureNotifier(BaseNotifier):
             log.error("no pipeline config for %s, alert not sent: %s", model, e)
             return
         alert = build_alert(context, cfg.name)
-        root = task.root() if hasattr(task, "root") else DataRoot(default_data_root_uri())
+        root_of = getattr(task, "root", None)
+        root = root_of() if callable(root_of) else DataRoot(default_data_root_uri())
         outcome = deliver(cfg, alert, root)
         log.warning(
             "On-call alert (%s) for %s.%s: %s -> %s",

@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from airloop_airflow.targets.base import register_target
+
 if TYPE_CHECKING:
     from airloop.canary import VariantStats
     from airloop.config import PipelineConfig
 
 
+@register_target("kserve")
 class KServeTarget:
-    """A KServe InferenceService. ``api`` is a ``kubernetes.client.CustomObjectsApi``; ``prom_query``
-    runs an instant PromQL query and returns ``data.result``."""
+    """A KServe InferenceService.
+
+    :param api: a ``kubernetes.client.CustomObjectsApi``
+    :param prom_query: runs an instant PromQL query and returns ``data.result`` (``PrometheusHook.query``)
+    :param storage_uri_of: the model artifact's URI of a registered version
+    """
 
     def __init__(
         self,
@@ -26,6 +33,27 @@ class KServeTarget:
         self.cfg, self.api, self.prom_query, self.storage_uri_of = cfg, api, prom_query, storage_uri_of
         self.name, self.namespace = service_name(cfg), cfg.deployment.namespace
 
+    @classmethod
+    def summary(cls, cfg: PipelineConfig) -> str:
+        from airloop.kserve import service_name
+
+        return f"KServe InferenceService `{cfg.deployment.namespace}/{service_name(cfg)}`"
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> KServeTarget:
+        """The InferenceService of a model: the cluster at ``deployment.kubernetes_conn_id``, its figures
+        from Prometheus at ``deployment.prometheus_conn_id``, its artifacts from the MLflow registry."""
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+        from kubernetes.client import CustomObjectsApi
+        from mlflow import MlflowClient
+
+        from airloop_airflow.hooks.prometheus import PrometheusHook
+
+        d = cfg.deployment
+        api = CustomObjectsApi(KubernetesHook(conn_id=d.kubernetes_conn_id).get_conn())
+        prometheus = PrometheusHook(d.prometheus_conn_id)
+        return cls(cfg, api, prometheus.query, lambda v: MlflowClient().get_model_version_download_uri(cfg.name, v))
+
     def _args(self) -> dict[str, str]:
         from airloop.kserve import GROUP, PLURAL, VERSION
 
@@ -33,11 +61,12 @@ class KServeTarget:
 
     def _get(self) -> dict[str, Any] | None:
         try:
-            return self.api.get_namespaced_custom_object(**self._args(), name=self.name)
+            found: dict[str, Any] = self.api.get_namespaced_custom_object(**self._args(), name=self.name)
         except Exception as e:  # kubernetes.client.ApiException
             if getattr(e, "status", None) == 404:
                 return None
             raise
+        return found
 
     def _patch(self, body: dict[str, Any]) -> None:
         self.api.patch_namespaced_custom_object(**self._args(), name=self.name, body=body)

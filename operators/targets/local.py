@@ -2,30 +2,47 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import TYPE_CHECKING, Any
+
+from airloop_airflow.targets.base import register_target
 
 if TYPE_CHECKING:
     from airloop.canary import VariantStats
+    from airloop.config import PipelineConfig
+    from airloop.serving.client import ModelServerClient
 
 
-def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> bytes:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (an address from a connection)
-        return resp.read()
-
-
+@register_target("local")
 class LocalServerTarget:
-    """The project's model server (``airloop.serving.server``), driven through its admin routes."""
+    """The project's model server (``airloop.serving.server``), driven through its admin routes.
 
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url.rstrip("/")
+    :param client: the server's client (from the model's connection: :meth:`from_config`)
+    """
+
+    #: the server writes every served prediction to the data root (the canary's online metric reads it)
+    logs_predictions = True
+
+    def __init__(self, client: ModelServerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def summary(cls, cfg: PipelineConfig) -> str:
+        return f"the project's model server (connection `{cfg.model_server_conn_id}`)"
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> LocalServerTarget:
+        """The server at the model's Airflow connection (``cfg.model_server_conn_id``)."""
+        from airloop_airflow.hooks.model_server import ModelServerHook
+
+        return cls(ModelServerHook(cfg.model_server_conn_id).get_conn())
+
+    @property
+    def base_url(self) -> str:
+        return self.client.base_url
 
     def serve_aliases(self) -> dict[str, Any]:
         """Load the registry's current ``@champion`` / ``@challenger``."""
-        return json.loads(_http("POST", f"{self.base_url}/admin/reload"))
+        return self.client.reload()
 
     def prepare(self, version: str) -> None:
         info = self.serve_aliases()
@@ -37,12 +54,12 @@ class LocalServerTarget:
             )
 
     def set_percent(self, percent: int) -> None:
-        _http("PUT", f"{self.base_url}/admin/weight", {"weight": percent / 100.0})
+        self.client.set_weight(percent / 100.0)
 
     def readings(self) -> dict[str, VariantStats]:
         from airloop.canary import parse_metrics
 
-        return parse_metrics(_http("GET", f"{self.base_url}/metrics").decode())
+        return parse_metrics(self.client.metrics_text())
 
     def finish(self, promoted: bool) -> None:
         self.set_percent(0)

@@ -15,9 +15,10 @@ import pytest
 
 from airloop.canary import advance, start_rollout
 from airloop.config import CanaryConfig, get_pipeline
+from airloop.datasets import load_partitions
 from airloop.serving import replay
+from airloop.serving.client import ModelServerClient
 from airloop.serving.server import HttpModel, ModelService, Variant, create_app, load_variants
-from airloop.training.train import load_partitions
 from airloop_airflow.targets.local import LocalServerTarget
 from tests.conftest import free_port, serve_in_thread
 
@@ -74,7 +75,7 @@ def rollout(champion_uri, make_challenger, traffic):
 
 
 def drive(url, champion_version, traffic):
-    target = LocalServerTarget(url)
+    target = LocalServerTarget(ModelServerClient(url))
     done = threading.Event()
     counts = {}
     sender = threading.Thread(

@@ -1,6 +1,6 @@
 """On-call alerts: what a failure is classified as, what the alert says, and that every channel gets it.
 
-Slack and the HTTP webhook are real HTTP posts (the Slack provider's hook, ``requests``) to a recording
+Slack and the HTTP webhook are real HTTP posts (the Slack provider's hook, ``AlertWebhookHook``) to a recording
 server on loopback; the end-to-end case runs the ingest DAG on a broken batch through Airflow. A failed
 feature job runs the Spark provider's real hook on a stand-in ``spark-submit`` that prints what a PySpark
 job whose Python worker failed prints (taken from a real run) and exits 1; a deploy that never started
@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import textwrap
-import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -429,24 +428,29 @@ def test_the_feature_operator_raises_the_drivers_error_first(failing_spark_submi
 
 
 def test_a_deploy_that_never_reached_the_model_server_is_a_failed_deploy():
+    from airloop.http import HttpError
+    from airloop.serving.client import ModelServerClient
     from airloop_airflow.targets.local import LocalServerTarget
 
-    with pytest.raises(urllib.error.URLError) as info:
-        LocalServerTarget(f"http://127.0.0.1:{free_port()}").prepare("4")  # start_canary's first call
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(HttpError) as info:
+        LocalServerTarget(ModelServerClient(url, retries=0)).prepare("4")  # start_canary's first call
     alert = build_alert(
         {"ti": _ti(dag_id="any_model__deploy", task_id="start_canary"), "exception": info.value}, "any_model"
     )
     assert alert["kind"] == "deploy_failed" and alert["runbook"] == "include/runbooks/deploy-failed.md"
     assert alert["runbook_url"].endswith("/airloop/runbooks/deploy_failed")
-    assert (
-        alert["summary"]
-        == "any_model__deploy.start_canary failed (try 1): ConnectionRefusedError: [Errno 111] Connection refused"
+    assert alert["summary"] == (
+        "any_model__deploy.start_canary failed (try 1): ConnectionRefusedError: [Errno 111] Connection refused"
+        f" | HttpError: POST {url}/admin/reload: no answer"
     )
     # the server gone in the middle of the rollout: still no verdict, so no rollback
     assert classify("watch_canary", info.value)[0] == "deploy_failed"
 
 
 def test_a_model_server_answering_503_is_a_failed_deploy():
+    from airloop.http import HttpError
+    from airloop.serving.client import ModelServerClient
     from airloop_airflow.targets.local import LocalServerTarget
 
     app = FastAPI()
@@ -455,15 +459,15 @@ def test_a_model_server_answering_503_is_a_failed_deploy():
     async def reload():
         return Response("the registry is unreachable", status_code=503)
 
-    with serve_in_thread(app) as url, pytest.raises(urllib.error.HTTPError) as info:
-        LocalServerTarget(url).prepare("4")
+    with serve_in_thread(app) as url, pytest.raises(HttpError) as info:
+        LocalServerTarget(ModelServerClient(url, retries=0)).prepare("4")
     alert = build_alert(
         {"ti": _ti(dag_id="any_model__deploy", task_id="start_canary"), "exception": info.value}, "any_model"
     )
     assert alert["kind"] == "deploy_failed"
     assert alert["summary"] == (
         f"any_model__deploy.start_canary failed (try 1): HTTPError: HTTP Error 503: Service Unavailable "
-        f"({url}/admin/reload)"
+        f"({url}/admin/reload) | HttpError: POST {url}/admin/reload: HTTP 503: the registry is unreachable"
     )
 
 

@@ -12,8 +12,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airloop.canary import load_rollout
 from airloop.config import get_pipeline
+from airloop.datasets import load_partitions
 from airloop.serving import replay
-from airloop.training.train import load_partitions
 from airloop_airflow.operators.canary import ConcludeCanaryOperator, StartCanaryOperator
 from airloop_airflow.sensors.canary import CanaryStepSensor
 from airloop_airflow.targets.kserve import KServeTarget

@@ -15,12 +15,21 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from airloop.storage import DataRoot
+
+
+def log_folder(root: DataRoot | str | os.PathLike[str], model: str) -> Path:
+    """The folder of a model's prediction log in a data root (a ``DataRoot`` or its local path); the model
+    server writes it with plain file I/O (flush and fsync per request), so the root is a local folder."""
+    data_root = root if isinstance(root, DataRoot) else DataRoot(root)
+    return Path(data_root.predictions(model))
+
 
 class PredictionLog:
-    """:param root: the data root folder (local); :param model: the model name"""
+    """:param root: the data root (local); :param model: the model name"""
 
-    def __init__(self, root: str | os.PathLike[str], model: str):
-        self.base = Path(root) / "predictions" / model
+    def __init__(self, root: DataRoot | str | os.PathLike[str], model: str):
+        self.base = log_folder(root, model)
         self.model = model
         self._lock = threading.Lock()
         self._fh: Any = None
@@ -56,9 +65,11 @@ class PredictionLog:
                 self._fh = None
 
 
-def read_log(root: str | os.PathLike[str], model: str, day: str | None = None) -> tuple[list[dict[str, Any]], int]:
+def read_log(
+    root: DataRoot | str | os.PathLike[str], model: str, day: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
     """All logged predictions (of one day, or all days), and the number of partial lines skipped."""
-    base = Path(root) / "predictions" / model
+    base = log_folder(root, model)
     files = sorted(base.glob(f"ds={day}/*.jsonl" if day else "ds=*/*.jsonl"))
     out, partial = [], 0
     for f in files:
@@ -70,10 +81,10 @@ def read_log(root: str | os.PathLike[str], model: str, day: str | None = None) -
     return out, partial
 
 
-def read_log_since(root: str | os.PathLike[str], model: str, since: float) -> list[dict[str, Any]]:
+def read_log_since(root: DataRoot | str | os.PathLike[str], model: str, since: float) -> list[dict[str, Any]]:
     """Predictions made at or after ``since`` (epoch seconds), whatever their event day: only files
     written to since then are read."""
-    base = Path(root) / "predictions" / model
+    base = log_folder(root, model)
     since_iso = dt.datetime.fromtimestamp(since, dt.UTC).isoformat()
     out = []
     for f in sorted(base.glob("ds=*/*.jsonl")):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import collections
 import json
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+from airloop.http import HttpError
+from airloop.serving.client import ModelServerClient
 
 if TYPE_CHECKING:
     from airloop.config import PipelineConfig
@@ -46,22 +47,20 @@ def bodies_for(cfg: PipelineConfig, df: Any) -> list[tuple[str | None, bytes, st
 
 
 def send(
-    url: str, body: bytes, key: str | None, timeout: float = 10.0, event_time: str | None = None
+    client: ModelServerClient, body: bytes, key: str | None, event_time: str | None = None
 ) -> tuple[int, dict[str, Any] | None]:
-    """POST one request; (status, JSON body). A connection failure is status 0."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["X-Request-Key"] = key
-    if event_time:
-        headers["X-Event-Time"] = event_time
-    req = urllib.request.Request(f"{url.rstrip('/')}/invocations", data=body, method="POST", headers=headers)
+    """POST one request; (status, JSON body), an error status included. A connection failure is status 0."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (the caller's own server)
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-    except (urllib.error.URLError, OSError):
-        return 0, None
+        return 200, client.invocations(body, request_key=key, event_time=event_time)
+    except HttpError as e:
+        return e.status, _json_or_none(e.body) if e.status else None
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def replay(
@@ -71,12 +70,15 @@ def replay(
     concurrency: int = 4,
     stop: Callable[[], bool] | None = None,
     loop: bool = False,
+    timeout: float = 10.0,
 ) -> collections.Counter[str]:
-    """Send ``bodies`` from ``concurrency`` threads until all are sent (or, with ``loop``, until ``stop()``).
+    """Send ``bodies`` from ``concurrency`` threads until all are sent (or, with ``loop``, until ``stop()``),
+    each once: a failed request is counted, not retried, as an upstream system would see it.
 
     :returns: counts by status (``"200"``, ``"500"``, ``"0"`` for connection failures) and by
         ``variant:<name>`` for answered requests
     """
+    client = ModelServerClient(url, timeout=timeout, retries=0)
     counts: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
     position = {"i": 0}
@@ -95,7 +97,7 @@ def replay(
 
     def worker() -> None:
         while (item := next_body()) is not None:
-            status, payload = send(url, item[1], item[0], event_time=item[2])
+            status, payload = send(client, item[1], item[0], event_time=item[2])
             with lock:
                 counts[str(status)] += 1
                 if status == 200 and payload:

@@ -43,22 +43,18 @@ class Variant:
 class HttpModel:
     """A variant served by another endpoint that speaks the MLflow scoring protocol (``mlflow models
     serve``, a KServe revision, another airloop server). A refused connection, a timeout or a 5xx there is
-    a failure of this variant, handled like any other (the champion answers, the failure is counted)."""
+    a failure of this variant, handled like any other (the champion answers, the failure is counted, never
+    retried)."""
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
+        from airloop.serving.client import ModelServerClient
+
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.client = ModelServerClient(self.url, timeout=timeout, retries=0)
 
     def predict(self, df: Any) -> list[float]:
-        import json
-        import urllib.request
-
-        body = json.dumps({"dataframe_split": json.loads(df.to_json(orient="split", index=False))}).encode()
-        req = urllib.request.Request(
-            f"{self.url}/invocations", data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 (a configured endpoint)
-            preds = json.loads(r.read())["predictions"]
+        preds = self.client.invocations(df)["predictions"]
         return [float(p["prediction"]) if isinstance(p, dict) else float(p) for p in preds]
 
 
