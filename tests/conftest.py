@@ -146,7 +146,8 @@ def champion(feature_root, tmp_path_factory):
     """A real trained model, registered and made champion in a throwaway MLflow store."""
     from mlflow import MlflowClient
 
-    from airloop.training.train import TrainRequest, load_partitions, train
+    from airloop.datasets import load_partitions
+    from airloop.training.train import TrainRequest, train
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path_factory.mktemp('serving-mlflow') / 'mlflow.db'}"

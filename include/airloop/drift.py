@@ -10,8 +10,9 @@ Evidently 0.7 computes one drift score per column (``DataDriftPreset`` with the 
 threshold); a column drifts when its score reaches ``column_threshold``; the dataset drifts when the
 share of drifting feature columns reaches ``drift_share``. The prediction column is judged the same way
 but reported apart. Large windows are sampled reproducibly (``sample_rows`` rows, seeded), which keeps
-the check's time and memory flat; the benchmark and a test show the sampled verdicts agree with the full
-computation.
+the check's time and memory flat.
+
+:func:`check_interval` runs one check end to end: the reads, the comparison, the report, the history.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airloop.config import DriftConfig, PipelineConfig
+from airloop.errors import AirloopError
 from airloop.storage import DataRoot
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow import MlflowClient
 
 REFERENCE_ARTIFACT = "reference/reference_sample.parquet"
 PREDICTION = "prediction"
+CHAMPION = "champion"
+REPORT_FILE = "drift_report.html"
+
+
+class NoVerdict(AirloopError):
+    """Nothing to judge in the interval (no champion, or too few predictions): not a failure, a skip."""
 
 
 @dataclass
@@ -61,6 +70,17 @@ class DriftResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        """One line for a task log: what was compared, the verdicts and where the report is."""
+        drifted = {c: self.column_scores[c] for c in self.drifted_columns}
+        return (
+            f"{self.model} v{self.champion_version} on {self.interval_start[:10]} .. {self.interval_end[:10]} "
+            f"({self.current_rows} predictions, {self.compared_rows} compared): share {self.drift_share:.2f} "
+            f"(dataset drift at {self.method.get('drift_share')}) -> {'DRIFT' if self.drifting else 'no drift'}; "
+            f"drifted {drifted}; prediction score {self.prediction_score}; performance {self.performance}; "
+            f"report {self.report_uri}"
+        )
 
 
 def sample(df: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFrame:
@@ -202,12 +222,8 @@ def performance(
 # --- the time series of results ---------------------------------------------------------------------
 
 
-def history_uri(root: DataRoot, model: str) -> str:
-    return f"{root.uri}/reports/{model}/drift/history.jsonl"
-
-
 def read_history(root: DataRoot, model: str) -> list[dict[str, Any]]:
-    return root.read_jsonl(history_uri(root, model))
+    return root.read_jsonl(root.drift_history(model))
 
 
 def record(root: DataRoot, result: DriftResult) -> None:
@@ -219,7 +235,7 @@ def record(root: DataRoot, result: DriftResult) -> None:
     ]
     rows.append(result.to_dict())
     rows.sort(key=lambda r: (r["interval_start"], r["computed_at"]))
-    root.write_jsonl_atomic(history_uri(root, result.model), rows)
+    root.write_jsonl_atomic(root.drift_history(result.model), rows)
 
 
 def trend_html(history: list[dict[str, Any]], model: str) -> str:
@@ -252,4 +268,148 @@ def trend_html(history: list[dict[str, Any]], model: str) -> str:
         xaxis_title="data interval",
         yaxis_title="score",
     )
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    html: str = fig.to_html(include_plotlyjs=True, full_html=True)
+    return html
+
+
+# --- one check, end to end -------------------------------------------------------------------------
+
+
+def check_interval(
+    cfg: PipelineConfig, root: DataRoot, start: dt.datetime, end: dt.datetime, client: MlflowClient | None = None
+) -> DriftResult:
+    """Compare the champion's reference with the predictions of [start, end), store the HTML report (data
+    root and the champion's MLflow run), add the result to the history and redraw the trend plot.
+
+    :raises NoVerdict: no champion, or fewer than ``drift.min_rows`` predictions in the interval
+    """
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from airloop.features import categorical_features, feature_columns
+
+    client = client or MlflowClient()
+    version, run_id = find_champion(client, cfg.name)
+    entries = read_interval(root, cfg.name, start, end)
+    if len(entries) < cfg.drift.min_rows:
+        raise NoVerdict(
+            f"{len(entries)} predictions with event time in [{start}, {end}); a verdict "
+            f"needs {cfg.drift.min_rows} (drift.min_rows)"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = load_reference(client, run_id, cfg.task.target, tmp)
+        current = current_frame(entries, cfg)
+        features, categorical = feature_columns(cfg.features), categorical_features(cfg.features)
+        verdict, report = compare(
+            reference, current, features, categorical, cfg.drift, cfg.drift.seed, cfg.drift.sample_rows
+        )
+        report_uri = save_report(root, client, cfg.name, run_id, f"{start:%Y-%m-%d}", report, tmp)
+    result = DriftResult(
+        model=cfg.name,
+        champion_version=version,
+        interval_start=start.isoformat(),
+        interval_end=end.isoformat(),
+        reference_uri=f"runs:/{run_id}/{REFERENCE_ARTIFACT}",
+        reference_rows=len(reference),
+        current_rows=len(current),
+        seed=cfg.drift.seed,
+        method=method(cfg.drift),
+        performance=performance(cfg, root, current, reference),
+        report_uri=report_uri,
+        **verdict,
+    )
+    record(root, result)
+    root.write_bytes_atomic(root.drift_trend(cfg.name), trend_html(read_history(root, cfg.name), cfg.name).encode())
+    return result
+
+
+def find_champion(client: MlflowClient, model: str) -> tuple[str, str]:
+    """The ``@champion``'s version and training run (which logged the reference); :class:`NoVerdict` when
+    there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(model, CHAMPION)
+    except MlflowException:
+        raise NoVerdict(f"{model} has no @{CHAMPION}: nothing is served, nothing can drift") from None
+    if not champion.run_id:
+        raise NoVerdict(f"{model} v{champion.version} (@{CHAMPION}) has no training run, so no reference to compare")
+    return str(champion.version), champion.run_id
+
+
+def load_reference(client: MlflowClient, run_id: str, target: str, folder: str) -> pd.DataFrame:
+    """The reference sample a training run logged, its target renamed ``y``."""
+    import pandas as pd
+
+    path = client.download_artifacts(run_id, REFERENCE_ARTIFACT, dst_path=folder)
+    return pd.read_parquet(path).rename(columns={target: "y"})
+
+
+def save_report(
+    root: DataRoot, client: MlflowClient, model: str, run_id: str, day: str, report: Any, folder: str
+) -> str:
+    """Write the Evidently report to ``drift_folder(model, day)`` and to the champion's run; return its URI."""
+    from pathlib import Path
+
+    html = Path(folder) / REPORT_FILE
+    report.save_html(str(html))
+    report_uri = f"{root.drift_folder(model, day)}/report.html"
+    root.write_bytes_atomic(report_uri, html.read_bytes())
+    client.log_artifact(run_id, str(html), artifact_path=f"drift/{day}")
+    return report_uri
+
+
+def method(cfg: DriftConfig) -> dict[str, Any]:
+    """How a check judged drift (recorded with each result, so the history says what each verdict meant)."""
+    return {
+        "num": cfg.num_method,
+        "cat": cfg.cat_method,
+        "column_threshold": cfg.column_threshold,
+        "column_thresholds": dict(cfg.column_thresholds),
+        "drift_share": cfg.drift_share,
+        "sample_rows": cfg.sample_rows,
+    }
+
+
+# --- drift-triggered retraining ------------------------------------------------------------------------
+
+
+def retrain_cooldown(root: DataRoot, model: str, now: dt.datetime, cooldown_hours: int) -> str | None:
+    """Why drift may not start another retraining yet (the last one is within the cooldown), or None."""
+    log = root.read_jsonl(root.retrain_log(model))
+    if not log:
+        return None
+    last = log[-1]
+    allowed = dt.datetime.fromisoformat(last["at"]) + dt.timedelta(hours=cooldown_hours)
+    if now >= allowed:
+        return None
+    return (
+        f"cooldown: drift already started retraining run {last['run_id']} at "
+        f"{last['at']}; the next one is allowed after {allowed.isoformat()} "
+        f"(drift.cooldown_hours={cooldown_hours})"
+    )
+
+
+def record_retrain(root: DataRoot, model: str, at: dt.datetime, run_id: str, context: dict[str, Any]) -> None:
+    """Append a drift-triggered retraining to the model's retrain log (what the cooldown looks at)."""
+    entry = {"at": at.isoformat(), "run_id": run_id, "drift": context}
+    root.write_jsonl_atomic(root.retrain_log(model), [*root.read_jsonl(root.retrain_log(model)), entry])
+
+
+def drift_context(result: dict[str, Any]) -> dict[str, Any]:
+    """What the retraining run is told about the drift that caused it (small, JSON)."""
+    drifted = {c: result["column_scores"][c] for c in result["drifted_columns"]}
+    return {
+        "model": result["model"],
+        "champion_version": result["champion_version"],
+        "drift_share": result["drift_share"],
+        "dataset_drift": result["dataset_drift"],
+        "drifted_columns": drifted,
+        "prediction_score": result["prediction_score"],
+        "prediction_drifted": result["prediction_drifted"],
+        "report_uri": result["report_uri"],
+        "reference": {"uri": result["reference_uri"], "rows": result["reference_rows"]},
+        "current": {"start": result["interval_start"], "end": result["interval_end"], "rows": result["current_rows"]},
+        "performance": result.get("performance"),
+    }

@@ -17,7 +17,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airloop_airflow.assets import model_asset
 from airloop_airflow.base import ModelOperator, report_link
@@ -25,30 +25,6 @@ from airloop_airflow.links.ui import DRIFT_REPORT_KEY, DriftReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airloop.storage import DataRoot
-
-
-def retrain_log_uri(root: DataRoot, model: str) -> str:
-    return f"{root.uri}/reports/{model}/drift/retrain_log.jsonl"
-
-
-def drift_context(result: dict[str, Any]) -> dict[str, Any]:
-    """What the retraining run is told about the drift that caused it (small, JSON)."""
-    drifted = {c: result["column_scores"][c] for c in result["drifted_columns"]}
-    return {
-        "model": result["model"],
-        "champion_version": result["champion_version"],
-        "drift_share": result["drift_share"],
-        "dataset_drift": result["dataset_drift"],
-        "drifted_columns": drifted,
-        "prediction_score": result["prediction_score"],
-        "prediction_drifted": result["prediction_drifted"],
-        "report_uri": result["report_uri"],
-        "reference": {"uri": result["reference_uri"], "rows": result["reference_rows"]},
-        "current": {"start": result["interval_start"], "end": result["interval_end"], "rows": result["current_rows"]},
-        "performance": result.get("performance"),
-    }
 
 
 class DriftCheckOperator(ModelOperator):
@@ -58,97 +34,26 @@ class DriftCheckOperator(ModelOperator):
     ui_color = "#fde8ef"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import tempfile
-        from pathlib import Path
-
-        import mlflow
-        import pandas as pd
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
         from airloop import drift
-        from airloop.features import categorical_features, feature_columns
 
         cfg, root = self.pipeline(), self.root()
-        start, end = context["data_interval_start"], context["data_interval_end"]
-        start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-        client = MlflowClient()
+        start, end = data_interval(context)
         try:
-            champion = client.get_model_version_by_alias(cfg.name, "champion")
-        except MlflowException:
-            raise AirflowSkipException(f"{cfg.name} has no @champion: nothing is served, nothing can drift") from None
-        entries = drift.read_interval(root, cfg.name, start, end)
-        if len(entries) < cfg.drift.min_rows:
-            raise AirflowSkipException(
-                f"{len(entries)} predictions with event time in [{start}, {end}); a verdict "
-                f"needs {cfg.drift.min_rows} (drift.min_rows)"
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            ref_path = mlflow.artifacts.download_artifacts(
-                run_id=champion.run_id, artifact_path=drift.REFERENCE_ARTIFACT, dst_path=tmp
-            )
-            reference = pd.read_parquet(ref_path).rename(columns={cfg.task.target: "y"})
-            current = drift.current_frame(entries, cfg)
-            verdict, report = drift.compare(
-                reference,
-                current,
-                feature_columns(cfg.features),
-                categorical_features(cfg.features),
-                cfg.drift,
-                cfg.drift.seed,
-                cfg.drift.sample_rows,
-            )
-            folder = f"{root.uri}/reports/{cfg.name}/drift/{start:%Y-%m-%d}"
-            html = Path(tmp) / "drift_report.html"
-            report.save_html(str(html))
-            report_uri = f"{folder}/report.html"
-            root.write_bytes_atomic(report_uri, html.read_bytes())
-            client.log_artifact(champion.run_id, str(html), artifact_path=f"drift/{start:%Y-%m-%d}")
-        result = drift.DriftResult(
-            model=cfg.name,
-            champion_version=str(champion.version),
-            interval_start=start.isoformat(),
-            interval_end=end.isoformat(),
-            reference_uri=f"runs:/{champion.run_id}/{drift.REFERENCE_ARTIFACT}",
-            reference_rows=len(reference),
-            current_rows=len(current),
-            seed=cfg.drift.seed,
-            method={
-                "num": cfg.drift.num_method,
-                "cat": cfg.drift.cat_method,
-                "column_threshold": cfg.drift.column_threshold,
-                "column_thresholds": dict(cfg.drift.column_thresholds),
-                "drift_share": cfg.drift.drift_share,
-                "sample_rows": cfg.drift.sample_rows,
-            },
-            performance=drift.performance(cfg, root, current, reference),
-            report_uri=report_uri,
-            **verdict,
-        )
-        drift.record(root, result)
-        history = drift.read_history(root, cfg.name)
-        root.write_bytes_atomic(
-            f"{root.uri}/reports/{cfg.name}/drift/trend.html", drift.trend_html(history, cfg.name).encode()
-        )
-        context["ti"].xcom_push(key=DRIFT_REPORT_KEY, value=report_link(root, report_uri))
-        self.log.info(
-            "Drift of %s v%s on %s .. %s (%d predictions, %d compared): share %.2f (dataset drift at %.2f) "
-            "-> %s; drifted %s; prediction score %s; performance %s; report %s",
-            cfg.name,
-            champion.version,
-            start.date(),
-            end.date(),
-            len(current),
-            verdict["compared_rows"],
-            verdict["drift_share"],
-            cfg.drift.drift_share,
-            "DRIFT" if result.drifting else "no drift",
-            {c: verdict["column_scores"][c] for c in verdict["drifted_columns"]},
-            verdict["prediction_score"],
-            result.performance,
-            report_uri,
-        )
+            result = drift.check_interval(cfg, root, start, end)
+        except drift.NoVerdict as e:
+            raise AirflowSkipException(str(e)) from None
+        if result.report_uri:
+            context["ti"].xcom_push(key=DRIFT_REPORT_KEY, value=report_link(root, result.report_uri))
+        self.log.info("Drift of %s", result.summary())
         return {k: v for k, v in result.to_dict().items() if k != "method"}
+
+
+def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
+    """The run's data interval, in UTC."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is None or end is None:
+        raise AirflowFailException("a drift check needs a data interval: this run has none (run it on its schedule)")
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
 
 
 class RetrainOnDriftOperator(ModelOperator, TriggerDagRunOperator):
@@ -160,22 +65,16 @@ class RetrainOnDriftOperator(ModelOperator, TriggerDagRunOperator):
         self.sensor_task_id = sensor_task_id
 
     def execute(self, context: Context) -> Any:
+        from airloop.drift import record_retrain, retrain_cooldown
+
         cfg, root = self.pipeline(), self.root()
         ctx = context["ti"].xcom_pull(task_ids=self.sensor_task_id)
         if not ctx:
             raise AirflowSkipException("no drift context from the sensor")
-        uri = retrain_log_uri(root, cfg.name)
-        log = root.read_jsonl(uri)
         now = dt.datetime.now(dt.UTC)
-        if log:
-            last = log[-1]
-            allowed = dt.datetime.fromisoformat(last["at"]) + dt.timedelta(hours=cfg.drift.cooldown_hours)
-            if now < allowed:
-                raise AirflowSkipException(
-                    f"cooldown: drift already started retraining run {last['run_id']} at "
-                    f"{last['at']}; the next one is allowed after {allowed.isoformat()} "
-                    f"(drift.cooldown_hours={cfg.drift.cooldown_hours})"
-                )
+        held = retrain_cooldown(root, cfg.name, now, cfg.drift.cooldown_hours)
+        if held:
+            raise AirflowSkipException(held)
         busy = context["ti"].get_dr_count(dag_id=self.trigger_dag_id, states=["queued", "running"])
         if busy:
             raise AirflowSkipException(
@@ -184,7 +83,7 @@ class RetrainOnDriftOperator(ModelOperator, TriggerDagRunOperator):
         run_id = f"drift__{ctx['current']['start'][:10]}__{context['run_id'][-8:]}"
         self.trigger_run_id = run_id
         self.conf = {"reason": "drift", "drift": ctx}
-        root.write_jsonl_atomic(uri, [*log, {"at": now.isoformat(), "run_id": run_id, "drift": ctx}])
+        record_retrain(root, cfg.name, now, run_id, ctx)
         context["outlet_events"][model_asset(cfg.name, "drift")].extra = ctx
         self.log.info("Triggering %s run %s with the drift context", self.trigger_dag_id, run_id)
         return super().execute(context)

@@ -203,7 +203,8 @@ class TrainModelOperator(ModelOperator):
             rc = self._process.wait()
             if rc != 0:
                 raise RuntimeError(f"training process exited with {rc}; see the lines above")
-            return json.loads(Path(result_file).read_text())
+            result: dict[str, Any] = json.loads(Path(result_file).read_text())
+            return result
 
     def on_kill(self) -> None:
         if self._process and self._process.poll() is None:
@@ -296,8 +297,8 @@ class ChampionChallengerGateOperator(ModelOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from mlflow import MlflowClient
 
+        from airloop.datasets import load_partitions
         from airloop.registry import run_gate
-        from airloop.training.train import load_partitions
 
         cfg, root = self.pipeline(), self.root()
         result = context["ti"].xcom_pull(task_ids=self.train_task_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,3 +126,32 @@ def test_history_keeps_one_result_per_interval_and_draws_a_trend(cfg, data_root,
     html = drift.trend_html(history, cfg.name)
     assert "plotly" in html.lower() and "drift share" in html and "2013-07-08" in html
     assert np.isfinite(history[0]["column_scores"]["temp"])
+    assert "v1 on 2013-07-01 .. 2013-07-08" in base.summary() and "DRIFT" in base.summary()
+
+
+def test_a_check_without_a_champion_or_traffic_gives_no_verdict(cfg, data_root, tmp_path):
+    from mlflow import MlflowClient
+
+    week = (dt.datetime(2013, 7, 1, tzinfo=dt.UTC), dt.datetime(2013, 7, 8, tzinfo=dt.UTC))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(drift.NoVerdict, match="no @champion"):
+        drift.check_interval(cfg, data_root, *week, client=client)
+    champion = SimpleNamespace(version="3", run_id="r1")
+    client = SimpleNamespace(get_model_version_by_alias=lambda model, alias: champion)
+    with pytest.raises(drift.NoVerdict, match=f"needs {cfg.drift.min_rows}"):
+        drift.check_interval(cfg, data_root, *week, client=client)  # no predictions logged
+
+
+def test_the_retrain_log_holds_drift_back_for_the_cooldown(data_root):
+    at = dt.datetime(2013, 7, 8, tzinfo=dt.UTC)
+    assert drift.retrain_cooldown(data_root, "m", at, 24) is None
+    drift.record_retrain(data_root, "m", at, "drift__2013-07-01__a", {"model": "m"})
+    assert "cooldown: drift already started retraining run drift__2013-07-01__a" in (
+        drift.retrain_cooldown(data_root, "m", at + dt.timedelta(hours=23), 24) or ""
+    )
+    assert drift.retrain_cooldown(data_root, "m", at + dt.timedelta(hours=24), 24) is None
+    drift.record_retrain(data_root, "m", at + dt.timedelta(hours=24), "drift__2013-07-08__b", {"model": "m"})
+    assert [r["run_id"] for r in data_root.read_jsonl(data_root.retrain_log("m"))] == [
+        "drift__2013-07-01__a",
+        "drift__2013-07-08__b",
+    ]

@@ -139,7 +139,8 @@ def test_linear_start_is_the_regularised_logistic_regression(feature_root, cfg, 
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
-    from airloop.training.train import fit, load_partitions, predict
+    from airloop.datasets import load_partitions
+    from airloop.training.trainer import fit, predict
 
     root, parts = feature_root
     df = load_partitions(root, "features", "flight_delays", parts[:14])
@@ -154,25 +155,25 @@ def test_linear_start_is_the_regularised_logistic_regression(feature_root, cfg, 
         "arrived_late",
         features,
     )
-    assert r["best_epoch"] == -1 and r["history"] == []  # refit = the linear model on train + validation
-    assert bool(r["pre"].edges) == bool(piecewise)
+    assert r.best_epoch == -1 and r.history == []  # refit = the linear model on train + validation
+    assert bool(r.pre.edges) == bool(piecewise)
     full = pd.concat([train_df, val_df], ignore_index=True)
-    x, y = r["pre"].transform(full).astype(np.float64), full["arrived_late"].to_numpy(dtype=np.float64)
+    x, y = r.pre.transform(full).astype(np.float64), full["arrived_late"].to_numpy(dtype=np.float64)
     lr = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(x, y)
 
     def objective(w, b):  # scikit-learn's, C=1: the sum of log losses plus half the squared weights
         z = x @ w + b
         return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * w @ w)
 
-    wide = r["net"].wide
+    wide = r.net.wide
     ours = objective(wide.weight.detach().double().numpy()[0], float(wide.bias.detach()))
     theirs = objective(lr.coef_[0], float(lr.intercept_[0]))
     assert ours <= theirs + 1e-6 * theirs, (ours, theirs)
     if not piecewise:
         np.testing.assert_allclose(
-            predict(r["net"], r["pre"], full, "binary_classification"), lr.predict_proba(x)[:, 1], atol=2e-3
+            predict(r.net, r.pre, full, "binary_classification"), lr.predict_proba(x)[:, 1], atol=2e-3
         )
-    assert set(r["linear_start_val"]) >= {"val_loss", "val_roc_auc"}
+    assert set(r.linear_start_val) >= {"val_loss", "val_roc_auc"}
 
 
 def test_piecewise_encoding_of_the_time_of_day():
@@ -218,7 +219,8 @@ def test_a_regression_target_in_the_hundreds_is_learnt_standardised():
     import pandas as pd
 
     from airloop.config import FeaturesConfig
-    from airloop.training.train import fit, metrics_for, predict, target_scale
+    from airloop.metrics import metrics_for
+    from airloop.training.trainer import fit, predict, target_scale
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -228,8 +230,8 @@ def test_a_regression_target_in_the_hundreds_is_learnt_standardised():
     train, val, hold = df.iloc[:2000], df.iloc[2000:2500], df.iloc[2500:]
     req = TrainRequest(model="m", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=40, seed=3)
     r = fit(req, "regression", train, val, "y", features)
-    assert r["target_scale"] == pytest.approx(target_scale(train["y"], "regression"))
-    pred = predict(r["net"], r["pre"], hold, "regression")
+    assert r.target_scale == pytest.approx(target_scale(train["y"], "regression"))
+    pred = predict(r.net, r.pre, hold, "regression")
     assert 250 < pred.mean() < 450  # in the target's units, not standardised ones
     linear = fit(
         TrainRequest(model="m", data_root="", partitions=(), run_key="", tracking_uri="", max_epochs=0),
@@ -240,5 +242,5 @@ def test_a_regression_target_in_the_hundreds_is_learnt_standardised():
         features,
     )
     ours = metrics_for("regression", hold["y"], pred)["rmse"]
-    start = metrics_for("regression", hold["y"], predict(linear["net"], linear["pre"], hold, "regression"))["rmse"]
+    start = metrics_for("regression", hold["y"], predict(linear.net, linear.pre, hold, "regression"))["rmse"]
     assert ours < 0.8 * start, (ours, start)

@@ -103,8 +103,8 @@ def test_model_beats_the_majority_class_baseline(flow, cfg):
     import numpy as np
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
+    from airloop.datasets import load_partitions
     from airloop.features import label
-    from airloop.training.train import load_partitions
 
     root, parts, client, champion, result, _ = flow
     train_raw = load_partitions(root, "raw", cfg.name, tuple(result["train_partitions"]))
@@ -151,9 +151,9 @@ def test_model_beats_a_logistic_regression_on_the_same_features(flow, cfg):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
+    from airloop.datasets import load_partitions
     from airloop.features import categorical_features, numeric_features
     from airloop.training.model import Preprocessor
-    from airloop.training.train import load_partitions
 
     root, _, _, _, result, _ = flow
     target = cfg.task.target

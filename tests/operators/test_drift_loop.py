@@ -106,7 +106,7 @@ def test_summer_traffic_drifts_and_triggers_one_retraining_with_the_context(env,
     logged = [a.path for a in MlflowClient().list_artifacts(run_id, "drift/2013-07-01")]
     assert logged == ["drift/2013-07-01/drift_report.html"]  # on the champion's MLflow run too
     assert [h["interval_start"][:10] for h in read_history(env, "flight_delays")] == ["2013-07-01"]
-    assert env.exists(f"{env.uri}/reports/flight_delays/drift/trend.html")
+    assert env.exists(env.drift_trend("flight_delays"))
     from airloop_local import cli
 
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", env.uri)
@@ -132,10 +132,8 @@ def test_summer_traffic_drifts_and_triggers_one_retraining_with_the_context(env,
 
 
 def test_a_running_retraining_is_never_doubled(env, cfg):
-    from airloop_airflow.operators.drift import retrain_log_uri
-
-    if env.exists(retrain_log_uri(env, "flight_delays")):
-        env.fs.rm(env._path(retrain_log_uri(env, "flight_delays")))
+    if env.exists(env.retrain_log("flight_delays")):
+        env.remove(env.retrain_log("flight_delays"))
     _, _, trigger = tasks(env)
     xcom = {"watch_drift": {"current": {"start": "2013-07-01T00:00:00+00:00"}, "model": "flight_delays"}}
     with pytest.raises(AirflowSkipException, match="already queued or running"):
@@ -150,10 +148,10 @@ def test_traffic_from_the_champions_own_period_does_not_drift(env, cfg):
     # the latest result is the summer one (a later interval): the sensor still sees that drift ...
     assert sensor.poke(ctx(OWN, xcom)).is_done
     # ... but once this interval is the latest and says no drift, it skips at once
-    from airloop.drift import history_uri, read_history
+    from airloop.drift import read_history
 
     rows = [r for r in read_history(env, "flight_delays") if r["interval_start"].startswith("2013-01-15")]
-    env.write_bytes_atomic(history_uri(env, "flight_delays"), (json.dumps(rows[0]) + "\n").encode())
+    env.write_bytes_atomic(env.drift_history("flight_delays"), (json.dumps(rows[0]) + "\n").encode())
     with pytest.raises(AirflowSkipException, match="no drift"):
         sensor.poke(ctx(OWN, xcom))
 
@@ -176,12 +174,18 @@ def test_new_features_alone_do_not_retrain_a_champion_when_configured(env, cfg, 
 
 
 def test_the_waiting_sensor_gives_its_slot_back_instead_of_sleeping(tmp_path):
-    """No drift result yet: ``execute`` ends at once with a reschedule request (the task leaves its worker
-    slot and the scheduler starts it again after ``poke_interval``), rather than sleeping in the slot."""
+    """Reschedule mode (``deferrable=False``), no drift result yet: ``execute`` ends at once with a reschedule
+    request (the task leaves its worker slot and the scheduler starts it again after ``poke_interval``), rather
+    than sleeping in the slot. The deferrable default is tested in tests/operators/test_triggers.py."""
     from airflow.sdk.exceptions import AirflowRescheduleException
 
     sensor = DriftSensor(
-        task_id="watch_drift", model="flight_delays", data_root=str(tmp_path), poke_interval=60, timeout=600
+        task_id="watch_drift",
+        model="flight_delays",
+        data_root=str(tmp_path),
+        poke_interval=60,
+        timeout=600,
+        deferrable=False,
     )
     c = ctx(SUMMER, {})
     c["ti"].get_first_reschedule_date = lambda context: None

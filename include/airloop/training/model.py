@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    import torch
+    from mlflow.pyfunc.model import PythonModel
 
 OTHER = "__other__"
 
@@ -46,7 +48,7 @@ class Preprocessor:
                 raise ValueError(f"piecewise feature {c!r} is not one of the numeric features")
             col = df[c].to_numpy(dtype="float64", na_value=np.nan)
             col = col[~np.isnan(col)]
-            edges = np.unique(np.quantile(col, np.linspace(0.0, 1.0, self.bins + 1))) if len(col) else []
+            edges = np.unique(np.quantile(col, np.linspace(0.0, 1.0, self.bins + 1))) if len(col) else np.empty(0)
             if len(edges) > 2:  # fewer than two bins would only repeat the standardised column
                 self.edges[c] = [float(e) for e in edges]
         for c in self.numeric:
@@ -132,23 +134,24 @@ def build_mlp(
             self.wide = nn.Linear(width, 1)
             self.target_shift, self.target_scale = float(target_scale[0]), float(target_scale[1])
 
-        def forward(self, x):
-            return self.wide(x) + self.deep(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.wide(x) + self.deep(x)
+            return out
 
-        def to_target(self, out):
+        def to_target(self, out: torch.Tensor) -> torch.Tensor:
             return out * self.target_scale + self.target_shift
 
     return WideDeep()
 
 
-def make_pyfunc_class():
+def make_pyfunc_class() -> type[PythonModel]:
     """The pyfunc class, built lazily so importing this module needs neither MLflow nor torch."""
-    import mlflow.pyfunc
+    from mlflow.pyfunc.model import PythonModel
 
-    class AirloopPyfunc(mlflow.pyfunc.PythonModel):
+    class AirloopPyfunc(PythonModel):
         """Raw rows in, predictions out: the config's features -> preprocessor -> MLP (-> sigmoid)."""
 
-        def load_context(self, context):
+        def load_context(self, context: Any) -> None:
             import torch
 
             from airloop.config import FeaturesConfig
@@ -167,7 +170,9 @@ def make_pyfunc_class():
             self.net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
             self.net.eval()
 
-        def predict(self, context, model_input, params=None):
+        # MLflow reads no schema from these hints (``Any`` is not one it infers from): the signature stays the
+        # one logged with the model, as for an unannotated predict
+        def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
             import numpy as np
             import pandas as pd
             import torch
