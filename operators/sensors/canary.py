@@ -1,4 +1,4 @@
-"""The canary's watch: judge the running step at each look."""
+"""The canary's watch: judge the running step at each look; wait in the triggerer in between."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
 from airloop.canary import load_rollout, save_rollout
-from airloop_airflow.base import ModelSensor
-from airloop_airflow.targets import build_target
+from airloop_airflow.sensors.deferrable import DeferrableModelSensor
+from airloop_airflow.targets import build_target, logs_predictions
+from airloop_airflow.triggers.canary import CanaryStepTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -21,14 +22,28 @@ if TYPE_CHECKING:
     from airloop.storage import DataRoot
 
 
-class CanaryStepSensor(ModelSensor):
-    """Judge the running canary step at each look (reschedule mode: no slot held in between)."""
+class CanaryStepSensor(DeferrableModelSensor):
+    """Judge the running canary step at each look; between looks :class:`CanaryStepTrigger` watches the
+    target's figures in the triggerer (``deferrable=False``: reschedule mode). Done when the rollout is
+    promoted or rolled back; its XCom value is the deciding step's record.
+
+    :param start_task_id: the task whose XCom names the version and state of the rollout
+    """
 
     ui_color = "#fdf3e8"
 
     def __init__(self, *, start_task_id: str = "start_canary", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.start_task_id = start_task_id
+
+    def trigger(self, context: Context) -> CanaryStepTrigger:
+        started = context["ti"].xcom_pull(task_ids=self.start_task_id)
+        return CanaryStepTrigger(
+            model=self.model,
+            version=str(started["version"]),
+            data_root=self.root_uri(),
+            poke_interval=self.poke_interval,
+        )
 
     def poke(self, context: Context) -> PokeReturnValue:
         from airloop.canary import advance
@@ -44,7 +59,7 @@ class CanaryStepSensor(ModelSensor):
 
         target = build_target(cfg)
         readings = target.readings()
-        if cfg.deployment.target == "local" and cfg.deployment.outcome_key and root.is_local:
+        if cfg.deployment.outcome_key and root.is_local and logs_predictions(cfg):
             self.add_online_metrics(cfg, root, state, readings)
         decision = advance(
             state, cfg.canary, readings, time.time(), lower_is_better=not higher_is_better(cfg.gate.metric)

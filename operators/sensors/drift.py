@@ -9,33 +9,47 @@ from typing import TYPE_CHECKING
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airloop_airflow.base import ModelSensor
-from airloop_airflow.operators.drift import drift_context
+from airloop_airflow.sensors.deferrable import DeferrableModelSensor
+from airloop_airflow.triggers.drift import DriftResultTrigger, drift_verdict
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class DriftSensor(ModelSensor):
-    """Succeeds when the model's latest drift result crosses the thresholds (reschedule mode)."""
+class DriftSensor(DeferrableModelSensor):
+    """Succeeds with the drift context when the model's latest drift result crosses the thresholds; skips
+    when this interval's result says no drift. Between looks :class:`DriftResultTrigger` reads the history
+    in the triggerer (``deferrable=False``: reschedule mode)."""
 
     ui_color = "#fde8ef"
 
     def poke(self, context: Context) -> PokeReturnValue:
-        from airloop.drift import read_history
+        from airloop.drift import drift_context
 
-        history = read_history(self.root(), self.model)
-        if not history:
-            return PokeReturnValue(is_done=False)
-        latest = max(history, key=lambda r: (r["interval_start"], r["computed_at"]))
-        drifting = latest["dataset_drift"] or latest["prediction_drifted"]
-        if drifting:
+        root = self.root()
+        verdict, latest = drift_verdict(root.read_jsonl(root.drift_history(self.model)), interval_start(context))
+        if verdict == "drift" and latest is not None:
             self.log.info("Drift: %s", json.dumps(drift_context(latest)))
             return PokeReturnValue(is_done=True, xcom_value=drift_context(latest))
-        this_interval = context["data_interval_start"].astimezone(dt.UTC).isoformat()
-        if latest["interval_start"] >= this_interval:
+        if verdict == "no_drift" and latest is not None:
             raise AirflowSkipException(
                 f"no drift: share {latest['drift_share']} < {self.pipeline().drift.drift_share}, "
                 f"prediction score {latest['prediction_score']}"
             )
         return PokeReturnValue(is_done=False)
+
+    def trigger(self, context: Context) -> DriftResultTrigger:
+        return DriftResultTrigger(
+            model=self.model,
+            data_root=self.root_uri(),
+            interval_start=interval_start(context),
+            poke_interval=self.poke_interval,
+        )
+
+
+def interval_start(context: Context) -> str:
+    """The run's data interval start as UTC ISO text, as the drift history records intervals."""
+    start = context["data_interval_start"]
+    if start is None:
+        raise ValueError("the drift sensor needs the run's data interval (a run with a logical date)")
+    return start.astimezone(dt.UTC).isoformat()
