@@ -15,13 +15,12 @@ import configparser
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,7 @@ MODEL_SERVER = "model-server"
 DEFAULT_PORT = 8080
 #: the first model server's port is ``port + MODEL_SERVER_OFFSET``
 MODEL_SERVER_OFFSET = 4
-#: ``[database] sql_alchemy_connect_args`` on SQLite: wait up to 30 s for a lock (the sqlite3 default is 5 s).
-#: On a busy 2-core machine a writer can hold the lock longer, and a scheduler that meets "database is
-#: locked" exits, leaving every queued run waiting.
+#: SQLite's ``[database] sql_alchemy_connect_args``: wait up to 30 s for a lock (a busy writer must not end the scheduler)
 SQLITE_CONNECT_ARGS = {"timeout": 30}
 
 
@@ -45,6 +42,21 @@ class StackError(RuntimeError):
 
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+def default_state_dir() -> Path:
+    """The state folder ``make`` and a bare ``airloop`` use in this checkout (``AIRLOOP_HOME`` aside)."""
+    from airloop.storage import repo_root
+
+    root = repo_root()
+    return (root / ".airloop").resolve() if root else (Path.home() / ".airloop").resolve()
+
+
+def cli_command(s: StackSettings, *words: str) -> str:
+    """The ``airloop`` command line that acts on this stack (with ``--state-dir`` unless it is the default)."""
+    if Path(s.state_dir).resolve() == default_state_dir():
+        return " ".join(["airloop", *words])
+    return " ".join(["airloop", "--state-dir", shlex.quote(s.state_dir), *words])
 
 
 @dataclass
@@ -382,18 +394,23 @@ def _port_free(port: int) -> bool:
 
 
 def health(s: StackSettings, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The API server's health report, or None when it does not answer (one attempt: callers poll)."""
+    from airloop.http import HttpClient, HttpError
+
     try:
-        with urllib.request.urlopen(f"{s.base_url}/api/v2/monitor/health", timeout=timeout) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError):
+        report = HttpClient(s.base_url, timeout=timeout, retries=0).get("/api/v2/monitor/health").json()
+    except (HttpError, ValueError):
         return None
+    return report if isinstance(report, dict) else None
 
 
 def _http_ok(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url`` answers 200 (one attempt: callers poll)."""
+    from airloop.http import HttpClient, HttpError
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
+        return HttpClient(url, timeout=timeout, retries=0).get().status == 200
+    except HttpError:
         return False
 
 
@@ -463,8 +480,9 @@ def _check_ports(s: StackSettings, to_start: list[str], running: dict[str, int])
             last = s.port + MODEL_SERVER_OFFSET + max(len(s.served_models()) - 1, 0)
             raise StackError(
                 f"port {port} on 127.0.0.1 is taken by another program (needed by {component}); start on another "
-                f"port with `airloop stack start --port N` (uses N to N+{last - s.port}); if this stack is already "
-                "running with another set of models, restart it (`airloop stack stop`, then start)"
+                f"port with `{cli_command(s, 'stack', 'start', '--port', 'N')}` (uses N to N+{last - s.port}); if "
+                "this stack is already running with another set of models, restart it "
+                f"(`{cli_command(s, 'stack', 'stop')}`, then start)"
             )
 
 
@@ -548,7 +566,7 @@ def stop(s: StackSettings, grace_s: float = 30.0) -> list[str]:
 
 
 def admin_password(s: StackSettings) -> str | None:
+    """The admin password the simple auth manager generated on first start (None before)."""
     f = s.airflow_home / "simple_auth_manager_passwords.json.generated"
-    if f.is_file():
-        return json.loads(f.read_text()).get("admin")
-    return None
+    password = json.loads(f.read_text()).get("admin") if f.is_file() else None
+    return str(password) if password else None

@@ -217,7 +217,7 @@ def test_check_ok_and_failing(tmp_path, capsys):
     assert check(tmp_path, "rides") == 1
     assert "gate.metric 'roc_auc' does not fit task.type regression" in capsys.readouterr().err
 
-    assert check(tmp_path, "nothing_here") == 1
+    assert check(tmp_path, "nothing_here") == 2  # an unknown model is a usage error
     assert "no pipeline config named 'nothing_here'" in capsys.readouterr().err
 
 

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import collections
 import configparser
+import datetime as dt
 import importlib
+import json
 import subprocess
 import sys
 
 import pytest
 from airloop_local import cli, stack
+from fastapi import FastAPI, Header, Request  # the fake servers' annotations must resolve at module level
+from fastapi.responses import JSONResponse
 
 from airloop.config import PIPELINES_DIR
 
@@ -264,9 +269,10 @@ def test_cli_quarantine_commands_without_a_stack(tmp_path, capsys, cfg, monkeypa
     )
     assert cli.main(["--state-dir", str(state), "quarantine", "list"]) == 0
     assert "no batches in quarantine awaiting a decision" in capsys.readouterr().out
+    # a decision on a batch already decided is a domain failure (1), not a usage error
     assert (
         cli.main(["--state-dir", str(state), "quarantine", "reject", "flight_delays", "2013-01-10", "--reason", "x"])
-        == 2
+        == 1
     )
     assert "already rejected" in capsys.readouterr().err
 
@@ -297,3 +303,228 @@ def test_cli_alias_history_prints_first_settings_and_removals(tmp_path, capsys, 
     assert len(lines) == 2
     assert "champion   v1      (was unset)  by train/r1: gate passed: no champion yet" in lines[0]
     assert "challenger removed (was v2)  by deploy/r2: v2 is the champion now" in lines[1]
+
+
+# -- the command line's behaviour: help, exit codes, unknown names, the stack messages point at ------------------
+def _subparsers(parser):
+    """(path, subparser) of every command and subcommand, depth first."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for path, deeper in _subparsers(sub):
+                    yield f"{name} {path}", deeper
+
+
+def test_top_level_help_lists_every_command_with_a_one_line_description():
+    import argparse
+
+    parser = cli.build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    described = {c.dest: c.help for c in commands._choices_actions}
+    assert set(described) == set(commands.choices)
+    text = parser.format_help()
+    for name, help_text in described.items():
+        assert help_text and len(help_text) <= 56, name  # one line of an 80-column help
+        assert f"    {name}" in text and help_text in text, name
+
+
+def test_every_option_and_argument_of_every_command_has_help():
+    import argparse
+
+    missing = [
+        f"{path}: {a.option_strings or a.dest}"
+        for path, sub in [("airloop", cli.build_parser()), *_subparsers(cli.build_parser())]
+        for a in sub._actions
+        if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction) and not a.help
+    ]
+    assert missing == []
+    for path, sub in _subparsers(cli.build_parser()):  # every subcommand is described in its parent's help
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                assert all(c.help for c in action._choices_actions), path
+
+
+def test_exit_codes_ok_failure_and_usage(tmp_path, capsys, monkeypatch):
+    state = tmp_path / "state"
+    monkeypatch.setenv("AIRLOOP_HOME", str(state))
+    monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(state / "data"))
+    assert cli.main(["--state-dir", str(state), "models", "history", "flight_delays"]) == 0
+    assert "no alias changes recorded for flight_delays" in capsys.readouterr().out
+    # a domain failure: the stack is not running
+    assert cli.main(["--state-dir", str(state), "run", "flight_delays__drift", "--start", "2013-07-01"]) == 1
+    assert "the local stack is not running" in capsys.readouterr().err
+    # usage errors: argparse's own (unknown command, bad choice, bad value), and the CLI's
+    for argv in (["nosuch"], ["stack", "jump"], ["replay", "--days", "0"], ["alerts", "--last", "x"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--state-dir", str(state), *argv])
+        assert e.value.code == 2, argv
+    assert cli.main(["--state-dir", str(state), "replay", "--corrupt", "2013-01-02:melted"]) == 2
+    assert "the kind after ':' must be one of" in capsys.readouterr().err
+    assert cli.main(["--state-dir", str(state), "webhook", "send", "nosuch", "--day", "2013-01-02"]) == 2
+    assert "no webhook source named 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "history", "nosuch"],
+        ["models", "rollback", "nosuch", "1", "--reason", "x"],
+        ["drift", "history", "nosuch"],
+        ["alerts", "nosuch"],
+        ["quarantine", "list", "--model", "nosuch"],
+        ["quarantine", "show", "nosuch", "2013-01-02"],
+        ["quarantine", "reject", "nosuch", "2013-01-02", "--reason", "x"],
+        ["quarantine", "release", "nosuch", "2013-01-02"],
+        ["replay", "--model", "nosuch"],
+        ["traffic", "nosuch", "rows.csv"],
+        ["model", "check", "nosuch"],
+    ],
+)
+def test_an_unknown_model_is_a_usage_error_with_a_message(tmp_path, capsys, monkeypatch, argv):
+    monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(tmp_path / "data"))
+    assert cli.main(["--state-dir", str(tmp_path / "state"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "no pipeline config named 'nosuch'" in err and "known models: [" in err and "flight_delays" in err
+
+
+def test_an_unknown_version_or_batch_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    class NoVersions:  # a registry without that version (the real call: MlflowClient.get_model_version)
+        def __init__(self, *a, **kw):
+            pass
+
+        def get_model_version(self, name, version):
+            raise MlflowException(f"no version {version} of {name}")
+
+    monkeypatch.setattr(mlflow, "MlflowClient", NoVersions)
+    monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(tmp_path / "data"))
+    argv = ["--state-dir", str(tmp_path / "state"), "models", "rollback", "flight_delays", "999", "--reason", "x"]
+    assert cli.main(argv) == 2
+    assert "flight_delays has no version 999" in capsys.readouterr().err
+    argv = ["--state-dir", str(tmp_path / "state"), "quarantine", "show", "flight_delays", "2013-01-02"]
+    assert cli.main(argv) == 2
+    assert "no quarantined batch flight_delays/ds=2013-01-02" in capsys.readouterr().err
+
+
+def test_airflow_help_is_airflows_own(tmp_path, monkeypatch):
+    """``-h`` after ``airflow`` goes to Airflow (argparse would otherwise answer with airloop's help)."""
+    for argv in (["airflow", "-h"], ["airflow", "--help"], ["airflow", "dags", "list", "-o", "json"]):
+        assert cli.build_parser().parse_args(argv).args == argv[1:]
+    called = []
+    monkeypatch.setattr(
+        stack, "run_airflow", lambda s, *args, check: called.append(args) or subprocess.CompletedProcess(args, 0)
+    )
+    assert cli.main(["--state-dir", str(tmp_path), "airflow", "-h"]) == 0
+    assert called == [("-h",)]
+
+
+def test_messages_point_at_the_stack_of_the_state_dir(tmp_path, capsys, monkeypatch):
+    from airloop_local.cli import common
+
+    monkeypatch.setattr(stack, "admin_password", lambda s: None)
+    other = stack.StackSettings(state_dir=str(tmp_path / "other state"))
+    common.print_login(other)
+    out = capsys.readouterr().out
+    assert f"Stop with:   airloop --state-dir '{tmp_path}/other state' stack stop" in out
+    assert "make stop" not in out
+    common.print_login(stack.StackSettings(state_dir=str(stack.default_state_dir())))
+    assert "Stop with:   make stop   (or .venv/bin/airloop stack stop)" in capsys.readouterr().out
+    assert cli.main(["--state-dir", str(tmp_path / "x"), "run", "m__drift", "--start", "2013-07-01"]) == 1
+    assert f"start it with `airloop --state-dir {tmp_path / 'x'} stack start`" in capsys.readouterr().err
+
+
+# -- the HTTP clients of the local stack (Airflow REST, webhooks, health), against small fake servers ----------
+def _fake_airflow():
+    """An Airflow API server that is busy (500) on the first call of each kind, knows DAG ``d`` only from the
+    third look, and keeps the runs it is given (409 for a run id it has)."""
+    app, calls, runs = FastAPI(), collections.Counter(), {}
+
+    def busy(kind: str) -> JSONResponse | None:
+        calls[kind] += 1
+        return JSONResponse({"detail": "database is locked"}, status_code=500) if calls[kind] == 1 else None
+
+    @app.post("/auth/token")
+    def token(body: dict):
+        return {"access_token": f"token-of-{body['username']}"}
+
+    @app.get("/api/v2/dags/{dag_id}")
+    def dag(dag_id: str):
+        calls["dag"] += 1
+        return {"dag_id": dag_id} if calls["dag"] >= 3 else JSONResponse({"detail": "no dag"}, status_code=404)
+
+    @app.get("/api/v2/dags/{dag_id}/dagRuns")
+    def dag_runs(dag_id: str, request: Request, authorization: str = Header("")):
+        assert authorization == "Bearer token-of-admin" and request.query_params["limit"] == "1000"
+        return busy("list") or {"dag_runs": list(runs.values())}
+
+    @app.post("/api/v2/dags/{dag_id}/dagRuns")
+    def trigger(dag_id: str, body: dict):
+        refused = busy("trigger")
+        if refused:
+            return refused
+        if body.get("dag_run_id") in runs:
+            return JSONResponse({"detail": "exists"}, status_code=409)
+        run = {"dag_run_id": body.get("dag_run_id") or "manual__1", "state": "queued", **body}
+        runs[run["dag_run_id"]] = run
+        return run
+
+    return app, calls
+
+
+def test_airflow_api_retries_what_a_retry_can_fix_and_nothing_else():
+    from airloop_local.airflow_api import AirflowApi, ApiError
+
+    from tests.conftest import serve_in_thread
+
+    app, calls = _fake_airflow()
+    with serve_in_thread(app) as url:
+        api = AirflowApi(url, "admin", "pw", backoff=0.01)
+        assert api.wait_for_dag("d", timeout_s=30) == {"dag_id": "d"}  # 404 twice while the DAG is parsed
+        assert api.trigger_interval("d", dt.date(2013, 1, 2)) == "replay__2013-01-02"  # a 500 first: retried
+        assert api.trigger_interval("d", dt.date(2013, 1, 2)) == "replay__2013-01-02"  # 409: that run exists
+        assert [r["data_interval_end"] for r in api.dag_runs("d")] == ["2013-01-03T00:00:00+00:00"]
+        assert calls["list"] == 2  # the list answered 500 once and was asked again
+        calls["trigger"] = 0
+        with pytest.raises(ApiError) as e:  # a run without a fixed id is never re-sent: it could start twice
+            api.trigger("d", {})
+        assert e.value.status == 500 and "database is locked" in str(e.value)
+
+
+def test_webhook_delivery_is_resent_with_the_same_id_while_the_server_is_busy(tmp_path):
+    from airloop_local.webhook_client import WebhookSender, deliver
+
+    from tests.conftest import free_port, serve_in_thread
+
+    app, seen = FastAPI(), []
+
+    @app.post("/airloop/webhooks/{source}")
+    async def hook(source: str, request: Request):
+        body = json.loads(await request.body())
+        seen.append((request.headers["webhook-id"], body))
+        if len(seen) == 1:
+            return JSONResponse({"detail": "busy"}, status_code=503)
+        if body["day"] == "2013-07-16":
+            return JSONResponse({"detail": "no webhook-signature matches the body"}, status_code=401)
+        return JSONResponse({"dag_run_id": f"webhook__{source}__{request.headers['webhook-id']}"}, status_code=202)
+
+    with serve_in_thread(app) as url:
+        s = stack.StackSettings(state_dir=str(tmp_path), port=int(url.rsplit(":", 1)[1]))
+        status, answer = deliver(s, "flight-delays-landing", dt.date(2013, 7, 15), backoff=0.01)
+        assert status == 202 and answer["dag_run_id"].startswith("webhook__flight-delays-landing__msg_")
+        assert seen[0] == seen[1]  # the same delivery (id and body) again after the 503
+        assert seen[0][1] == {
+            "source_uri": f"{s.data_root}/landing/flight_delays/ds=2013-07-15/flights.csv",
+            "day": "2013-07-15",
+        }
+        # one attempt, and every answer comes back with its status; deliver() makes a refusal an error
+        refused = WebhookSender(s).send("flight-delays-landing", dt.date(2013, 7, 16), delivery_id="msg_x")
+        assert refused == (401, {"detail": "no webhook-signature matches the body"})
+        with pytest.raises(stack.StackError, match="webhook flight-delays-landing for 2013-07-16 refused: HTTP 401"):
+            deliver(s, "flight-delays-landing", dt.date(2013, 7, 16), backoff=0.01)
+    nobody = stack.StackSettings(state_dir=str(tmp_path), port=free_port())
+    assert stack.health(nobody) is None and stack._http_ok(f"{nobody.base_url}/ping") is False

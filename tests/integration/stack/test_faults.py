@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from airloop_local import cli
+from airloop_local.cli.common import wait_runs
 
 from airloop.alerts import read_alerts
 from airloop.sources import nycflights13
@@ -80,7 +80,7 @@ def _start_ingest(s, api, cfg, day: dt.date) -> tuple[DataRoot, str]:
     nycflights13.replay_days(root, cfg.name, [day], file_name=cfg.source.file_name)
     api.wait_for_dag(DAG_ID)
     api.unpause(DAG_ID)
-    return root, cli.trigger_interval_run(api, DAG_ID, day)
+    return root, api.trigger_interval(DAG_ID, day)
 
 
 def test_a_task_killed_with_sigkill_is_retried_and_publishes_once(running_stack, cfg):
@@ -96,7 +96,7 @@ def test_a_task_killed_with_sigkill_is_retried_and_publishes_once(running_stack,
     assert pid, f"no process titled 'airflow worker -- {ti['id']}'"
     os.kill(pid, signal.SIGKILL)
 
-    state = cli._wait_runs(api, DAG_ID, {run_id}, timeout_s=600)[run_id]
+    state = wait_runs(api, DAG_ID, {run_id}, timeout_s=600)[run_id]
     ti = _task(api, run_id, "validate_batch")
     assert (state, ti["state"], ti["try_number"]) == ("success", "success", 2), ti
     events = [

@@ -6,11 +6,13 @@ The same path as the README's first command, on the session's metadata database 
 from __future__ import annotations
 
 import datetime as dt
-import urllib.request
 
 import pytest
 from airloop_local import cli
+from airloop_local.cli.common import wait_runs
+from airloop_local.webhook_client import WebhookSender
 
+from airloop.http import HttpClient
 from airloop.sources import nycflights13
 from airloop.storage import DataRoot, default_data_root_uri
 
@@ -31,16 +33,17 @@ def test_scheduler_runs_ingest_and_gate(running_stack, cfg, capsys):
     api.wait_for_dag(dag_id)
     api.wait_for_dag(cfg.dag_id("release"))
     api.unpause(dag_id)
-    run_ids = {cli.trigger_interval_run(api, dag_id, d) for d in [*GOOD, BAD]}
+    run_ids = {api.trigger_interval(dag_id, d) for d in [*GOOD, BAD]}
     # the same interval again is the same run, not a second one
-    assert cli.trigger_interval_run(api, dag_id, GOOD[0]) in run_ids
+    assert api.trigger_interval(dag_id, GOOD[0]) in run_ids
     # an upstream system announces a landed batch with a signed webhook: a real ingestion run of its day
-    status, answer = cli.send_webhook(s, "flight-delays-landing", HOOKED, delivery_id="msg_stack_1")
+    sender = WebhookSender(s)
+    status, answer = sender.send("flight-delays-landing", HOOKED, delivery_id="msg_stack_1")
     assert status == 202, answer
     hooked = answer["dag_run_id"]
     assert hooked == "webhook__flight-delays-landing__msg_stack_1"
-    assert cli.send_webhook(s, "flight-delays-landing", HOOKED, delivery_id="msg_stack_1")[0] == 200  # a repeat
-    states = cli._wait_runs(api, dag_id, {*run_ids, hooked}, timeout_s=600)
+    assert sender.send("flight-delays-landing", HOOKED, delivery_id="msg_stack_1")[0] == 200  # a repeat
+    states = wait_runs(api, dag_id, {*run_ids, hooked}, timeout_s=600)
     assert states == {f"replay__{d}": "success" for d in GOOD} | {f"replay__{BAD}": "failed", hooked: "success"}
     manifest = root.read_json(f"{root.uri}/raw/{cfg.name}/ds={HOOKED}/_manifest.json")
     assert manifest["source_uri"].endswith(f"landing/{cfg.name}/ds={HOOKED}/flights.csv")
@@ -51,9 +54,8 @@ def test_scheduler_runs_ingest_and_gate(running_stack, cfg, capsys):
     [alert] = [a for a in read_alerts(root, cfg.name) if a.get("run_id") == f"replay__{BAD}"]
     assert (alert["task_id"], alert["try_number"], alert["kind"]) == ("validate_batch", 1, "batch_quarantined")
     assert alert["log_url"] == f"{s.base_url}/dags/{dag_id}/runs/replay__{BAD}/tasks/validate_batch?try_number=1"
-    req = urllib.request.Request(alert["runbook_url"], headers={"Authorization": f"Bearer {api.token()}"})
-    with urllib.request.urlopen(req) as r:
-        assert "airloop quarantine release" in r.read().decode()
+    bearer = {"Authorization": f"Bearer {api.token()}"}
+    assert "airloop quarantine release" in HttpClient(alert["runbook_url"]).get(headers=bearer).text()
 
     # the failed run: the gate failed once (no retry), ingest succeeded, the report is one click away
     tis = {t["task_id"]: t for t in api.task_instances(dag_id, f"replay__{BAD}")}
@@ -62,9 +64,7 @@ def test_scheduler_runs_ingest_and_gate(running_stack, cfg, capsys):
     links = api.get(f"/api/v2/dags/{dag_id}/dagRuns/replay__{BAD}/taskInstances/validate_batch/links")["extra_links"]
     url = links["Validation report"]
     assert url == f"/airloop/files/quarantine/{cfg.name}/ds={BAD}/report.html"
-    req = urllib.request.Request(s.base_url + url, headers={"Authorization": f"Bearer {api.token()}"})
-    with urllib.request.urlopen(req) as r:
-        page = r.read().decode()
+    page = HttpClient(s.base_url).get(url, headers=bearer).text()
     assert "FAILED" in page and "dest" in page
 
     # the asset events: one per good day, none for the bad one
