@@ -91,7 +91,8 @@ def bench_training() -> dict[str, float]:
     from airloop.config import get_pipeline
     from airloop.features import compute_features, label
     from airloop.sources.nycflights13 import load_flights_with_weather
-    from airloop.training.train import TrainRequest, fit, predict
+    from airloop.training.train import TrainRequest
+    from airloop.training.trainer import fit, predict
 
     cfg = get_pipeline("flight_delays")
     df = load_flights_with_weather()
@@ -112,13 +113,13 @@ def bench_training() -> dict[str, float]:
         cfg.features,
     )
     wall = time.perf_counter() - t
-    auc = roc_auc_score(hold.y, predict(r["net"], r["pre"], hold, "binary_classification"))
+    auc = roc_auc_score(hold.y, predict(r.net, r.pre, hold, "binary_classification"))
     return {
-        "device": r["device"],
-        "samples_per_s": r["samples_per_s"],
+        "device": r.device,
+        "samples_per_s": r.samples_per_s,
         "train_rows": len(train),
         "wall_s": wall,
-        "epochs": r["best_epoch"] + 1,
+        "epochs": r.best_epoch + 1,
         "auc": auc,
     }
 

@@ -86,7 +86,8 @@ def main() -> None:
 
     from airloop.config import get_pipeline
     from airloop.sources.nycflights13 import load_flights_with_weather
-    from airloop.training.train import TrainRequest, fit, predict
+    from airloop.training.train import TrainRequest
+    from airloop.training.trainer import fit, predict
 
     features = get_pipeline("flight_delays").features
 
@@ -118,9 +119,7 @@ def main() -> None:
                 t = time.perf_counter()
                 r = fit(req, "binary_classification", train, val, "y", recipe_features)
                 seconds[name] += time.perf_counter() - t
-                scores.append(
-                    float(roc_auc_score(hold["y"], predict(r["net"], r["pre"], hold, "binary_classification")))
-                )
+                scores.append(float(roc_auc_score(hold["y"], predict(r.net, r.pre, hold, "binary_classification"))))
             aucs[name] += scores
             gaps[name] += [s - lr_auc for s in scores]
             cells.append(" ".join(f"{s:.4f}" for s in scores))

@@ -35,11 +35,12 @@ def free_port() -> int:
 def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
     """Register one model in a fresh MLflow store; return its tracking URI, request bodies, rows."""
     from airloop.config import get_pipeline
+    from airloop.datasets import load_partitions
     from airloop.features import compute_features, feature_columns, feature_version, label
     from airloop.ingest import Interval, ingest_batch
     from airloop.sources import nycflights13
     from airloop.storage import DataRoot, frame_to_parquet_bytes
-    from airloop.training.train import TrainRequest, load_partitions, train
+    from airloop.training.train import TrainRequest, train
 
     cfg = get_pipeline("flight_delays")
     root = DataRoot(tmp / "data")
@@ -54,12 +55,14 @@ def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
             [*feature_columns(cfg.features), cfg.event_time]
         ]
         feats[cfg.task.target] = label(raw, "arr_delay", 15)
-        uri = root.partition_uri("features", cfg.name, p)
         root.write_partition(
-            uri, {}, {"source_content_hash": m["content_hash"], "feature_version": feature_version(cfg.features)}
+            root.features(cfg.name, p),
+            {},
+            {"source_content_hash": m["content_hash"], "feature_version": feature_version(cfg.features)},
         )
-        (Path(uri) / "data").mkdir()
-        (Path(uri) / "data" / "part.parquet").write_bytes(frame_to_parquet_bytes(feats))
+        data_dir = Path(root.features_data(cfg.name, p))
+        data_dir.mkdir()
+        (data_dir / "part.parquet").write_bytes(frame_to_parquet_bytes(feats))
         parts.append(p)
     tracking = f"sqlite:///{tmp / 'mlflow.db'}"
     res = train(

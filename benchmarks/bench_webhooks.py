@@ -56,7 +56,11 @@ def main() -> int:
     import uvicorn
 
     from airloop import webhooks as wh
+    from airloop.config import get_pipeline
+    from airloop.ingest import landing_uri
+    from airloop.storage import DataRoot, partition_key
 
+    cfg, root = get_pipeline("flight_delays"), DataRoot(s.data_root)
     spec = importlib.util.spec_from_file_location("airloop_plugin", REPO / "plugins" / "airloop_plugin.py")
     plugin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plugin)
@@ -75,9 +79,7 @@ def main() -> int:
 
     def body_for(n: int) -> bytes:  # one day per delivery: a day has one run
         day = dt.date(2000, 1, 1) + dt.timedelta(days=n)
-        return json.dumps(
-            {"source_uri": f"{s.data_root}/landing/flight_delays/ds={day}/flights.csv", "day": day.isoformat()}
-        ).encode()
+        return json.dumps({"source_uri": landing_uri(cfg, root, partition_key(day)), "day": day.isoformat()}).encode()
 
     real_verify = wh.verify
 

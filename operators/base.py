@@ -7,7 +7,7 @@ root; data problems fail it without retries (:func:`data_problems_fail_fast`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseSensorOperator
@@ -41,9 +41,8 @@ def partition_of(context: Context) -> str:
 
 def report_link(root: DataRoot, uri: str) -> str:
     """A UI link for a report under a local data root; the URI itself for object storage."""
-    if root.is_local and uri.startswith(root.uri + "/"):
-        return report_url(uri[len(root.uri) + 1 :])
-    return uri
+    rel = root.relative(uri) if root.is_local else None
+    return report_url(rel) if rel is not None else uri
 
 
 def event_extra(result: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def event_extra(result: dict[str, Any]) -> dict[str, Any]:
 class ModelBound:
     """Bound to one model's pipeline config (looked up by name at run time) and a data root."""
 
-    template_fields: Sequence[str] = ("model",)
+    template_fields: Collection[str] = ("model",)
 
     def __init__(self, *, model: str, data_root: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -79,6 +79,10 @@ def _manual_run_example(cfg: PipelineConfig) -> str:
     return f"{rule}; the first batch is ds={first}"
 
 
+def _webhook_names(cfg: PipelineConfig) -> str:
+    return ": " + ", ".join(f"`{w.name}`" for w in cfg.webhooks) if cfg.webhooks else ""
+
+
 def _ingest_doc(cfg: PipelineConfig) -> str:
     return f"""
 # {cfg.name}: ingest and validate one batch
@@ -109,7 +113,7 @@ checks from the config. Pass: the batch is published as an event on Asset `{cfg.
 without tasks.
 
 Run conf: `source_uri` (optional, any fsspec URI). Upstream systems start runs with a signed webhook
-(`POST /airloop/webhooks/<source>` on the API server{": " + ", ".join(f"`{w.name}`" for w in cfg.webhooks) if cfg.webhooks else ""}):
+(`POST /airloop/webhooks/<source>` on the API server{_webhook_names(cfg)}):
 run id `webhook__<source>__<delivery id>`, `source_uri` from the delivery.
 
 Every task that fails for good sends one on-call alert ({", ".join(cfg.alerts.channels)}) with its log URL
@@ -218,7 +222,8 @@ Runs when `{cfg.asset_name("validated")}` has new events: the PySpark job
 validated partition whose features are missing or stale, and only partitions that passed the gate; applies
 the model's feature definition through `airloop.features.compute_features` (the same code serving applies
 to requests), and replaces `features/{cfg.name}/<partition>/` atomically. Publishes
-`{cfg.asset_name("features")}` with the partitions, row counts and the feature version. A manual run may pass `{{"partitions": ["ds=..."]}}`.
+`{cfg.asset_name("features")}` with the partitions, row counts and the feature version.
+A manual run may pass `{{"partitions": ["ds=..."]}}`.
 
 **Features**: {_feature_definition(cfg)}.
 
@@ -276,13 +281,11 @@ events (`kubectl -n {cfg.training.namespace} describe pod -l airloop/model={cfg.
 
 def build_deploy_dag(cfg: PipelineConfig) -> DAG:
     """``<model>__deploy``: the canary of a challenger, ending in promote or rollback."""
+    from airloop_airflow.targets import target_summary
+
     c = cfg.canary
     steps = " -> ".join(f"{p}%" for p in c.steps)
-    target = (
-        f"the project's model server (connection `{cfg.model_server_conn_id}`)"
-        if cfg.deployment.target == "local"
-        else f"KServe InferenceService `{cfg.deployment.namespace}/{(cfg.deployment.service_name or cfg.name.replace('_', '-'))}`"
-    )
+    target = target_summary(cfg)
     with _model_dag(
         cfg,
         "deploy",
@@ -301,7 +304,7 @@ Runs when a challenger passes the gate (`{cfg.asset_name("challenger")}`), or by
 `{{"version": "<n>"}}`. Target: {target}.
 
 1. `start_canary` loads the challenger and gives it {c.steps[0]}% of the traffic (steps {steps}).
-2. `watch_canary` looks every {c.poke_seconds} s (reschedule mode: no worker slot held in between). A step
+2. `watch_canary` looks every {c.poke_seconds} s (deferred to the triggerer: no worker slot held in between). A step
    is judged after {c.interval_seconds} s and {c.min_requests} challenger requests, comparing challenger and
    champion on that step's traffic: 5xx rate (at most {c.max_5xx_rate:.0%}), p99 latency (at most
    {c.max_p99_latency_ratio}x the champion's; with few requests, the highest quantile leaving
@@ -353,7 +356,7 @@ prediction log, `predictions/{cfg.name}/ds=<day>/`) and compares them with the r
    (**Drift report** link), in `reports/{cfg.name}/drift/<day>/`, and on the champion's MLflow run; the
    figures go to `reports/{cfg.name}/drift/history.jsonl` and the plot `trend.html`
    (`airloop drift history {cfg.name}`).
-2. `watch_drift`: the drift sensor (reschedule mode, no slot held while waiting) succeeds when the latest
+2. `watch_drift`: the drift sensor (deferred to the triggerer, no slot held while waiting) succeeds when the latest
    result drifts; it skips when this interval's result says no drift.
 3. `trigger_retrain`: starts `{cfg.dag_id("train")}` with conf `{{"reason": "drift", "drift": <context>}}` and
    emits `{cfg.asset_name("drift")}` with the same context. At most one per {d.cooldown_hours} h; never while

@@ -69,7 +69,7 @@ def quarantine_page() -> str:
     e = html.escape
     rows = []
     for q in entries:
-        rel = q.report_uri[len(root.uri) + 1 :]
+        rel = root.relative(q.report_uri) or ""
         failures = "".join(f"<li>{e(f[:300])}</li>" for f in q.failures[:8])
         decided = f"<br><small>{e(str(q.decision))}</small>" if q.decision else ""
         rows.append(

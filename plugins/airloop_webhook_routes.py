@@ -63,16 +63,13 @@ def _secrets(source: WebhookSourceConfig) -> list[str]:
 
 
 def _allowed_prefixes(cfg: PipelineConfig, source: WebhookSourceConfig) -> tuple[str, ...]:
+    """The source's ``allowed_prefixes``, else the model's landing folder (where ingestion looks itself)."""
     if source.allowed_prefixes:
         return source.allowed_prefixes
-    from airloop.storage import default_data_root_uri
+    from airloop.ingest import landing_prefix
+    from airloop.storage import DataRoot, default_data_root_uri
 
-    landing = (
-        cfg.source.landing_uri.rstrip("/")
-        if cfg.source.landing_uri
-        else f"{default_data_root_uri().rstrip('/')}/landing"
-    )
-    return (f"{landing}/{cfg.name}",)
+    return (landing_prefix(cfg, DataRoot(default_data_root_uri())),)
 
 
 def _ui_url(dag_id: str, run_id: str) -> str:

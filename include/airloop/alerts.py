@@ -18,12 +18,8 @@ from airloop.storage import DataRoot
 log = logging.getLogger(__name__)
 
 
-def alerts_uri(root: DataRoot, model: str) -> str:
-    return f"{root.uri}/reports/{model}/alerts.jsonl"
-
-
 def read_alerts(root: DataRoot, model: str) -> list[dict[str, Any]]:
-    return root.read_jsonl(alerts_uri(root, model))
+    return root.read_jsonl(root.alert_log(model))
 
 
 def append_alert(root: DataRoot, record: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +30,7 @@ def append_alert(root: DataRoot, record: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"an alert needs {missing}")
     record = {**record, "at": record.get("at") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     model = record["model"]
-    root.write_jsonl_atomic(alerts_uri(root, model), [*read_alerts(root, model), record])
+    root.write_jsonl_atomic(root.alert_log(model), [*read_alerts(root, model), record])
     log.warning("ALERT %s %s: %s", model, record["kind"], record["summary"])
     return record
 

@@ -63,14 +63,9 @@ class VariantStats:
 
 
 def tail_quantile(q: float, samples: float, min_above: int) -> float:
-    """The highest quantile up to ``q`` that leaves at least ``min_above`` of ``samples`` above it.
-
-    A p99 of 300 requests is decided by its top 3: a few scheduler stalls of one process move it by a
-    bucket or two, with the same model on both sides. So a step with few requests is judged at a lower
-    tail quantile (p96.7 of 300 for 10 above it) and one with ``min_above / (1 - q)`` requests or more at
-    ``q`` itself. A regression of every request shows at any of them; one of only the top 1 % shows once
-    a step has enough requests to see it.
-    """
+    """The highest quantile up to ``q`` that leaves at least ``min_above`` of ``samples`` above it (never
+    below the median): a tail quantile of few requests is decided by a handful of them, so a small step is
+    judged at a lower one (why: the README's design notes, "Latency of a small canary step")."""
     if samples <= 0 or min_above <= 0:
         return q
     return max(0.5, min(q, 1.0 - min_above / samples))
@@ -151,7 +146,8 @@ def judge_step(
     n_lat = min(champion.latency_count, challenger.latency_count)
     q = tail_quantile(0.99, n_lat, cfg.latency_min_tail_requests)
     lat_c, lat_n = champion.quantile(q), challenger.quantile(q)
-    figures = {
+    shift = round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4) if concurrent else None
+    figures: dict[str, Any] = {
         "step_percent": cfg.steps[step],
         "challenger_requests": challenger.requests,
         "champion_requests": champion.requests,
@@ -159,9 +155,7 @@ def judge_step(
         "champion_5xx_rate": round(champion.error_rate, 4),
         "p99_latency_s": {"champion": lat_c, "challenger": lat_n},
         "latency_quantile": round(q, 4),
-        "prediction_psi": round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4)
-        if concurrent
-        else None,
+        "prediction_psi": shift,
         "online_metric": {"champion": champion.online_metric, "challenger": challenger.online_metric}
         if concurrent
         else None,
@@ -201,10 +195,10 @@ def judge_step(
     )
     # A shift of the predictions is a proxy for "something is wrong" while outcomes are unknown; where they
     # are known and the challenger scores at least as well, the shift is the improvement, not a fault.
-    if concurrent and figures["prediction_psi"] > cfg.max_prediction_psi and not better_online:
+    if shift is not None and shift > cfg.max_prediction_psi and not better_online:
         return StepDecision(
             "rollback",
-            f"challenger predictions shifted: PSI {figures['prediction_psi']} > {cfg.max_prediction_psi}",
+            f"challenger predictions shifted: PSI {shift} > {cfg.max_prediction_psi}",
             figures,
         )
     if concurrent and champion.online_metric is not None and challenger.online_metric is not None:
@@ -433,7 +427,7 @@ def outcome_metric(cfg: PipelineConfig) -> Any:
     outcomes that do not vary)."""
 
     def metric(y: Any, p: Any) -> float | None:
-        from airloop.training.train import metrics_for
+        from airloop.metrics import metrics_for
 
         if len(y) < MIN_LABELED or (cfg.task.type == "binary_classification" and len(set(y)) < 2):
             return None
@@ -452,8 +446,8 @@ def outcome_metric(cfg: PipelineConfig) -> Any:
 def known_outcomes(cfg: PipelineConfig, root: DataRoot, key_rows: Iterable[dict[str, Any]]) -> Any:
     """The outcomes (``deployment.outcome_key`` columns + ``y``) of the raw partitions the rows refer to
     (``deployment.outcome_partition``) that have been ingested; None when none has."""
+    from airloop.datasets import load_partitions
     from airloop.features import label
-    from airloop.training.train import load_partitions
 
     key = list(cfg.deployment.outcome_key)
 
@@ -465,7 +459,7 @@ def known_outcomes(cfg: PipelineConfig, root: DataRoot, key_rows: Iterable[dict[
             return None
 
     parts = sorted({p for row in key_rows if (p := partition(row))})
-    known = tuple(p for p in parts if root.exists(f"{root.partition_uri('raw', cfg.name, p)}/_manifest.json"))
+    known = tuple(p for p in parts if root.exists(root.manifest(root.raw(cfg.name, p))))
     if not known:
         return None
     raw = load_partitions(root, "raw", cfg.name, known)

@@ -7,7 +7,7 @@ that arrive while a run is in flight are folded into one later run by Airflow).
 
 from __future__ import annotations
 
-from airloop.storage import MANIFEST, DataRoot
+from airloop.storage import DataRoot
 
 
 def validated_partitions(root: DataRoot, model: str) -> list[str]:
@@ -15,11 +15,11 @@ def validated_partitions(root: DataRoot, model: str) -> list[str]:
     out = []
     for raw_uri in root.list_partitions("raw", model):
         part = raw_uri.rsplit("/", 1)[-1]
-        result_uri = f"{root.partition_uri('reports', model, part)}/validation.json"
+        result_uri = root.validation_result(model, part)
         if not root.exists(result_uri):
             continue
         result = root.read_json(result_uri)
-        manifest = root.read_json(f"{raw_uri}/{MANIFEST}")
+        manifest = root.read_json(root.manifest(raw_uri))
         if result.get("success") and result.get("content_hash") == manifest.get("content_hash"):
             out.append(part)
     return out
@@ -29,12 +29,12 @@ def stale_feature_partitions(root: DataRoot, model: str, feature_version: str) -
     """Validated partitions without features, or with features from other data or feature code."""
     out = []
     for part in validated_partitions(root, model):
-        f_manifest = f"{root.partition_uri('features', model, part)}/{MANIFEST}"
+        f_manifest = root.manifest(root.features(model, part))
         if not root.exists(f_manifest):
             out.append(part)
             continue
         fm = root.read_json(f_manifest)
-        raw = root.read_json(f"{root.partition_uri('raw', model, part)}/{MANIFEST}")
+        raw = root.read_json(root.manifest(root.raw(model, part)))
         if fm.get("source_content_hash") != raw.get("content_hash") or fm.get("feature_version") != feature_version:
             out.append(part)
     return out

@@ -38,6 +38,13 @@ ColumnType = Literal["int", "float", "string", "timestamp", "bool"]
 TaskType = Literal["binary_classification", "regression"]
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
+#: Defaults shared by several config classes below. Code outside this module reads a default from its
+#: field (``TrainingConfig.model_fields["seed"].default``) rather than repeating the figure.
+#: The seed of training and of the drift check's sample: a run is reproducible from its config alone.
+DEFAULT_SEED = 13
+#: The Airflow connection of the cluster that runs training pods and KServe services.
+KUBERNETES_CONN_ID = "kubernetes_default"
+
 #: The metrics a gate (and the canary's online check) may use per task, and whether higher is better.
 GATE_METRICS: dict[str, dict[str, bool]] = {
     "binary_classification": {"roc_auc": True, "pr_auc": True, "log_loss": False},
@@ -224,10 +231,10 @@ class TrainingConfig(_Frozen):
     on_new_features: Literal["always", "until_champion"] = "always"
     min_partitions: int = Field(default=5, ge=2)
     max_epochs: int = Field(default=40, ge=1)
-    seed: int = 13
+    seed: int = DEFAULT_SEED
     image: str = "ghcr.io/airloop/train:0.1.0"
     namespace: str = "ml-training"
-    kubernetes_conn_id: str = "kubernetes_default"
+    kubernetes_conn_id: str = KUBERNETES_CONN_ID
     gpus: int = Field(default=1, ge=0)
     cpu: str = "4"
     memory: str = "16Gi"
@@ -278,9 +285,8 @@ class CanaryConfig(_Frozen):
     poke_seconds: int = Field(
         default=30,
         ge=5,
-        description="how often the deploy DAG's sensor looks (reschedule "
-        "mode); under 5 s Airflow 3.3 can re-queue the sensor before it has seen the last "
-        "look end, and marks it failed ('state changed externally')",
+        description="how often the deploy DAG's sensor looks (in the triggerer, or between reschedules); "
+        "at least 5 s, below which Airflow can fail a rescheduled sensor (README, design notes)",
     )
 
     @field_validator("steps")
@@ -294,7 +300,12 @@ class CanaryConfig(_Frozen):
 class DeploymentConfig(_Frozen):
     """Where the model is served: the project's model server (``local``) or a KServe InferenceService."""
 
-    target: Literal["local", "kserve"] = "local"
+    target: str = Field(
+        default="local",
+        pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        description="the registered name of the serving target (operators/targets): local, kserve, or one added "
+        "with @register_target; an unknown name fails when the deploy DAG builds the target",
+    )
     #: local: the model server's address comes from this Airflow connection (the stack sets one per
     #: model); default ``airloop_model_server_<model>``
     model_server_conn_id: str | None = None
@@ -310,7 +321,7 @@ class DeploymentConfig(_Frozen):
     service_name: str | None = Field(
         default=None, description="InferenceService name; default: the model name with '-'"
     )
-    kubernetes_conn_id: str = "kubernetes_default"
+    kubernetes_conn_id: str = KUBERNETES_CONN_ID
     prometheus_conn_id: str = "prometheus_default"
     service_account: str = "airloop-serving"
     cpu: str = "1"
@@ -333,7 +344,7 @@ class DriftConfig(_Frozen):
     sample_rows: int = Field(
         default=5000, ge=100, description="rows compared per side (seeded sample of larger windows)"
     )
-    seed: int = 13
+    seed: int = DEFAULT_SEED
     min_rows: int = Field(default=200, ge=1, description="fewer predictions in the interval: no verdict")
     cooldown_hours: int = Field(default=24, ge=0, description="at most one drift-triggered retraining in this time")
     sensor_timeout_minutes: int = Field(default=60, ge=1, description="the drift sensor gives up (skips) after this")

@@ -37,14 +37,12 @@ import fsspec
 from airloop import quarantine
 from airloop.config import PipelineConfig, SchemaConfig
 from airloop.errors import BatchFormatError, BatchNotFoundError
-from airloop.storage import DataRoot, content_hash, frame_to_parquet_bytes, sha256_bytes
+from airloop.storage import DATA_FILE, QUARANTINE_REPORT, DataRoot, content_hash, frame_to_parquet_bytes, sha256_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-
-DATA_FILE = "data.parquet"
 
 
 @dataclass(frozen=True)
@@ -63,13 +61,25 @@ def landing_uri(cfg: PipelineConfig, root: DataRoot, partition: str) -> str:
     return landing_file(cfg.source.landing_uri or root, cfg.name, partition, cfg.source.file_name)
 
 
+def landing_prefix(cfg: PipelineConfig, root: DataRoot) -> str:
+    """``<landing>/<model>``: the folder every landing file of the model lies under."""
+    return landing_folder(cfg.source.landing_uri or root, cfg.name)
+
+
+def landing_folder(landing: DataRoot | str, model: str) -> str:
+    """``<landing>/<model>``, under a data root's ``landing/`` zone or under any fsspec folder."""
+    if isinstance(landing, DataRoot):
+        return landing.landing_folder(model)
+    base = landing if landing.endswith("://") else landing.rstrip("/")
+    return f"{base}/{model}"
+
+
 def landing_file(landing: DataRoot | str, model: str, partition: str, file_name: str) -> str:
     """The landing layout itself: ``<landing>/<model>/<partition>/<file_name>``, under a data root's
-    ``landing/`` zone or under any fsspec folder."""
+    ``landing/`` zone or under any fsspec folder (what source adapters write and ingestion reads)."""
     if isinstance(landing, DataRoot):
-        return f"{landing.partition_uri('landing', model, partition)}/{file_name}"
-    base = landing if landing.endswith("://") else landing.rstrip("/")
-    return f"{base}/{model}/{partition}/{file_name}"
+        return f"{landing.landing(model, partition)}/{file_name}"
+    return f"{landing_folder(landing, model)}/{partition}/{file_name}"
 
 
 def fetch_source(uri: str, max_bytes: int) -> bytes:
@@ -83,7 +93,7 @@ def fetch_source(uri: str, max_bytes: int) -> bytes:
     size = fs.size(path)
     if size is not None and size > max_bytes:
         raise BatchFormatError(f"batch {uri} is {size} bytes, over the configured source.max_bytes of {max_bytes}")
-    return fs.cat_file(path)
+    return bytes(fs.cat_file(path))
 
 
 def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
@@ -220,7 +230,7 @@ def ingest_batch(
         q_uri = quarantine.quarantine_unreadable(cfg, root, partition, data, base_manifest, str(e))
         raise BatchFormatError(
             f"Batch {cfg.name}/{partition} from {src} could not be read: {e}. It is in quarantine at {q_uri} "
-            f"(source file, report.html). Next: ask the producer for a valid {cfg.source.format} file and re-run "
+            f"(source file, {QUARANTINE_REPORT}). Next: ask the producer for a valid {cfg.source.format} file and re-run "
             f"the interval, or `airloop quarantine reject {cfg.name} {partition} --reason ...`."
         ) from e
 
@@ -232,7 +242,7 @@ def ingest_batch(
         "content_hash": content_hash(df),
         "data_file": DATA_FILE,
     }
-    raw_uri = root.partition_uri("raw", cfg.name, partition)
+    raw_uri = root.raw(cfg.name, partition)
     root.write_partition(raw_uri, {DATA_FILE: payload}, manifest)
     log.info("ingested %s rows of %s/%s from %s into %s", len(df), cfg.name, partition, src, raw_uri)
     return {**manifest, "uri": raw_uri}

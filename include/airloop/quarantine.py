@@ -18,7 +18,15 @@ from typing import Any
 
 from airloop.config import PipelineConfig
 from airloop.errors import BatchValidationError, QuarantineError
-from airloop.storage import MANIFEST, DataRoot, read_parquet_bytes
+from airloop.storage import (
+    DATA_FILE,
+    QUARANTINE_DECISION,
+    QUARANTINE_REPORT,
+    UNREADABLE_FILE,
+    VALIDATION_RESULT,
+    DataRoot,
+    read_parquet_bytes,
+)
 from airloop.validation import (
     ValidationOutcome,
     failure_message,
@@ -28,10 +36,6 @@ from airloop.validation import (
 )
 
 log = logging.getLogger(__name__)
-
-DECISION = "_decision.json"
-REPORT = "report.html"
-RESULT = "validation.json"
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class QuarantinedBatch:
 
     @property
     def report_uri(self) -> str:
-        return f"{self.uri}/{REPORT}"
+        return f"{self.uri}/{QUARANTINE_REPORT}"
 
 
 def _report_context(manifest: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -71,7 +75,7 @@ def _write_quarantine(
     outcome: ValidationOutcome,
     stage: str,
 ) -> str:
-    q_uri = root.partition_uri("quarantine", cfg.name, partition)
+    q_uri = root.quarantine(cfg.name, partition)
     q_manifest = {
         **manifest,
         "quarantine": {
@@ -86,8 +90,8 @@ def _write_quarantine(
         q_uri,
         {
             **files,
-            RESULT: json.dumps(outcome.to_json(), indent=2, default=str).encode(),
-            REPORT: report.encode(),
+            VALIDATION_RESULT: json.dumps(outcome.to_json(), indent=2, default=str).encode(),
+            QUARANTINE_REPORT: report.encode(),
         },
         q_manifest,
     )
@@ -100,17 +104,17 @@ def quarantine_unreadable(
 ) -> str:
     """Keep a batch that could not be parsed (its bytes as received) with a report; return its URI."""
     outcome = failure_outcome(cfg.validation.suite, f"readable_as_{cfg.source.format}", error, bytes=len(data))
-    return _write_quarantine(cfg, root, partition, {"source.bin": data}, manifest, outcome, stage="ingest")
+    return _write_quarantine(cfg, root, partition, {UNREADABLE_FILE: data}, manifest, outcome, stage="ingest")
 
 
 def write_validation_report(
     cfg: PipelineConfig, root: DataRoot, partition: str, outcome: ValidationOutcome, manifest: dict[str, Any]
 ) -> str:
     """Store the validation result and report of a batch under ``reports/``; return the report URI."""
-    base = root.partition_uri("reports", cfg.name, partition)
+    result = {**outcome.to_json(), "content_hash": manifest.get("content_hash")}
     # the content hash ties the verdict to the exact data it was given (see airloop.catalog)
-    root.write_json_atomic(f"{base}/{RESULT}", {**outcome.to_json(), "content_hash": manifest.get("content_hash")})
-    report_uri = f"{base}/validation.html"
+    root.write_json_atomic(root.validation_result(cfg.name, partition), result)
+    report_uri = root.validation_report(cfg.name, partition)
     root.write_bytes_atomic(report_uri, render_html_report(cfg, partition, outcome, _report_context(manifest)).encode())
     return report_uri
 
@@ -121,9 +125,9 @@ def validate_partition(cfg: PipelineConfig, root: DataRoot, partition: str) -> d
     :returns: the manifest plus ``validation`` (summary) and ``report_uri`` when the batch passes
     :raises BatchValidationError: when it fails; the batch is then in quarantine with its report
     """
-    raw_uri = root.partition_uri("raw", cfg.name, partition)
-    manifest = root.read_json(f"{raw_uri}/{MANIFEST}")
-    data_file = manifest.get("data_file", "data.parquet")
+    raw_uri = root.raw(cfg.name, partition)
+    manifest = root.read_json(root.manifest(raw_uri))
+    data_file = manifest.get("data_file", DATA_FILE)
     data = root.read_bytes(f"{raw_uri}/{data_file}")  # read once: validated, and kept whole if quarantined
     outcome = validate_frame(cfg, read_parquet_bytes(data))
     report_uri = write_validation_report(cfg, root, partition, outcome, manifest)
@@ -137,6 +141,10 @@ def validate_partition(cfg: PipelineConfig, root: DataRoot, partition: str) -> d
     return {**manifest, "uri": raw_uri, "validation": outcome.summary(), "report_uri": report_uri}
 
 
+def _decision_uri(q_uri: str) -> str:
+    return f"{q_uri}/{QUARANTINE_DECISION}"
+
+
 def _decide(root: DataRoot, q_uri: str, decision: str, by: str, **extra: Any) -> dict[str, Any]:
     record = {
         "decision": decision,
@@ -145,22 +153,22 @@ def _decide(root: DataRoot, q_uri: str, decision: str, by: str, **extra: Any) ->
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **extra,
     }
-    root.write_json_atomic(f"{q_uri}/{DECISION}", record)
+    root.write_json_atomic(_decision_uri(q_uri), record)
     return record
 
 
 def _supersede(cfg: PipelineConfig, root: DataRoot, partition: str, run_id: str | None) -> None:
-    q_uri = root.partition_uri("quarantine", cfg.name, partition)
-    if root.exists(f"{q_uri}/{MANIFEST}") and not root.exists(f"{q_uri}/{DECISION}"):
+    q_uri = root.quarantine(cfg.name, partition)
+    if root.exists(root.manifest(q_uri)) and not root.exists(_decision_uri(q_uri)):
         _decide(
             root, q_uri, "superseded", by=run_id or "pipeline", reason="a later run of the interval passed the gate"
         )
 
 
 def _entry(root: DataRoot, model: str, q_uri: str) -> QuarantinedBatch:
-    m = root.read_json(f"{q_uri}/{MANIFEST}")
+    m = root.read_json(root.manifest(q_uri))
     q = m.get("quarantine", {})
-    decision = root.read_json(f"{q_uri}/{DECISION}") if root.exists(f"{q_uri}/{DECISION}") else None
+    decision = root.read_json(_decision_uri(q_uri)) if root.exists(_decision_uri(q_uri)) else None
     return QuarantinedBatch(
         model=model,
         partition=m.get("partition", q_uri.rsplit("/", 1)[-1]),
@@ -187,8 +195,8 @@ def list_quarantined(root: DataRoot, models: list[str], *, include_decided: bool
 
 
 def get_quarantined(root: DataRoot, model: str, partition: str) -> QuarantinedBatch:
-    q_uri = root.partition_uri("quarantine", model, partition)
-    if not root.exists(f"{q_uri}/{MANIFEST}"):
+    q_uri = root.quarantine(model, partition)
+    if not root.exists(root.manifest(q_uri)):
         known = [e.partition for e in list_quarantined(root, [model])]
         raise QuarantineError(f"no quarantined batch {model}/{partition}; quarantined partitions: {known or 'none'}")
     return _entry(root, model, q_uri)
@@ -214,7 +222,7 @@ def release(cfg: PipelineConfig, root: DataRoot, partition: str, *, by: str) -> 
     e = get_quarantined(root, cfg.name, partition)
     if e.status != "quarantined":
         raise QuarantineError(f"{cfg.name}/{partition} is {e.status}, not quarantined: {e.decision}")
-    manifest = root.read_json(f"{e.uri}/{MANIFEST}")
+    manifest = root.read_json(root.manifest(e.uri))
     data_file = manifest.get("data_file")
     if e.stage == "ingest" or not data_file:
         raise QuarantineError(
@@ -226,9 +234,9 @@ def release(cfg: PipelineConfig, root: DataRoot, partition: str, *, by: str) -> 
     outcome = validate_frame(cfg, read_parquet_bytes(data))
     if not outcome.success:
         # Refresh the report in place so on-call sees the current verdict.
-        root.write_json_atomic(f"{e.uri}/{RESULT}", outcome.to_json())
+        root.write_json_atomic(f"{e.uri}/{VALIDATION_RESULT}", outcome.to_json())
         root.write_bytes_atomic(
-            f"{e.uri}/{REPORT}",
+            e.report_uri,
             render_html_report(cfg, partition, outcome, _report_context(manifest, quarantine=e.uri)).encode(),
         )
         raise BatchValidationError(
@@ -236,7 +244,7 @@ def release(cfg: PipelineConfig, root: DataRoot, partition: str, *, by: str) -> 
         )
     published = {k: v for k, v in manifest.items() if k != "quarantine"}
     published["released_from_quarantine"] = {"by": by, "uri": e.uri}
-    raw_uri = root.partition_uri("raw", cfg.name, partition)
+    raw_uri = root.raw(cfg.name, partition)
     root.write_partition(raw_uri, {data_file: data}, published)
     report_uri = write_validation_report(cfg, root, partition, outcome, published)
     _decide(root, e.uri, "released", by=by, raw_uri=raw_uri)

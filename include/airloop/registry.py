@@ -34,12 +34,8 @@ class GateDecision:
         return asdict(self)
 
 
-def history_uri(root: DataRoot, model: str) -> str:
-    return f"{root.uri}/reports/{model}/alias_history.jsonl"
-
-
 def read_history(root: DataRoot, model: str) -> list[dict[str, Any]]:
-    return root.read_jsonl(history_uri(root, model))
+    return root.read_jsonl(root.alias_history(model))
 
 
 def current_alias(client: Any, model: str, alias: str) -> str | None:
@@ -84,7 +80,7 @@ def _record(
         # when the change happened: an audit timestamp, not pipeline logic
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
     }
-    root.write_jsonl_atomic(history_uri(root, model), [*read_history(root, model), record])
+    root.write_jsonl_atomic(root.alias_history(model), [*read_history(root, model), record])
     log.info("alias %s@%s: v%s -> v%s (%s)", model, alias, before, version, why)
     return record
 
@@ -119,7 +115,7 @@ def score_model(model_uri: str, raw_df: Any, cfg: PipelineConfig) -> float:
     import mlflow
 
     from airloop.features import label
-    from airloop.training.train import metrics_for
+    from airloop.metrics import metrics_for
 
     y = label(raw_df, cfg.task.label.source_column, cfg.task.label.positive_above)
     rows = raw_df[y.notna()].reset_index(drop=True)

@@ -1,9 +1,11 @@
 """The data root: one folder or fsspec URI holding every zone, partitioned by model and data interval.
 
-Layout (``ARCHITECTURE.md``)::
+Layout (``docs/architecture.md``)::
 
     <root>/<zone>/<model>/<partition>/...     zone in landing, raw, quarantine, features, predictions, reports
                                               partition is ds=YYYY-MM-DD (data interval start) or run=<run id>
+
+Every place in it is named by a :class:`DataRoot` method; code elsewhere never builds these paths itself.
 
 Writes are atomic: a partition is built in a hidden temporary folder next to its final place and renamed
 into place, so a crash mid-task leaves at most a ``.tmp-*`` folder that readers ignore, never half a
@@ -32,7 +34,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ZONES = ("landing", "raw", "quarantine", "features", "predictions", "reports")
+#: written last into every partition: its presence marks a complete one
 MANIFEST = "_manifest.json"
+#: the frame of a raw (or quarantined) batch, as Parquet
+DATA_FILE = "data.parquet"
+#: the folder of Spark part files inside a features partition
+FEATURES_DATA = "data"
+#: a batch's validation result (JSON) and report (HTML): under ``reports/`` for every validated batch, and
+#: beside the batch in quarantine (there the report is ``report.html``)
+VALIDATION_RESULT = "validation.json"
+VALIDATION_REPORT = "validation.html"
+QUARANTINE_REPORT = "report.html"
+#: on-call's decision on a quarantined batch (released, rejected) or ``superseded`` by a later good run
+QUARANTINE_DECISION = "_decision.json"
+#: the bytes of a batch that could not be read at all, kept in quarantine as received
+UNREADABLE_FILE = "source.bin"
 _TMP_PREFIX = ".tmp-"
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9_.=+-]")
 
@@ -43,17 +59,23 @@ def repo_root() -> Path | None:
     return candidate if (candidate / "pyproject.toml").is_file() else None
 
 
-def state_dir() -> Path:
-    """The ignored local state folder: ``AIRLOOP_HOME``, else ``<checkout>/.airloop``."""
-    env = os.environ.get("AIRLOOP_HOME")
-    if env:
-        return Path(env).resolve()
+def checkout_state_dir() -> Path:
+    """``<checkout>/.airloop`` (``~/.airloop`` outside a checkout): the state folder unless ``AIRLOOP_HOME``
+    names another."""
     root = repo_root()
     return (root / ".airloop") if root else Path.home() / ".airloop"
 
 
-def default_data_root_uri() -> str:
-    return os.environ.get("AIRLOOP_DATA_ROOT") or str(state_dir() / "data")
+def state_dir() -> Path:
+    """The ignored local state folder: ``AIRLOOP_HOME``, else :func:`checkout_state_dir`."""
+    env = os.environ.get("AIRLOOP_HOME")
+    return Path(env).resolve() if env else checkout_state_dir()
+
+
+def default_data_root_uri(state: str | os.PathLike[str] | None = None) -> str:
+    """``AIRLOOP_DATA_ROOT``, else ``data/`` in the state folder (``state``, or :func:`state_dir`): the one
+    default of the data root."""
+    return os.environ.get("AIRLOOP_DATA_ROOT") or str(Path(state or state_dir()) / "data")
 
 
 def partition_key(data_interval_start: Any = None, run_id: str | None = None) -> str:
@@ -94,10 +116,6 @@ class DataRoot:
             self.uri = str(Path(self._base).resolve())
             self._base = self.uri
 
-    @classmethod
-    def from_env(cls) -> DataRoot:
-        return cls(default_data_root_uri())
-
     def __repr__(self) -> str:
         return f"DataRoot({self.uri!r})"
 
@@ -112,6 +130,15 @@ class DataRoot:
         """``<root>/<zone>/<model>/<key>``: one batch (``key`` is a partition such as ``ds=2024-01-31``)."""
         return f"{self.zone_uri(zone, model)}/{key}"
 
+    @staticmethod
+    def manifest(partition_uri: str) -> str:
+        """The manifest of a partition (any zone), written last: a partition without one is incomplete."""
+        return f"{partition_uri}/{MANIFEST}"
+
+    def landing_folder(self, model: str) -> str:
+        """Where an upstream system drops a model's batches (when the config names no other place)."""
+        return self.zone_uri("landing", model)
+
     def landing(self, model: str, partition: str) -> str:
         """Where an upstream system drops the batch of one interval (when the config names no other place)."""
         return self.partition_uri("landing", model, partition)
@@ -124,9 +151,17 @@ class DataRoot:
         """A refused batch: the bytes received, the validation result and its report."""
         return self.partition_uri("quarantine", model, partition)
 
+    def quarantine_report(self, model: str, partition: str) -> str:
+        """The HTML report of a quarantined batch (what on-call opens first)."""
+        return f"{self.quarantine(model, partition)}/{QUARANTINE_REPORT}"
+
     def features(self, model: str, partition: str) -> str:
         """The feature table the Spark job built from one raw batch."""
         return self.partition_uri("features", model, partition)
+
+    def features_data(self, model: str, partition: str) -> str:
+        """The Parquet folder (Spark part files) of one features partition."""
+        return f"{self.features(model, partition)}/{FEATURES_DATA}"
 
     def predictions(self, model: str) -> str:
         """The model server's prediction log of one model."""
@@ -137,14 +172,19 @@ class DataRoot:
         return "/".join([self.zone_uri("reports", model), *parts])
 
     def validation_result(self, model: str, partition: str) -> str:
-        """The validation result (JSON) of one batch."""
-        return self.report(model, partition, "validation.json")
+        """The validation result (JSON) of one batch, with the content hash it was computed on."""
+        return self.report(model, partition, VALIDATION_RESULT)
+
+    def validation_report(self, model: str, partition: str) -> str:
+        """The validation report (HTML) of one batch."""
+        return self.report(model, partition, VALIDATION_REPORT)
 
     def canary_state(self, model: str, version: str) -> str:
         """The state of one version's canary rollout (resumed by a retry or a restarted scheduler)."""
         return self.report(model, "canary", f"v{version}.json")
 
     def canary_folder(self, model: str) -> str:
+        """Every canary rollout state of one model."""
         return self.report(model, "canary")
 
     def drift_folder(self, model: str, day: str | None = None) -> str:
@@ -152,32 +192,46 @@ class DataRoot:
         return self.report(model, "drift", *([day] if day else []))
 
     def drift_history(self, model: str) -> str:
+        """The figures of every drift check of one model (JSON lines)."""
         return self.report(model, "drift", "history.jsonl")
 
     def drift_trend(self, model: str) -> str:
+        """The plot of the drift history (HTML)."""
         return self.report(model, "drift", "trend.html")
 
     def retrain_log(self, model: str) -> str:
+        """Drift-triggered retrainings of one model (JSON lines): the cooldown reads it."""
         return self.report(model, "drift", "retrain_log.jsonl")
 
     def alias_history(self, model: str) -> str:
+        """Every change of a model's MLflow aliases (JSON lines): which version served when."""
         return self.report(model, "alias_history.jsonl")
 
     def alert_log(self, model: str) -> str:
+        """On-call alerts of one model (JSON lines), the local alert channel."""
         return self.report(model, "alerts.jsonl")
+
+    def mlflow_artifacts(self, model: str) -> str:
+        """Where a model's MLflow artifacts go when training has no artifact store of its own (local runs)."""
+        return f"{self.uri}/mlflow-artifacts/{model}"
+
+    def relative(self, uri: str) -> str | None:
+        """The path of ``uri`` inside this root (``reports/...``), or None when it lies elsewhere."""
+        prefix = self.uri + "/"
+        return uri[len(prefix) :] if uri.startswith(prefix) else None
 
     def _path(self, uri: str) -> str:
         """The filesystem path of a URI inside (or outside) this root."""
         if self.is_local:
             return str(Path(uri.removeprefix("file://")).resolve())
-        return self.fs._strip_protocol(uri)
+        return str(self.fs._strip_protocol(uri))
 
     # -- reading -----------------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
         return bool(self.fs.exists(self._path(uri)))
 
     def read_bytes(self, uri: str) -> bytes:
-        return self.fs.cat_file(self._path(uri))
+        return bytes(self.fs.cat_file(self._path(uri)))
 
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
@@ -191,15 +245,15 @@ class DataRoot:
 
     def list_partitions(self, zone: str, model: str) -> list[str]:
         """Complete partitions (those with a manifest) of one zone and model, sorted by key."""
-        base = self._path(f"{self.uri}/{zone}/{model}")
+        base = self._path(self.zone_uri(zone, model))
         if not self.fs.exists(base):
             return []
         out = []
         for entry in sorted(self.fs.ls(base, detail=False)):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith(".") or not self.fs.exists(f"{entry}/{MANIFEST}"):
+            if name.startswith(".") or not self.fs.exists(self.manifest(entry)):
                 continue
-            out.append(f"{self.uri}/{zone}/{model}/{name}")
+            out.append(self.partition_uri(zone, model, name))
         return out
 
     # -- atomic writing ----------------------------------------------------------------------------
@@ -260,12 +314,6 @@ class DataRoot:
         if had_old:
             self.fs.rm(old, recursive=True)
 
-    def move_dir(self, src_uri: str, dst_uri: str) -> None:
-        """Move a partition folder (replacing the destination); a rename on local disks."""
-        src, dst = self._path(src_uri), self._path(dst_uri)
-        self.fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-        self._swap_in(src, dst)
-
     def remove(self, uri: str) -> None:
         path = self._path(uri)
         if self.fs.exists(path):
@@ -277,7 +325,7 @@ class DataRoot:
             for fname, data in files.items():
                 self.fs.pipe_file(f"{self._path(tmp)}/{fname}", data)
             self.fs.pipe_file(
-                f"{self._path(tmp)}/{MANIFEST}",
+                self.manifest(self._path(tmp)),
                 json.dumps(manifest, indent=2, sort_keys=True, default=str).encode(),
             )
 

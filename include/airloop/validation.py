@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airloop.config import PipelineConfig
+from airloop.storage import QUARANTINE_REPORT, VALIDATION_RESULT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -206,7 +207,8 @@ def validate_frame(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
     expectations = schema_expectations(cfg) + list(suite_dict["expectations"])
 
     ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}  # keep task logs readable
+    # keep task logs readable; GX reads this setting as a mapping (its validator), though typed as a class
+    ctx.variables.progress_bars = {"globally": False, "metric_calculations": False}  # type: ignore[assignment]
     asset = ctx.data_sources.add_pandas("airloop").add_dataframe_asset(cfg.name)
     batch_def = asset.add_batch_definition_whole_dataframe("batch")
     suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
@@ -215,7 +217,7 @@ def validate_frame(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
         batch_parameters={"dataframe": df},
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": _SAMPLE},
     )
-    raw = result.to_json_dict()
+    raw: dict[str, Any] = result.to_json_dict()  # type: ignore[no-untyped-call]
     outcomes = [_flatten(r) for r in raw.get("results", [])]
     return ValidationOutcome(
         success=bool(raw.get("success")),
@@ -236,7 +238,7 @@ def failure_message(cfg: PipelineConfig, partition: str, outcome: ValidationOutc
     ]
     lines += [f"  FAILED {f.describe()}" for f in outcome.failures]
     lines += [
-        f"The batch is in quarantine: {quarantine_uri} (report.html, validation.json).",
+        f"The batch is in quarantine: {quarantine_uri} ({QUARANTINE_REPORT}, {VALIDATION_RESULT}).",
         f"Next: fix the source and re-run the interval, or `airloop quarantine release {cfg.name} {partition}` "
         f"after fixing the suite, or `airloop quarantine reject {cfg.name} {partition} --reason ...`.",
     ]

@@ -21,6 +21,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -29,9 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from airloop.config import WebhookSourceConfig
+
 #: what a delivery id may contain (it becomes part of an Airflow run id)
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9_.:+~-]{1,100}$")
-DEFAULT_TOLERANCE_S = 300
+#: how far a timestamp may be off when no source config says otherwise (its default)
+DEFAULT_TOLERANCE_S: int = WebhookSourceConfig.model_fields["tolerance_seconds"].default
 
 
 class WebhookRejected(Exception):
@@ -233,9 +237,18 @@ def parse_payload(kind: str, body: bytes) -> BaseModel:
 
 def check_uri_allowed(uri: str, prefixes: Sequence[str]) -> None:
     """A webhook may only point ingestion at the places configured for its source."""
-    norm = uri.removeprefix("file://")
-    if not any(norm.startswith(p.removeprefix("file://").rstrip("/") + "/") for p in prefixes):
+    norm = _comparable(uri)
+    if not any(norm.startswith(_comparable(p).rstrip("/") + "/") for p in prefixes):
         raise PayloadRejected(f"source_uri: must lie under one of {list(prefixes)}", field="source_uri")
+
+
+def _comparable(uri: str) -> str:
+    """A local path without ``file://`` and with links resolved (as the data root resolves its own), so
+    a prefix and a URI name the same folder the same way; other URIs as they are."""
+    path = uri.removeprefix("file://")
+    if "://" in path:
+        return path
+    return os.path.realpath(path) + ("/" if path.endswith("/") else "")
 
 
 def run_id_for(source: str, delivery_id: str) -> str:

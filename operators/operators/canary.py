@@ -13,7 +13,8 @@
 
 Targets: the project's model server (``deployment.target: local``; its address from the Airflow
 connection ``deployment.model_server_conn_id``) or a KServe InferenceService (``kserve``: Kubernetes API
-through ``deployment.kubernetes_conn_id``, metrics from Prometheus at ``deployment.prometheus_conn_id``).
+through ``deployment.kubernetes_conn_id``, metrics from Prometheus at ``deployment.prometheus_conn_id``), or
+any other :class:`~airloop_airflow.targets.ServingTarget` registered in ``operators/targets/``.
 """
 
 from __future__ import annotations

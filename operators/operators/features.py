@@ -24,8 +24,6 @@ from airloop_airflow.base import ModelOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-JOB = Path(__file__).resolve().parents[1] / "include" / "airloop" / "spark" / "build_features.py"
-
 
 def partitions_to_build(context: Context, model: str, data_root: str) -> list[str]:
     """Partitions to build, oldest first: ``partitions`` from the run conf (a manual rebuild), else those
@@ -42,7 +40,8 @@ def partitions_to_build(context: Context, model: str, data_root: str) -> list[st
     cfg = get_pipeline(model)
     root = DataRoot(data_root)
     valid = set(validated_partitions(root, model))
-    conf = (context.get("dag_run").conf if context.get("dag_run") else None) or {}
+    run = context.get("dag_run")
+    conf = (run.conf if run else None) or {}
     if conf.get("partitions"):
         wanted = set(conf["partitions"])
     else:
@@ -75,10 +74,12 @@ class FeatureJobOperator(ModelOperator):
     def spark_submit_operator(self, partitions: list[str], result_file: str) -> Any:
         from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
+        from airloop.spark import build_features as job
+
         return SparkSubmitOperator(
             task_id=f"{self.task_id}__spark_submit",
             conn_id=self.conn_id,
-            application=str(JOB),
+            application=job.__file__,
             name=f"airloop-features-{self.model}",
             application_args=[
                 "--model",
@@ -91,9 +92,7 @@ class FeatureJobOperator(ModelOperator):
                 result_file,
             ],
             conf={
-                "spark.sql.shuffle.partitions": "4",
-                "spark.sql.execution.arrow.pyspark.enabled": "true",
-                "spark.ui.enabled": "false",
+                **job.spark_conf(),
                 "spark.pyspark.python": sys.executable,
                 "spark.pyspark.driver.python": sys.executable,
                 **self.spark_conf,

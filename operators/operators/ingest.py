@@ -80,8 +80,10 @@ class BatchValidationOperator(ModelOperator):
         with data_problems_fail_fast():
             try:
                 result = validate_partition(cfg, root, partition)
-            except BatchValidationError as e:
-                context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, f"{e.quarantine_uri}/report.html"))
+            except BatchValidationError:
+                context["ti"].xcom_push(
+                    key=REPORT_URL_KEY, value=report_link(root, root.quarantine_report(cfg.name, partition))
+                )
                 raise
         context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, result["report_uri"]))
         extra = event_extra(result)
@@ -121,7 +123,9 @@ class QuarantineReleaseOperator(ModelOperator):
         try:
             result = release(cfg, root, partition, by=by)
         except BatchValidationError as e:
-            context["ti"].xcom_push(key=REPORT_URL_KEY, value=report_link(root, f"{e.quarantine_uri}/report.html"))
+            context["ti"].xcom_push(
+                key=REPORT_URL_KEY, value=report_link(root, root.quarantine_report(cfg.name, partition))
+            )
             raise AirflowFailException(f"Not released, still failing:\n{e}") from e
         except QuarantineError as e:
             raise AirflowFailException(str(e)) from e

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from airloop.config import get_pipeline
+from airloop.datasets import load_partitions
 from airloop.ingest import Interval, ingest_batch, landing_uri, read_batch
 from airloop.sources import bikeshare
 from airloop.storage import DataRoot
-from airloop.training.train import load_partitions
 from airloop.validation import validate_frame
 
 pytestmark = pytest.mark.unit

@@ -65,8 +65,9 @@ def test_gate_with_real_models(feature_root, cfg, tmp_path):
     challenger, and a poor one is refused with aliases unchanged."""
     from mlflow import MlflowClient
 
+    from airloop.datasets import load_partitions
     from airloop.storage import DataRoot
-    from airloop.training.train import TrainRequest, load_partitions, train
+    from airloop.training.train import TrainRequest, train
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

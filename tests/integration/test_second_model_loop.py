@@ -91,9 +91,10 @@ def baselines(root: DataRoot, cfg, result: dict) -> dict[str, float]:
     import numpy as np
     from sklearn.linear_model import Ridge
 
+    from airloop.datasets import load_partitions
     from airloop.features import categorical_features, numeric_features
+    from airloop.metrics import metrics_for
     from airloop.training.model import Preprocessor
-    from airloop.training.train import load_partitions, metrics_for
 
     target = cfg.task.target
     train_f = load_partitions(root, "features", MODEL, tuple(result["train_partitions"]))

