@@ -21,9 +21,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from airloop.http import HttpClient, HttpError
 
 
 def free_port() -> int:
@@ -87,9 +88,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {url}; see its log beside the data")
         try:
-            urllib.request.urlopen(url, timeout=1)
+            HttpClient(url, timeout=1, retries=0).get()
             return
-        except OSError:
+        except HttpError:
             time.sleep(0.25)
     raise SystemExit(f"server not ready: {url}")
 
@@ -115,10 +116,11 @@ def measure(call, n: int, concurrency: int, warmup: int = 10) -> dict[str, float
 
 
 def load_http(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, float]:
+    client = HttpClient(url, retries=0)  # every request measured once, none retried
+    headers = {"content-type": "application/json"}
+
     def call(i: int) -> None:
-        req = urllib.request.Request(url, data=bodies[i % len(bodies)], headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            r.read()
+        client.post(data=bodies[i % len(bodies)], headers=headers)
 
     return measure(call, n, concurrency)
 

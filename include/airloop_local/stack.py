@@ -46,10 +46,9 @@ def _repo_root() -> Path:
 
 def default_state_dir() -> Path:
     """The state folder ``make`` and a bare ``airloop`` use in this checkout (``AIRLOOP_HOME`` aside)."""
-    from airloop.storage import repo_root
+    from airloop.storage import checkout_state_dir
 
-    root = repo_root()
-    return (root / ".airloop").resolve() if root else (Path.home() / ".airloop").resolve()
+    return checkout_state_dir().resolve()
 
 
 def cli_command(s: StackSettings, *words: str) -> str:
@@ -75,7 +74,9 @@ class StackSettings:
 
     @property
     def data_root(self) -> str:
-        return os.environ.get("AIRLOOP_DATA_ROOT") or str(Path(self.state_dir) / "data")
+        from airloop.storage import default_data_root_uri
+
+        return default_data_root_uri(self.state_dir)
 
     @property
     def db_url(self) -> str:

@@ -8,6 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from airloop.config import get_pipeline
+from airloop.http import HttpClient, HttpError
+from airloop.serving.client import ModelServerClient
 from airloop.serving.prediction_log import PredictionLog, read_log
 from airloop.serving.protocol import RequestError, parse_request
 from airloop.serving.server import (
@@ -179,8 +181,6 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     import subprocess
     import sys
     import time
-    import urllib.error
-    import urllib.request
 
     uri, rows = champion
     port = free_port()
@@ -203,14 +203,15 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
         )
         for _ in range(120):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                HttpClient(f"http://127.0.0.1:{port}", timeout=1, retries=0).get("/ping")
                 return proc
-            except OSError:
+            except HttpError:
                 time.sleep(0.25)
         proc.kill()
         raise AssertionError("the server did not start")
 
     body = json.dumps({"dataframe_records": _records(rows.head(2))}).encode()
+    client = ModelServerClient(f"http://127.0.0.1:{port}", timeout=10, retries=0)
     acked, refused = [], 0
     proc = start()
     try:
@@ -219,13 +220,9 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)  # mid-load, no chance to clean up
                 proc.wait()
                 proc = start()
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", data=body, headers={"content-type": "application/json"}
-            )
             try:
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    acked.append(json.loads(r.read())["request_id"])
-            except (urllib.error.URLError, ConnectionError):
+                acked.append(client.invocations(body)["request_id"])
+            except HttpError:
                 refused += 1
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
