@@ -165,7 +165,7 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
         wh.check_uri_allowed(payload.source_uri, _allowed_prefixes(cfg, source))
     except wh.WebhookRejected as e:
         log.info("webhook %s: refused (%s): %s", source.name, e.status, e.message)
-        return _reject(e.status, e.message, **({"field": e.field} if getattr(e, "field", "") else {}))
+        return _reject(e.status, e.message, **({"field": e.field} if e.field else {}))
 
     dag_id = cfg.dag_id(source.dag)
     run_id = wh.run_id_for(source.name, delivery.delivery_id)

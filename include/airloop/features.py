@@ -122,6 +122,7 @@ def _log1p(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Series]:
 def _cyclical(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Series]:
     import numpy as np
 
+    assert spec.period is not None  # required: checked when the config was loaded
     rad = np.deg2rad(_num(df, spec.column or spec.name) * (360.0 / spec.period))
     return {f"{spec.name}_sin": np.sin(rad), f"{spec.name}_cos": np.cos(rad)}
 
@@ -147,6 +148,7 @@ def _date_part(df: pd.DataFrame, spec: FeatureColumnConfig) -> dict[str, pd.Seri
         dates = pd.to_datetime(pd.DataFrame({"year": y, "month": m, "day": d}), errors="coerce")
     else:
         dates = pd.to_datetime(df[spec.column or spec.name], errors="coerce", utc=True).dt.tz_localize(None)
+    assert spec.part is not None  # required: checked when the config was loaded
     return {spec.name: getattr(dates.dt, spec.part).astype("float64")}
 
 

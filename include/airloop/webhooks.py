@@ -42,6 +42,7 @@ class WebhookRejected(Exception):
     """A delivery that is refused; ``status`` is the HTTP status to answer with, the message says why."""
 
     status = 400
+    field = ""  # the payload field at fault, when one is
 
     def __init__(self, message: str):
         super().__init__(message)

@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperatorLink, BaseXCom
 
+# (the `type: ignore[arg-type]` below: Airflow annotates get_link with TaskInstanceKey, a NamedTuple, and
+# BaseXCom.get_value with a protocol of settable fields that a NamedTuple cannot satisfy)
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
@@ -38,7 +41,7 @@ class ValidationReportLink(BaseOperatorLink):
     name = "Validation report"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return BaseXCom.get_value(ti_key=ti_key, key=REPORT_URL_KEY) or ""
+        return BaseXCom.get_value(ti_key=ti_key, key=REPORT_URL_KEY) or ""  # type: ignore[arg-type]
 
 
 class DriftReportLink(BaseOperatorLink):
@@ -47,7 +50,7 @@ class DriftReportLink(BaseOperatorLink):
     name = "Drift report"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return BaseXCom.get_value(ti_key=ti_key, key=DRIFT_REPORT_KEY) or ""
+        return BaseXCom.get_value(ti_key=ti_key, key=DRIFT_REPORT_KEY) or ""  # type: ignore[arg-type]
 
 
 #: The plugin's route that finds the runbook of a task's failure (see ``plugins/airloop_plugin.py``).
@@ -84,4 +87,4 @@ class MlflowLink(BaseOperatorLink):
     name = "MLflow"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return BaseXCom.get_value(ti_key=ti_key, key=MLFLOW_URL_KEY) or ""
+        return BaseXCom.get_value(ti_key=ti_key, key=MLFLOW_URL_KEY) or ""  # type: ignore[arg-type]

@@ -403,11 +403,11 @@ def suite_text(name: str, df: Any, columns: dict[str, str], sample: Path) -> str
     )
 
 
-class _Flow(dict):  # type: ignore[type-arg]
+class _Flow(dict[str, Any]):
     """A mapping written on one line ({name: x, transform: y})."""
 
 
-class _FlowList(list):  # type: ignore[type-arg]
+class _FlowList(list[Any]):
     """A list written on one line ([a, b])."""
 
 
