@@ -33,8 +33,9 @@ from airflow.dag_processing.dagbag import DagBag
 imported = time.perf_counter()
 bag = DagBag(dag_folder="dags")
 done = time.perf_counter()
+errors = {k: str(v)[-500:] for k, v in bag.import_errors.items()}
 print("RESULT" + json.dumps({"bag_ms": (done - imported) * 1000, "import_ms": (imported - t) * 1000,
-                             "dags": sorted(bag.dags), "errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()}}))
+                             "dags": sorted(bag.dags), "errors": errors}))
 """
 
 

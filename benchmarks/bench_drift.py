@@ -36,8 +36,8 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 out = None
 if mode != "inputs":
-    out, _ = compare(reference, current, feature_columns(cfg.features), categorical_features(cfg.features), cfg.drift, 13,
-                     None if mode == "full" else cfg.drift.sample_rows)
+    out, _ = compare(reference, current, feature_columns(cfg.features), categorical_features(cfg.features), cfg.drift,
+                     13, None if mode == "full" else cfg.drift.sample_rows)
 wall = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print("RESULT" + json.dumps({"wall": wall, "peak_mb": peak / 1024, "inputs_mb": base / 1024, "verdict": out}))

@@ -91,7 +91,7 @@ def bench_training() -> dict[str, float]:
     from airloop.config import get_pipeline
     from airloop.features import compute_features, label
     from airloop.sources.nycflights13 import load_flights_with_weather
-    from airloop.training.train import TrainRequest
+    from airloop.training.request import TrainRequest
     from airloop.training.trainer import fit, predict
 
     cfg = get_pipeline("flight_delays")
@@ -130,11 +130,13 @@ def main() -> None:
         rows = bench_features(Path(d))
     print("(a) Features: Spark local[2] (fresh session) vs pandas, same compute_features")
     print(
-        f"{'input':20s} {'rows':>9s} {'spark start s':>14s} {'spark job s':>12s} {'spark total s':>14s} {'pandas s':>9s} {'spark/pandas':>13s}"
+        f"{'input':20s} {'rows':>9s} {'spark start s':>14s} {'spark job s':>12s} "
+        f"{'spark total s':>14s} {'pandas s':>9s} {'spark/pandas':>13s}"
     )
     for name, n, startup, job, pd_s in rows:
         print(
-            f"{name:20s} {n:>9d} {startup:>14.2f} {job:>12.2f} {startup + job:>14.2f} {pd_s:>9.2f} {(startup + job) / pd_s:>13.1f}"
+            f"{name:20s} {n:>9d} {startup:>14.2f} {job:>12.2f} "
+            f"{startup + job:>14.2f} {pd_s:>9.2f} {(startup + job) / pd_s:>13.1f}"
         )
     t = bench_training()
     print(f"\n(b) Training on {t['train_rows']} rows (3 weeks of January 2013) on {t['device']}:")

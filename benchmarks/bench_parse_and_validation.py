@@ -202,7 +202,8 @@ def main() -> None:
     gx_import, *rows = bench_validation(args.repeat)
     print(f"great_expectations import: {gx_import['gx_import_s']:.2f} s (once per task process)")
     print(
-        f"{'slice':24s} {'rows':>8s} {'checks':>6s} {'GX s':>8s} {'pandas s':>9s} {'GX/pandas':>10s} {'verdicts agree':>15s}"
+        f"{'slice':24s} {'rows':>8s} {'checks':>6s} {'GX s':>8s} "
+        f"{'pandas s':>9s} {'GX/pandas':>10s} {'verdicts agree':>15s}"
     )
     for r in rows:
         print(

@@ -41,7 +41,8 @@ def prepare(tmp: Path) -> tuple[str, list[bytes], object]:
     from airloop.ingest import Interval, ingest_batch
     from airloop.sources import nycflights13
     from airloop.storage import DataRoot, frame_to_parquet_bytes
-    from airloop.training.train import TrainRequest, train
+    from airloop.training.request import TrainRequest
+    from airloop.training.train import train
 
     cfg = get_pipeline("flight_delays")
     root = DataRoot(tmp / "data")
@@ -216,7 +217,8 @@ def main() -> None:
                 p.terminate()
                 p.wait(timeout=30)
     print(
-        f"{'path':22s} {'conc':>4s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'p50 vs mlflow':>14s} {'req/s vs mlflow':>16s}"
+        f"{'path':22s} {'conc':>4s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'req/s':>8s} {'p50 vs mlflow':>14s} {'req/s vs mlflow':>16s}"
     )
     for (name, c), r in results.items():
         ref = results[("mlflow models serve", c)]

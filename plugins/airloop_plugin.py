@@ -81,7 +81,8 @@ def quarantine_page() -> str:
 <style>body{{font-family:system-ui,sans-serif;margin:1.5rem}} table{{border-collapse:collapse;width:100%}}
 td,th{{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}}</style></head>
 <body><h1>Quarantined batches</h1>
-<p>Data root: <code>{e(root.uri)}</code>. Release (re-validate and publish): <code>airloop quarantine release MODEL PARTITION</code>;
+<p>Data root: <code>{e(root.uri)}</code>. \
+Release (re-validate and publish): <code>airloop quarantine release MODEL PARTITION</code>;
 reject: <code>airloop quarantine reject MODEL PARTITION --reason "..."</code>.</p>
 <table><tr><th>model</th><th>partition</th><th>status</th><th>stage</th><th>failures</th><th>report</th></tr>{body}</table>
 </body></html>"""
@@ -138,10 +139,8 @@ def runbook_page(kind: str) -> str:
     except KeyError as e:
         raise HTTPException(404, str(e.args[0])) from None
     body = MarkdownIt("commonmark", {"html": False}).render(path.read_text())
-    return _PAGE.format(
-        title=f"Runbook: {html.escape(kind)}",
-        body=f"{body}<hr><small>include/runbooks/{html.escape(path.name)} · <a href='../runbooks'>all runbooks</a></small>",
-    )
+    footer = f"<small>include/runbooks/{html.escape(path.name)} · <a href='../runbooks'>all runbooks</a></small>"
+    return _PAGE.format(title=f"Runbook: {html.escape(kind)}", body=f"{body}<hr>{footer}")
 
 
 class AirloopPlugin(AirflowPlugin):

@@ -230,8 +230,8 @@ def ingest_batch(
         q_uri = quarantine.quarantine_unreadable(cfg, root, partition, data, base_manifest, str(e))
         raise BatchFormatError(
             f"Batch {cfg.name}/{partition} from {src} could not be read: {e}. It is in quarantine at {q_uri} "
-            f"(source file, {QUARANTINE_REPORT}). Next: ask the producer for a valid {cfg.source.format} file and re-run "
-            f"the interval, or `airloop quarantine reject {cfg.name} {partition} --reason ...`."
+            f"(source file, {QUARANTINE_REPORT}). Next: ask the producer for a valid {cfg.source.format} file "
+            f"and re-run the interval, or `airloop quarantine reject {cfg.name} {partition} --reason ...`."
         ) from e
 
     payload, df = _parquet_bytes(df)

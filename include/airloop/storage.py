@@ -81,7 +81,9 @@ def default_data_root_uri(state: str | os.PathLike[str] | None = None) -> str:
 def partition_key(data_interval_start: Any = None, run_id: str | None = None) -> str:
     """``ds=YYYY-MM-DD`` for a run with a data interval, else ``run=<run id>`` (made path-safe)."""
     if data_interval_start is not None:
-        return f"ds={data_interval_start.date().isoformat() if hasattr(data_interval_start, 'date') else data_interval_start}"
+        start = data_interval_start
+        day = start.date().isoformat() if hasattr(start, "date") else start
+        return f"ds={day}"
     if not run_id:
         raise ValueError("a partition needs a data interval start or a run id")
     return "run=" + _SAFE_KEY.sub("_", run_id)

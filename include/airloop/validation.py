@@ -272,11 +272,14 @@ def render_html_report(cfg: PipelineConfig, partition: str, outcome: ValidationO
 <style>
 body{{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}} h1{{font-size:1.4rem}}
 .verdict{{color:#fff;background:{colour};padding:.2rem .6rem;border-radius:4px}}
-table{{border-collapse:collapse;margin:1rem 0;width:100%}} td,th{{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}}
+table{{border-collapse:collapse;margin:1rem 0;width:100%}} \
+td,th{{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}}
 tr.fail td:first-child{{color:#cf222e;font-weight:bold}} tr.pass td:first-child{{color:#1a7f37}} code{{font-size:.8rem}}
 </style></head><body>
-<h1>Validation of <code>{e(cfg.name)}</code> batch <code>{e(partition)}</code> <span class="verdict">{verdict}</span></h1>
-<p>{len(outcome.failures)} of {len(outcome.expectations)} expectations failed on {outcome.rows} rows (suite <code>{e(outcome.suite)}</code>).</p>
+<h1>Validation of <code>{e(cfg.name)}</code> batch <code>{e(partition)}</code> \
+<span class="verdict">{verdict}</span></h1>
+<p>{len(outcome.failures)} of {len(outcome.expectations)} expectations failed on {outcome.rows} rows \
+(suite <code>{e(outcome.suite)}</code>).</p>
 <table>{ctx_rows}</table>
 <h2>Expectations</h2>
 <table><tr><th>status</th><th>expectation</th><th>column</th><th>arguments</th><th>observed</th></tr>
@@ -284,9 +287,12 @@ tr.fail td:first-child{{color:#cf222e;font-weight:bold}} tr.pass td:first-child{
 </table>
 <h2>What to do</h2>
 <ul>
-<li>Fix the data upstream and re-run the interval (clear the run's tasks in the Airflow UI, or trigger <code>{e(cfg.dag_id("ingest"))}</code> with <code>source_uri</code>).</li>
-<li>If the suite is wrong, fix it, then <code>airloop quarantine release {e(cfg.name)} {e(partition)}</code> (re-validates, then publishes).</li>
-<li>If the batch is unusable: <code>airloop quarantine reject {e(cfg.name)} {e(partition)} --reason "..."</code> (kept, never trained on).</li>
+<li>Fix the data upstream and re-run the interval (clear the run's tasks in the Airflow UI, or trigger \
+<code>{e(cfg.dag_id("ingest"))}</code> with <code>source_uri</code>).</li>
+<li>If the suite is wrong, fix it, then <code>airloop quarantine release {e(cfg.name)} {e(partition)}</code> \
+(re-validates, then publishes).</li>
+<li>If the batch is unusable: <code>airloop quarantine reject {e(cfg.name)} {e(partition)} --reason "..."</code> \
+(kept, never trained on).</li>
 </ul>
 </body></html>
 """

@@ -32,7 +32,8 @@ MODEL_SERVER = "model-server"
 DEFAULT_PORT = 8080
 #: the first model server's port is ``port + MODEL_SERVER_OFFSET``
 MODEL_SERVER_OFFSET = 4
-#: SQLite's ``[database] sql_alchemy_connect_args``: wait up to 30 s for a lock (a busy writer must not end the scheduler)
+#: SQLite's ``[database] sql_alchemy_connect_args``: wait up to 30 s for a lock
+#: (a busy writer must not end the scheduler)
 SQLITE_CONNECT_ARGS = {"timeout": 30}
 
 

@@ -5,8 +5,8 @@ runs once, when a task has failed for good (after its retries; a retry is not a 
 which model, DAG, task and try, explains the failure (the task's own message: failed expectations, gate
 scores, canary figures, ...), links the task's log in the Airflow UI and the runbook of that kind of
 failure. Channels: the local alert log (``reports/<model>/alerts.jsonl``, the default), Slack through the
-Slack provider's incoming-webhook hook, and a generic HTTP webhook (JSON POST, ``hooks/alert_webhook.py``). One channel failing never
-stops the others, and never changes the task's outcome.
+Slack provider's incoming-webhook hook, and a generic HTTP webhook (JSON POST, ``hooks/alert_webhook.py``).
+One channel failing never stops the others, and never changes the task's outcome.
 
 Operators that fail on a verdict raise :class:`OnCallFailure` with the failure kind and the figures that
 decided it, and operators whose external job failed raise :class:`JobFailure` (a spark-submit run:

@@ -263,10 +263,12 @@ DRIVER_OUTPUT = """\
 WARNING: Using incubator modules: jdk.incubator.vector
 Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties
 26/12/02 14:08:53 INFO SparkContext: Running Spark version 4.2.0
-26/12/02 14:08:54 WARN NativeCodeLoader: Unable to load native-hadoop library for your platform... using builtin-java classes where applicable
+26/12/02 14:08:54 WARN NativeCodeLoader: Unable to load native-hadoop library for your platform... \
+using builtin-java classes where applicable
 26/12/02 14:08:54 INFO SparkContext: Submitted application: airloop-features-any_model
 26/12/02 14:09:55 ERROR Utils: Aborting task
-org.apache.spark.api.python.PythonException: [PYTHON_EXCEPTION] An exception was thrown from the Python worker: Traceback (most recent call last):
+org.apache.spark.api.python.PythonException: [PYTHON_EXCEPTION] An exception was thrown from the Python worker: \
+Traceback (most recent call last):
   File "/opt/airloop/include/airloop/spark/build_features.py", line 54, in mapper
     out = compute_features(pdf, features, keep=keep, search_dirs=search_dirs)
           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
@@ -289,7 +291,8 @@ Traceback (most recent call last):
     main()
   File "/opt/airloop/include/airloop/spark/build_features.py", line 101, in run
     df.mapInPandas(make_mapper(cfg), spark_schema(cfg)).write.mode("overwrite").parquet(tmp)
-  File "/opt/venv/lib/python3.11/site-packages/pyspark/python/lib/pyspark.zip/pyspark/errors/exceptions/captured.py", line 257, in deco
+  File "/opt/venv/lib/python3.11/site-packages/pyspark/python/lib/pyspark.zip/pyspark/errors/exceptions/captured.py", \
+line 257, in deco
 pyspark.errors.exceptions.captured.PythonException: An exception was thrown from the Python worker:
 Traceback (most recent call last):
   File "/opt/airloop/include/airloop/spark/build_features.py", line 54, in mapper
@@ -308,7 +311,8 @@ KeyError: 'trip_distance'
 26/12/02 14:09:59 INFO SparkContext: Successfully stopped SparkContext (Uptime: 65672 ms)
 26/12/02 14:09:59 INFO ShutdownHookManager: Shutdown hook called
 26/12/02 14:09:59 INFO ShutdownHookManager: Deleting directory /tmp/spark-5e1f0c6e-3a43-4a51-9d3e-1f0e8f7d2b11
-26/12/02 14:09:59 INFO ShutdownHookManager: Deleting directory /tmp/spark-0b8c2d44-77f1-4f6e-a2b4-6c1d9e0f3a27/pyspark-1c2e
+26/12/02 14:09:59 INFO ShutdownHookManager: Deleting directory \
+/tmp/spark-0b8c2d44-77f1-4f6e-a2b4-6c1d9e0f3a27/pyspark-1c2e
 """
 
 
@@ -353,7 +357,11 @@ def test_the_error_a_job_printed_is_found_in_its_output():
         error_in_output(chained)
         == "airloop.errors.ConfigError: pipelines/any.yaml: features.columns[0]: no source column 'fare'"
     )
-    jvm = '26/12/02 14:09:58 INFO X: y\nException in thread "main" java.lang.OutOfMemoryError: Java heap space\n\tat x.y(Z.java:1)'
+    jvm = (
+        "26/12/02 14:09:58 INFO X: y\n"
+        'Exception in thread "main" java.lang.OutOfMemoryError: Java heap space\n'
+        "\tat x.y(Z.java:1)"
+    )
     assert error_in_output(jvm) == "java.lang.OutOfMemoryError: Java heap space"
     assert (
         error_in_output("26/12/02 14:09:58 INFO SparkContext: Successfully stopped SparkContext", bare_lines=True)

@@ -7,8 +7,9 @@ Run by ``spark-submit`` (the feature DAG submits it through the ``spark_default`
 
 Airflow-free: it imports only ``airloop`` and PySpark. One Spark session per job; each partition is read
 from ``raw/<model>/<partition>/data.parquet``, mapped through the model's feature definition
-(:func:`airloop.features.compute_features`, the function serving uses) with ``mapInPandas``, and written to ``features/<model>/<partition>/`` via a
-temporary folder that replaces the old partition in one rename, with a ``_manifest.json`` written last.
+(:func:`airloop.features.compute_features`, the function serving uses) with ``mapInPandas``, and written to
+``features/<model>/<partition>/`` via a temporary folder that replaces the old partition in one rename, with a
+``_manifest.json`` written last.
 """
 
 from __future__ import annotations

@@ -272,7 +272,8 @@ def print_rollouts(s: stack.StackSettings, model: str) -> list[dict[str, Any]]:
         for d in st["decisions"]:
             f = d["figures"]
             print(
-                f"    {d['percent']:>3}%: {d['action']:8s} {d['reason']}  [challenger {f['challenger_requests']:.0f} req, "
+                f"    {d['percent']:>3}%: {d['action']:8s} {d['reason']}  "
+                f"[challenger {f['challenger_requests']:.0f} req, "
                 f"5xx {f['challenger_5xx_rate']:.2%}, p{100 * f.get('latency_quantile', 0.99):.4g} latency "
                 f"{f['p99_latency_s']}, PSI {f['prediction_psi']}, "
                 f"online metric {f['online_metric']}]"
