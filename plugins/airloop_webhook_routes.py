@@ -25,7 +25,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from airloop.config import PipelineConfig, WebhookSourceConfig
+    from airloop.webhooks import BatchLanded, Delivery
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -138,6 +141,66 @@ def create_run(dag_id: str, run_id: str, day: dt.date, conf: dict[str, Any], sou
             ) from e
 
 
+def _check_delivery(
+    cfg: PipelineConfig, source: WebhookSourceConfig, secrets: list[str], headers: Mapping[str, str], body: bytes
+) -> tuple[Delivery, BatchLanded]:
+    """Signature, then payload schema, then the URI's prefix: raises ``WebhookRejected`` at the first that fails."""
+    from airloop import webhooks as wh
+
+    delivery = wh.verify(source.scheme, secrets, headers, body, tolerance_s=source.tolerance_seconds)
+    payload = wh.parse_payload(source.payload, body)
+    assert isinstance(payload, wh.BatchLanded)
+    wh.check_uri_allowed(payload.source_uri, _allowed_prefixes(cfg, source))
+    return delivery, payload
+
+
+def _run_conf(source: str, delivery_id: str, payload: BatchLanded) -> dict[str, Any]:
+    """The conf of the run a delivery triggers: what to read, and where the delivery came from."""
+    return {
+        "source_uri": payload.source_uri,
+        "webhook": {
+            "source": source,
+            "delivery_id": delivery_id,
+            "received_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "rows": payload.rows,
+            "sha256": payload.sha256,
+        },
+    }
+
+
+async def _trigger(source: str, dag_id: str, run_id: str, delivery_id: str, payload: BatchLanded) -> JSONResponse:
+    """Create (or find) the delivery's run: 202 created, 200 already there, 503/409 when it cannot be."""
+    from starlette.concurrency import run_in_threadpool
+
+    conf = _run_conf(source, delivery_id, payload)
+    try:
+        state, created = await run_in_threadpool(create_run, dag_id, run_id, payload.day, conf, source)
+    except LookupError as e:
+        return _reject(503, f"{e}; retry later", retry_after_s=30)
+    except RunConflict as e:
+        return _reject(409, str(e), dag_id=dag_id)
+    except Exception as e:  # e.g. SQLite "database is locked": the sender retries, the run id keeps it safe
+        log.warning("webhook %s: could not create run %s: %s", source, run_id, e)
+        return _reject(503, "the metadata database is busy; retry the same delivery", retry_after_s=5)
+    answer = {
+        "dag_id": dag_id,
+        "dag_run_id": run_id,
+        "state": state,
+        "created": created,
+        "logical_date": payload.day.isoformat(),
+        "url": _ui_url(dag_id, run_id),
+    }
+    log.info(
+        "webhook %s: delivery %s -> %s/%s (%s)",
+        source,
+        delivery_id,
+        dag_id,
+        run_id,
+        "created" if created else "already there",
+    )
+    return _answer(202 if created else 200, **answer)
+
+
 @router.post("/webhooks/{source_name}", status_code=202)
 async def receive(source_name: str, request: Request) -> JSONResponse:
     """Turn one signed delivery into a DAG run (202), or say exactly why not (4xx)."""
@@ -159,49 +222,10 @@ async def receive(source_name: str, request: Request) -> JSONResponse:
         log.error("webhook %s: cannot read connection %s: %s", source.name, source.connection_id, e)
         return _reject(500, f"webhook source {source.name} has no usable secret (connection {source.connection_id})")
     try:
-        delivery = wh.verify(source.scheme, secrets, request.headers, body, tolerance_s=source.tolerance_seconds)
-        payload = wh.parse_payload(source.payload, body)
-        assert isinstance(payload, wh.BatchLanded)
-        wh.check_uri_allowed(payload.source_uri, _allowed_prefixes(cfg, source))
+        delivery, payload = _check_delivery(cfg, source, secrets, request.headers, body)
     except wh.WebhookRejected as e:
         log.info("webhook %s: refused (%s): %s", source.name, e.status, e.message)
         return _reject(e.status, e.message, **({"field": e.field} if e.field else {}))
-
     dag_id = cfg.dag_id(source.dag)
     run_id = wh.run_id_for(source.name, delivery.delivery_id)
-    conf = {
-        "source_uri": payload.source_uri,
-        "webhook": {
-            "source": source.name,
-            "delivery_id": delivery.delivery_id,
-            "received_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "rows": payload.rows,
-            "sha256": payload.sha256,
-        },
-    }
-    try:
-        state, created = await run_in_threadpool(create_run, dag_id, run_id, payload.day, conf, source.name)
-    except LookupError as e:
-        return _reject(503, f"{e}; retry later", retry_after_s=30)
-    except RunConflict as e:
-        return _reject(409, str(e), dag_id=dag_id)
-    except Exception as e:  # e.g. SQLite "database is locked": the sender retries, the run id keeps it safe
-        log.warning("webhook %s: could not create run %s: %s", source.name, run_id, e)
-        return _reject(503, "the metadata database is busy; retry the same delivery", retry_after_s=5)
-    answer = {
-        "dag_id": dag_id,
-        "dag_run_id": run_id,
-        "state": state,
-        "created": created,
-        "logical_date": payload.day.isoformat(),
-        "url": _ui_url(dag_id, run_id),
-    }
-    log.info(
-        "webhook %s: delivery %s -> %s/%s (%s)",
-        source.name,
-        delivery.delivery_id,
-        dag_id,
-        run_id,
-        "created" if created else "already there",
-    )
-    return _answer(202 if created else 200, **answer)
+    return await _trigger(source.name, dag_id, run_id, delivery.delivery_id, payload)

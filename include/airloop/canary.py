@@ -124,30 +124,28 @@ class StepDecision:
     figures: dict[str, Any]
 
 
-def judge_step(
+def _tail_latencies(
+    cfg: CanaryConfig, champion: VariantStats, challenger: VariantStats
+) -> tuple[float, float, float | None, float | None]:
+    """(requests both variants have, the tail quantile judged at, champion's and challenger's latency there)."""
+    n_lat = min(champion.latency_count, challenger.latency_count)
+    q = tail_quantile(0.99, n_lat, cfg.latency_min_tail_requests)
+    return n_lat, q, champion.quantile(q), challenger.quantile(q)
+
+
+def _step_figures(
     cfg: CanaryConfig,
     step: int,
     champion: VariantStats,
     challenger: VariantStats,
-    elapsed_s: float,
-    rollout_elapsed_s: float,
-    concurrent: bool = True,
-    lower_is_better: bool = False,
-) -> StepDecision:
-    """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it.
-
-    :param lower_is_better: the online metric's direction (RMSE, MAE, log loss:
-        ``not airloop.config.higher_is_better(metric)``)
-    :param concurrent: whether ``champion`` was measured on the same traffic in the same window. When not
-        (the 100 % step, where the champion has no traffic and its figures come from an earlier step),
-        only errors and latency are compared: prediction distributions and online metrics of different
-        traffic windows (another time of day) are not comparable.
-    """
-    n_lat = min(champion.latency_count, challenger.latency_count)
-    q = tail_quantile(0.99, n_lat, cfg.latency_min_tail_requests)
-    lat_c, lat_n = champion.quantile(q), challenger.quantile(q)
-    shift = round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4) if concurrent else None
-    figures: dict[str, Any] = {
+    q: float,
+    lat_c: float | None,
+    lat_n: float | None,
+    shift: float | None,
+    concurrent: bool,
+) -> dict[str, Any]:
+    """The figures measured in a step, carried by its decision (into the rollout history and logs)."""
+    return {
         "step_percent": cfg.steps[step],
         "challenger_requests": challenger.requests,
         "champion_requests": champion.requests,
@@ -160,6 +158,16 @@ def judge_step(
         if concurrent
         else None,
     }
+
+
+def _traffic_verdict(
+    cfg: CanaryConfig,
+    challenger: VariantStats,
+    elapsed_s: float,
+    rollout_elapsed_s: float,
+    figures: dict[str, Any],
+) -> StepDecision | None:
+    """Rollback on too many challenger 5xx; hold (rollback at the deadline) until the step has traffic and time."""
     seen = challenger.requests + challenger.server_errors
     if challenger.error_rate > cfg.max_5xx_rate and seen >= min(cfg.min_requests, 20):
         return StepDecision(
@@ -178,6 +186,18 @@ def judge_step(
             f"waiting: {seen:.0f}/{cfg.min_requests} challenger requests, {elapsed_s:.0f}/{cfg.interval_seconds} s",
             figures,
         )
+    return None
+
+
+def _latency_verdict(
+    cfg: CanaryConfig,
+    n_lat: float,
+    q: float,
+    lat_c: float | None,
+    lat_n: float | None,
+    figures: dict[str, Any],
+) -> StepDecision | None:
+    """Rollback when the challenger's tail latency is too many times the champion's."""
     if lat_c and lat_n and lat_c not in (0, math.inf) and lat_n / lat_c > cfg.max_p99_latency_ratio:
         judged = "" if q >= 0.99 else f", judged at p{q * 100:.1f} of {n_lat:.0f} requests"
         return StepDecision(
@@ -186,6 +206,19 @@ def judge_step(
             f"{lat_c:.3f}s (at most {cfg.max_p99_latency_ratio}x{judged})",
             figures,
         )
+    return None
+
+
+def _quality_verdict(
+    cfg: CanaryConfig,
+    champion: VariantStats,
+    challenger: VariantStats,
+    shift: float | None,
+    concurrent: bool,
+    lower_is_better: bool,
+    figures: dict[str, Any],
+) -> StepDecision | None:
+    """Rollback on shifted predictions (unless the online metric is no worse) or a drop of the online metric."""
     sign = -1.0 if lower_is_better else 1.0
     better_online = (
         concurrent
@@ -215,6 +248,41 @@ def judge_step(
                 f"{'higher' if lower_is_better else 'lower'})",
                 figures,
             )
+    return None
+
+
+def judge_step(
+    cfg: CanaryConfig,
+    step: int,
+    champion: VariantStats,
+    challenger: VariantStats,
+    elapsed_s: float,
+    rollout_elapsed_s: float,
+    concurrent: bool = True,
+    lower_is_better: bool = False,
+) -> StepDecision:
+    """Judge one canary step (``step`` indexes ``cfg.steps``) from the figures measured during it.
+
+    Checks in order: errors and traffic (:func:`_traffic_verdict`), latency, then prediction shift and
+    online metric; a step that passes them all continues, or promotes at the last step.
+
+    :param lower_is_better: the online metric's direction (RMSE, MAE, log loss:
+        ``not airloop.config.higher_is_better(metric)``)
+    :param concurrent: whether ``champion`` was measured on the same traffic in the same window. When not
+        (the 100 % step, where the champion has no traffic and its figures come from an earlier step),
+        only errors and latency are compared: prediction distributions and online metrics of different
+        traffic windows (another time of day) are not comparable.
+    """
+    n_lat, q, lat_c, lat_n = _tail_latencies(cfg, champion, challenger)
+    shift = round(psi(champion.prediction_buckets, challenger.prediction_buckets), 4) if concurrent else None
+    figures = _step_figures(cfg, step, champion, challenger, q, lat_c, lat_n, shift, concurrent)
+    verdict = (
+        _traffic_verdict(cfg, challenger, elapsed_s, rollout_elapsed_s, figures)
+        or _latency_verdict(cfg, n_lat, q, lat_c, lat_n, figures)
+        or _quality_verdict(cfg, champion, challenger, shift, concurrent, lower_is_better, figures)
+    )
+    if verdict is not None:
+        return verdict
     if step == len(cfg.steps) - 1:
         return StepDecision("promote", f"healthy at {cfg.steps[step]}% of traffic", figures)
     return StepDecision("continue", f"healthy at {cfg.steps[step]}%; next {cfg.steps[step + 1]}%", figures)

@@ -159,6 +159,42 @@ def choose_variant(request_key: str | None, weight: float, rng: random.Random) -
     return "challenger" if u < weight else "champion"
 
 
+class _ServingFailed(Exception):
+    """No variant answered a request (a 500 whose message says which failed)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _prediction_log_rows(
+    df: Any,
+    preds: list[float],
+    request_id: str,
+    served: str,
+    version: str,
+    event: str | None,
+    request_key: str | None,
+) -> list[dict[str, Any]]:
+    """The prediction-log rows of one request: one per input row."""
+    now = dt.datetime.now(dt.UTC).isoformat()
+    rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    return [
+        {
+            "request_id": request_id,
+            "row": i,
+            "timestamp": now,
+            "event_time": event or now,
+            "variant": served,
+            "version": version,
+            "inputs": rows[i],
+            "output": float(preds[i]),
+            "request_key": request_key,
+        }
+        for i in range(len(preds))
+    ]
+
+
 class ModelService:
     """The serving logic, independent of the HTTP framework (and so testable without a socket)."""
 
@@ -224,58 +260,54 @@ class ModelService:
             self.metrics.inc("client_errors", "none")
             return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
         chosen = choose_variant(request_key, self.weight, self.rng)
-        served, preds = chosen, None
         try:
-            preds = self._predict(chosen, df)
+            served, preds = self._serve(chosen, df)
         except RequestError as e:  # the request does not fit the model's schema: the client's fault
-            self.metrics.inc("client_errors", chosen)
             return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
-        except Exception:  # the variant failed
-            self.metrics.inc("server_errors", chosen)
-            if chosen == "challenger":
-                served = "champion"
-                try:
-                    preds = self._predict("champion", df)
-                except RequestError as e:
-                    self.metrics.inc("client_errors", "champion")
-                    return e.status, {"error_code": "BAD_REQUEST", "message": e.message}
-                except Exception:
-                    self.metrics.inc("server_errors", "champion")
-                    return 500, {"error_code": "INTERNAL_ERROR", "message": "both variants failed on this request"}
-            else:
-                return 500, {"error_code": "INTERNAL_ERROR", "message": "the champion failed on this request"}
+        except _ServingFailed as e:
+            return 500, {"error_code": "INTERNAL_ERROR", "message": e.message}
         elapsed = time.perf_counter() - t0
         v = self.variants[served]
-        self.metrics.inc("requests", served)
-        self.metrics.observe("request_latency_seconds", served, elapsed, LATENCY_BUCKETS)
-        for p in preds:  # both variants over the champion's bounds (see reload), so PSI compares like with like
-            self.metrics.observe("prediction", served, float(p))
+        self._observe(served, elapsed, preds)
         request_id = uuid.uuid4().hex
         if self.log is not None:
-            now = dt.datetime.now(dt.UTC).isoformat()
-            rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
-            self.log.append(
-                [
-                    {
-                        "request_id": request_id,
-                        "row": i,
-                        "timestamp": now,
-                        "event_time": event or now,
-                        "variant": served,
-                        "version": v.version,
-                        "inputs": rows[i],
-                        "output": float(preds[i]),
-                        "request_key": request_key,
-                    }
-                    for i in range(len(preds))
-                ]
-            )
+            self.log.append(_prediction_log_rows(df, preds, request_id, served, v.version, event, request_key))
         return 200, {
             "predictions": [float(p) for p in preds],
             "variant": served,
             "version": v.version,
             "request_id": request_id,
         }
+
+    def _serve(self, chosen: str, df: Any) -> tuple[str, list[float]]:
+        """(variant that answered, its predictions): ``chosen``, or the champion when the challenger fails.
+
+        Counts each failure against its variant; raises :class:`RequestError` for the client's faults and
+        :class:`_ServingFailed` when no variant answered."""
+        try:
+            return chosen, self._predict(chosen, df)
+        except RequestError:
+            self.metrics.inc("client_errors", chosen)
+            raise
+        except Exception:  # the variant failed
+            self.metrics.inc("server_errors", chosen)
+            if chosen != "challenger":
+                raise _ServingFailed("the champion failed on this request") from None
+        try:
+            return "champion", self._predict("champion", df)
+        except RequestError:
+            self.metrics.inc("client_errors", "champion")
+            raise
+        except Exception:
+            self.metrics.inc("server_errors", "champion")
+            raise _ServingFailed("both variants failed on this request") from None
+
+    def _observe(self, served: str, elapsed: float, preds: list[float]) -> None:
+        """Count a served request, its latency and its predictions against ``served``."""
+        self.metrics.inc("requests", served)
+        self.metrics.observe("request_latency_seconds", served, elapsed, LATENCY_BUCKETS)
+        for p in preds:  # both variants over the champion's bounds (see reload), so PSI compares like with like
+            self.metrics.observe("prediction", served, float(p))
 
     def _predict(self, variant: str, df: Any) -> list[float]:
         missing = [c for c in self.request_columns if c not in df.columns]
@@ -328,12 +360,8 @@ def load_variants(model: str, tracking_uri: str | None = None) -> tuple[Variant,
     return out["champion"], out.get("challenger")
 
 
-def create_app(service: ModelService, loader: Any = None) -> Any:
-    """The ASGI app (Starlette) around a :class:`ModelService`.
-
-    :param loader: ``() -> (champion, challenger)`` used by ``POST /admin/reload``
-    """
-    from starlette.applications import Starlette
+def _scoring_routes(service: ModelService) -> list[Any]:
+    """``POST /invocations`` and the read-only routes (``/ping``, ``/health``, ``/version``, ``/metrics``)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse
@@ -369,6 +397,22 @@ def create_app(service: ModelService, loader: Any = None) -> Any:
     async def metrics(request: Request) -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    return [
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/ping", ping),
+        Route("/health", ping),
+        Route("/version", version),
+        Route("/metrics", metrics),
+    ]
+
+
+def _admin_routes(service: ModelService, loader: Any) -> list[Any]:
+    """``PUT /admin/weight`` and ``POST /admin/reload``, which the deploy DAG drives."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
     async def set_weight(request: Request) -> JSONResponse:
         try:
             weight = float((await request.json())["weight"])
@@ -384,18 +428,21 @@ def create_app(service: ModelService, loader: Any = None) -> Any:
         service.reload(champion, challenger)
         return JSONResponse(service.version_info())
 
-    # The deploy DAG drives these; bind the server to loopback or a private network only.
-    return Starlette(
-        routes=[
-            Route("/admin/weight", set_weight, methods=["PUT"]),
-            Route("/admin/reload", reload, methods=["POST"]),
-            Route("/invocations", invocations, methods=["POST"]),
-            Route("/ping", ping),
-            Route("/health", ping),
-            Route("/version", version),
-            Route("/metrics", metrics),
-        ]
-    )
+    return [
+        Route("/admin/weight", set_weight, methods=["PUT"]),
+        Route("/admin/reload", reload, methods=["POST"]),
+    ]
+
+
+def create_app(service: ModelService, loader: Any = None) -> Any:
+    """The ASGI app (Starlette) around a :class:`ModelService`.
+
+    :param loader: ``() -> (champion, challenger)`` used by ``POST /admin/reload``
+    """
+    from starlette.applications import Starlette
+
+    # The deploy DAG drives the admin routes; bind the server to loopback or a private network only.
+    return Starlette(routes=[*_admin_routes(service, loader), *_scoring_routes(service)])
 
 
 def main(argv: list[str] | None = None) -> int:
