@@ -86,7 +86,7 @@ def main() -> None:
 
     from airloop.config import get_pipeline
     from airloop.sources.nycflights13 import load_flights_with_weather
-    from airloop.training.train import TrainRequest
+    from airloop.training.request import TrainRequest
     from airloop.training.trainer import fit, predict
 
     features = get_pipeline("flight_delays").features

@@ -147,7 +147,8 @@ def champion(feature_root, tmp_path_factory):
     from mlflow import MlflowClient
 
     from airloop.datasets import load_partitions
-    from airloop.training.train import TrainRequest, train
+    from airloop.training.request import TrainRequest
+    from airloop.training.train import train
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path_factory.mktemp('serving-mlflow') / 'mlflow.db'}"

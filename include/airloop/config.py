@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from airloop.errors import ConfigError
+from airloop.features import FeaturesConfig, feature_columns, input_columns
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PIPELINES_DIR = PACKAGE_DIR / "pipelines"
@@ -145,62 +146,6 @@ class SchemaConfig(_Frozen):
             raise ValueError(
                 f"event_time {self.event_time!r} must be one of timestamp_columns {list(self.timestamp_columns)}"
             )
-        return self
-
-
-class FeatureColumnConfig(_Frozen):
-    """One feature of the vocabulary (``airloop.features``): ``name``, ``transform`` and its parameters."""
-
-    name: str
-    transform: str = "numeric"
-    column: str | None = Field(default=None, description="the input column (default: name)")
-    columns: tuple[str, ...] = Field(default=(), description="date_part: [year, month, day] columns")
-    min: float | None = None
-    max: float | None = None
-    period: float | None = Field(default=None, gt=0, description="cyclical: the period (360 for degrees, 24 for hours)")
-    part: str | None = Field(default=None, description="date_part: dayofweek, month, day, dayofyear, hour, year")
-    expr: str | None = Field(default=None, description='arithmetic: e.g. "hour * 60 + minute"')
-
-    @model_validator(mode="after")
-    def _known_transform(self) -> FeatureColumnConfig:
-        from airloop.features import check_column_spec
-
-        check_column_spec(self)
-        return self
-
-
-class FeaturesConfig(_Frozen):
-    """The model's features: a list of vocabulary transforms, or ``module: package.module:function``
-    (a pandas function; then ``inputs``, ``numeric`` and ``categorical`` declare what it reads and returns)."""
-
-    columns: tuple[FeatureColumnConfig, ...] = ()
-    module: str | None = Field(
-        default=None, description="package.module:function, installed or in the pipelines folder"
-    )
-    inputs: tuple[str, ...] = Field(default=(), description="module: the columns it reads (what a request carries)")
-    numeric: tuple[str, ...] = Field(default=(), description="module: the numeric features it returns")
-    categorical: tuple[str, ...] = Field(default=(), description="module: the categorical features it returns")
-    #: numeric features also given a piecewise-linear encoding in ``piecewise_bins`` quantile bins
-    piecewise: tuple[str, ...] = ()
-    piecewise_bins: int = Field(default=16, ge=2)
-
-    @model_validator(mode="after")
-    def _one_definition(self) -> FeaturesConfig:
-        if bool(self.columns) == bool(self.module):
-            raise ValueError("declare either columns (the vocabulary) or module (a function), exactly one of them")
-        if self.module and not (self.inputs and (self.numeric or self.categorical)):
-            raise ValueError("with module, declare inputs and the numeric / categorical features it returns")
-        if not self.module and (self.inputs or self.numeric or self.categorical):
-            raise ValueError("inputs, numeric and categorical are declared only with module")
-        from airloop.features import feature_columns, numeric_features
-
-        names = feature_columns(self)
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"feature names must be unique: {dupes}")
-        bad = [c for c in self.piecewise if c not in numeric_features(self)]
-        if bad:
-            raise ValueError(f"piecewise names {bad}, which are not numeric features ({numeric_features(self)})")
         return self
 
 
@@ -428,8 +373,6 @@ class PipelineConfig(_Frozen):
             raise ValueError(f"task.label.source_column {src!r} is not in schema.columns")
         if src not in self.data_schema.leakage_columns:
             raise ValueError("task.label.source_column must be listed in schema.leakage_columns")
-        from airloop.features import feature_columns, input_columns
-
         inputs = input_columns(self.features)
         unknown = [c for c in inputs if c not in cols]
         if unknown:
@@ -498,8 +441,6 @@ class PipelineConfig(_Frozen):
     @property
     def request_columns(self) -> list[str]:
         """The columns a scoring request (and a batch) must carry for the features to be computed."""
-        from airloop.features import input_columns
-
         return input_columns(self.features)
 
     @property

@@ -18,6 +18,9 @@ The vocabulary (each entry: ``name``, ``transform``, and the transform's paramet
     arithmetic    expr over columns and numbers with + - * / and parentheses, e.g. "hour * 60 + minute"
     categorical   column as text; values unseen (or rare) in training share one unknown bucket
 
+The block's models (:class:`FeaturesConfig`, :class:`FeatureColumnConfig`) live here, next to the vocabulary
+that validates them; :mod:`airloop.config` composes them into a pipeline config.
+
 Adding a transform is one function plus one :func:`transform` registration line.
 """
 
@@ -33,13 +36,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 if TYPE_CHECKING:
     import pandas as pd
 
-    from airloop.config import FeatureColumnConfig, FeaturesConfig
-
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 DATE_PARTS = ("dayofweek", "month", "day", "dayofyear", "hour", "year")
+
+
+# --- the ``features`` block of a pipeline config ------------------------------------------------------
+
+
+class _FrozenSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FeatureColumnConfig(_FrozenSpec):
+    """One feature of the vocabulary (:data:`TRANSFORMS`): ``name``, ``transform`` and its parameters."""
+
+    name: str
+    transform: str = "numeric"
+    column: str | None = Field(default=None, description="the input column (default: name)")
+    columns: tuple[str, ...] = Field(default=(), description="date_part: [year, month, day] columns")
+    min: float | None = None
+    max: float | None = None
+    period: float | None = Field(default=None, gt=0, description="cyclical: the period (360 for degrees, 24 for hours)")
+    part: str | None = Field(default=None, description="date_part: dayofweek, month, day, dayofyear, hour, year")
+    expr: str | None = Field(default=None, description='arithmetic: e.g. "hour * 60 + minute"')
+
+    @model_validator(mode="after")
+    def _known_transform(self) -> FeatureColumnConfig:
+        check_column_spec(self)
+        return self
+
+
+class FeaturesConfig(_FrozenSpec):
+    """The model's features: a list of vocabulary transforms, or ``module: package.module:function``
+    (a pandas function; then ``inputs``, ``numeric`` and ``categorical`` declare what it reads and returns)."""
+
+    columns: tuple[FeatureColumnConfig, ...] = ()
+    module: str | None = Field(
+        default=None, description="package.module:function, installed or in the pipelines folder"
+    )
+    inputs: tuple[str, ...] = Field(default=(), description="module: the columns it reads (what a request carries)")
+    numeric: tuple[str, ...] = Field(default=(), description="module: the numeric features it returns")
+    categorical: tuple[str, ...] = Field(default=(), description="module: the categorical features it returns")
+    #: numeric features also given a piecewise-linear encoding in ``piecewise_bins`` quantile bins
+    piecewise: tuple[str, ...] = ()
+    piecewise_bins: int = Field(default=16, ge=2)
+
+    @model_validator(mode="after")
+    def _one_definition(self) -> FeaturesConfig:
+        if bool(self.columns) == bool(self.module):
+            raise ValueError("declare either columns (the vocabulary) or module (a function), exactly one of them")
+        if self.module and not (self.inputs and (self.numeric or self.categorical)):
+            raise ValueError("with module, declare inputs and the numeric / categorical features it returns")
+        if not self.module and (self.inputs or self.numeric or self.categorical):
+            raise ValueError("inputs, numeric and categorical are declared only with module")
+        names = feature_columns(self)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature names must be unique: {dupes}")
+        bad = [c for c in self.piecewise if c not in numeric_features(self)]
+        if bad:
+            raise ValueError(f"piecewise names {bad}, which are not numeric features ({numeric_features(self)})")
+        return self
+
+
+# --- the vocabulary ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,7 @@ def test_features_doc_names_the_feature_definition(parsed, pipelines, model):
 
 @pytest.mark.unit
 def test_features_doc_names_a_feature_module():
-    from airloop.config import FeaturesConfig
+    from airloop.features import FeaturesConfig
     from airloop_airflow.dag_factory import build_features_dag
 
     features = FeaturesConfig(module="team_pkg.features:make", inputs=("a", "b"), numeric=("x",), categorical=("y",))

@@ -139,7 +139,7 @@ def test_failed_feature_job_keeps_the_old_partition(feature_root, spark, cfg, mo
 
 
 def _features(**kwargs):
-    from airloop.config import FeaturesConfig
+    from airloop.features import FeaturesConfig
 
     return FeaturesConfig.model_validate(kwargs)
 

@@ -67,7 +67,8 @@ def test_gate_with_real_models(feature_root, cfg, tmp_path):
 
     from airloop.datasets import load_partitions
     from airloop.storage import DataRoot
-    from airloop.training.train import TrainRequest, train
+    from airloop.training.request import TrainRequest
+    from airloop.training.train import train
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -115,7 +116,8 @@ def test_manual_rollback_restores_a_version_and_records_it(feature_root, cfg, tm
 
     from airloop.registry import rollback
     from airloop.storage import DataRoot
-    from airloop.training.train import TrainRequest, train
+    from airloop.training.request import TrainRequest
+    from airloop.training.train import train
 
     root, parts = feature_root
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

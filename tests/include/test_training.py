@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from airloop.training.train import TrainRequest, find_registered, split_partitions, train
+from airloop.training.request import TrainRequest
+from airloop.training.train import find_registered, split_partitions, train
 
 pytestmark = pytest.mark.unit
 
@@ -218,7 +219,7 @@ def test_a_regression_target_in_the_hundreds_is_learnt_standardised():
     import numpy as np
     import pandas as pd
 
-    from airloop.config import FeaturesConfig
+    from airloop.features import FeaturesConfig
     from airloop.metrics import metrics_for
     from airloop.training.trainer import fit, predict, target_scale
 

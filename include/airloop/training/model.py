@@ -154,7 +154,7 @@ def make_pyfunc_class() -> type[PythonModel]:
         def load_context(self, context: Any) -> None:
             import torch
 
-            from airloop.config import FeaturesConfig
+            from airloop.features import FeaturesConfig
             from airloop.training.model import Preprocessor, build_mlp
 
             meta = json.loads(open(context.artifacts["meta"]).read())

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
     from airloop.config import PipelineConfig
-    from airloop.training.train import TrainRequest
+    from airloop.training.request import TrainRequest
     from airloop.training.trainer import Fitted
 
 #: rows of the training split kept as the drift check's reference

@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from airloop.config import FeaturesConfig
+    from airloop.features import FeaturesConfig
     from airloop.training.model import Preprocessor
-    from airloop.training.train import TrainRequest
+    from airloop.training.request import TrainRequest
 
 BINARY = "binary_classification"
 
