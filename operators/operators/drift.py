@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
@@ -58,6 +59,9 @@ def data_interval(context: Context) -> tuple[dt.datetime, dt.datetime]:
 
 class RetrainOnDriftOperator(ModelOperator, TriggerDagRunOperator):
     """Trigger ``<model>__train`` with the drift context, at most once per cooldown, never twice at once."""
+
+    # both bases declare template_fields; the model is the one templated here (the trigger's own are fixed)
+    template_fields: Sequence[str] = ("model",)
 
     def __init__(self, *, model: str, sensor_task_id: str = "watch_drift", **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [model_asset(model, "drift")])
