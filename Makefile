@@ -18,12 +18,16 @@ browser:
 test: venv browser
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-# Skips the end-to-end tests that start the real scheduler and API server.
+# The unit layer: no Spark job, no training, no server, no Airflow database (tests marked heavy or
+# integration run in `make test`).
 test-fast: venv
-	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "unit and not heavy and not integration" $(PYTEST_ARGS)
 
+# What CI and the pre-commit hooks check: lint, format, types (mypy's targets are in pyproject.toml).
 lint: venv
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 status: venv
 	.venv/bin/airloop stack status

@@ -28,11 +28,11 @@ from airloop_local import stack  # noqa: E402  (no Airflow import inside)
 
 import airloop  # noqa: E402
 
-# The cached environment is shared by checkouts; make sure it runs this checkout's code.
+# Each checkout has its own .venv (scripts/bootstrap.sh); make sure this one runs this checkout's code.
 if not Path(airloop.__file__).resolve().is_relative_to(REPO):
     raise RuntimeError(
         f"the environment imports airloop from {Path(airloop.__file__).parent}, not from {REPO}: "
-        "run `make venv` (or `make test`) in this checkout to re-point it"
+        "run `make venv` in this checkout and run the tests with its .venv/bin/python"
     )
 
 TEST_PORT = int(os.environ.get("AIRLOOP_TEST_PORT", "18480"))
@@ -59,11 +59,41 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+# Session fixtures that run a Spark job, train a model or start the stack: only for tests marked heavy or
+# integration, so that `make test-fast` (unit tests not marked heavy) runs none of them.
+HEAVY_FIXTURES = frozenset({"spark", "feature_root", "champion", "running_stack"})
+_running: list[pytest.Item] = []
+
+
+def _may_be_heavy(item: pytest.Item) -> bool:
+    return bool({"heavy", "integration"} & {m.name for m in item.iter_markers()})
+
+
+def _heavy_fixtures(item: pytest.Item) -> set[str]:
+    """The heavy fixtures a test uses, directly or through other fixtures (a parameter of the same name is not one)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return (HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))) - set(params)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test must say what it is: unit or integration."""
+    """Every test must say what it is (unit or integration), and only heavy or integration tests use heavy fixtures."""
     unmarked = [i.nodeid for i in items if not ({"unit", "integration"} & {m.name for m in i.iter_markers()})]
     if unmarked:
         raise pytest.UsageError(f"tests without a unit/integration marker: {unmarked[:10]}")
+    light = [f"{i.nodeid} uses {sorted(h)}" for i in items if (h := _heavy_fixtures(i)) and not _may_be_heavy(i)]
+    if light:
+        raise pytest.UsageError(f"tests using a heavy fixture must be marked heavy (or integration): {light[:10]}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running[:] = [item]
+
+
+def require_heavy(what: str) -> None:
+    """Fail the running test unless it is marked heavy or integration: ``what`` starts a server, Spark or training."""
+    if _running and not _may_be_heavy(_running[0]):
+        pytest.fail(f"{_running[0].nodeid} runs {what}: mark it heavy (`@pytest.mark.heavy`)", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +111,7 @@ def airflow_db() -> stack.StackSettings:
 @pytest.fixture(scope="session")
 def spark():
     """One local Spark session for the whole test session."""
+    require_heavy("Spark")
     from airloop.spark.build_features import build_session
 
     session = build_session("airloop-tests")
@@ -212,6 +243,7 @@ def drive_canary(sensor, ctx, url: str, bodies, looks: int = 600):
 @contextlib.contextmanager
 def serve_in_thread(app):
     """Run an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL."""
+    require_heavy("a server")
     import threading
     import time
 

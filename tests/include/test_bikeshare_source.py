@@ -46,6 +46,7 @@ def test_a_day_frame_is_that_day_only():
         bikeshare.day_frame(dt.date(2012, 1, 1))
 
 
+@pytest.mark.heavy
 def test_every_day_of_2011_lands_where_ingestion_reads_it(tmp_path):
     root = DataRoot(tmp_path)
     uris = bikeshare.land_days(root, CFG.name, YEAR, CFG.source.file_name)
@@ -70,6 +71,7 @@ def test_days_land_under_a_configured_landing_uri():
     assert uri == landing_uri(cfg, DataRoot("/unused"), f"ds={day}") == f"{base}/bikeshare/ds=2011-03-01/bikeshare.csv"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("day", [dt.date(2011, 1, 27), dt.date(2011, 3, 1), dt.date(2011, 1, 26)], ids=str)
 def test_a_landed_and_ingested_day_passes_the_suite(tmp_path, day):
     """The shortest day (8 hours), an ordinary one and the day of the year's only hour of heavy rain or snow."""

@@ -46,6 +46,7 @@ def verdict(cfg, reference, current, sample_rows=5000, seed=13):
     )[0]
 
 
+@pytest.mark.heavy
 def test_summer_traffic_drifts_and_a_week_of_its_own_period_does_not(cfg, year, january):
     summer = verdict(cfg, january, feats(year, 7, 1, 7))
     assert summer["dataset_drift"] and summer["drift_share"] >= cfg.drift.drift_share
@@ -54,6 +55,7 @@ def test_summer_traffic_drifts_and_a_week_of_its_own_period_does_not(cfg, year, 
     assert not own["dataset_drift"] and own["drifted_columns"] == [], own
 
 
+@pytest.mark.heavy
 def test_identical_distributions_trigger_nothing_over_many_seeds(cfg, year):
     """Two samples of the same January pool: no dataset drift in any of 20 seeds, and the share of
     column verdicts that flag drift stays within a 5 % significance level."""
@@ -70,6 +72,7 @@ def test_identical_distributions_trigger_nothing_over_many_seeds(cfg, year):
     assert flagged / total <= 0.05
 
 
+@pytest.mark.heavy
 def test_a_half_standard_deviation_mean_shift_is_flagged(cfg, year):
     pool = feats(year, 1, 1, 31)
     a = pool.sample(n=3000, random_state=1)
@@ -81,6 +84,7 @@ def test_a_half_standard_deviation_mean_shift_is_flagged(cfg, year):
         assert v["drifted_columns"] == [column]  # and nothing else
 
 
+@pytest.mark.heavy
 def test_sampled_verdicts_agree_with_the_full_computation(cfg, year):
     """A month of summer traffic (29k rows) against three weeks of January (18k): the seeded 5,000-row
     samples give the same dataset verdict, and the same column verdicts wherever the full score is not
@@ -102,6 +106,7 @@ def test_sampling_is_reproducible(year):
     assert len(drift.sample(df, 10**9, 13)) == len(df)
 
 
+@pytest.mark.heavy
 def test_history_keeps_one_result_per_interval_and_draws_a_trend(cfg, data_root, year, january):
     base = drift.DriftResult(
         model=cfg.name,

@@ -76,6 +76,7 @@ def test_label_rule():
     assert label(df, "arr_delay", None).tolist()[3] == -3.0
 
 
+@pytest.mark.heavy
 def test_spark_and_serving_paths_give_identical_features(spark, cfg):
     """The same rows through the Spark job's mapper and through the pandas function serving calls."""
     from airloop.spark.build_features import make_mapper, spark_schema
@@ -94,6 +95,7 @@ def test_spark_and_serving_paths_give_identical_features(spark, cfg):
     assert len(a) == len(raw)
 
 
+@pytest.mark.heavy
 def test_feature_job_writes_atomic_idempotent_partitions(feature_root, spark, cfg):
     from airloop.spark.build_features import run
 
@@ -114,6 +116,7 @@ def test_feature_job_writes_atomic_idempotent_partitions(feature_root, spark, cf
     assert [p.name for p in __import__("pathlib").Path(uri).parent.iterdir() if p.name.startswith(".tmp")] == []
 
 
+@pytest.mark.heavy
 def test_failed_feature_job_keeps_the_old_partition(feature_root, spark, cfg, monkeypatch):
     from airloop.spark import build_features
 

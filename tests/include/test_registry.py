@@ -60,6 +60,7 @@ def test_alias_history_answers_which_version_served_when(data_root):
     assert alias_at(hist, "champion", t2) == "2"
 
 
+@pytest.mark.heavy
 def test_gate_with_real_models(feature_root, cfg, tmp_path):
     """No champion: the first passing version becomes champion. Then a better-or-equal one becomes
     challenger, and a poor one is refused with aliases unchanged."""
@@ -110,6 +111,7 @@ def test_gate_with_real_models(feature_root, cfg, tmp_path):
     assert all(h["version"] != weak["version"] for h in hist)
 
 
+@pytest.mark.heavy
 def test_manual_rollback_restores_a_version_and_records_it(feature_root, cfg, tmp_path):
     import mlflow
     from mlflow import MlflowClient

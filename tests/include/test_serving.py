@@ -56,6 +56,7 @@ def _records(rows):
     return json.loads(rows.to_json(orient="records"))
 
 
+@pytest.mark.heavy
 def test_every_json_format_and_csv_gives_the_in_process_answer(service, champion):
     _, rows = champion
     rows = rows.head(5)
@@ -78,6 +79,7 @@ def test_every_json_format_and_csv_gives_the_in_process_answer(service, champion
     assert r.status_code == 200 and r.json()["predictions"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     ("body", "ctype", "status", "words"),
     [
@@ -95,6 +97,7 @@ def test_bad_requests_get_a_4xx_that_says_why(service, body, ctype, status, word
     assert "server_errors" not in service.metrics.render()  # never counted against a variant
 
 
+@pytest.mark.heavy
 def test_failing_challenger_falls_back_to_the_champion(service, champion):
     _, rows = champion
     service.variants["challenger"] = Variant("challenger", "99", Broken())
@@ -115,6 +118,7 @@ def test_traffic_share_tracks_the_weight():
     assert choose_variant("k", 0.0, rng) == "champion"
 
 
+@pytest.mark.heavy
 def test_every_prediction_is_logged_and_survives_a_torn_write(service, champion, tmp_path):
     _, rows = champion
     for i in range(3):
@@ -135,6 +139,7 @@ def test_every_prediction_is_logged_and_survives_a_torn_write(service, champion,
     assert len(logged) == 12 and partial == 1
 
 
+@pytest.mark.heavy
 def test_metrics_and_info_endpoints(service, champion):
     _, rows = champion
     client = TestClient(create_app(service))
@@ -165,6 +170,7 @@ def test_protocol_rejects_empty_tables():
     assert isinstance(parse_request(b"a,b\n1,2\n", "text/csv; charset=utf-8", 1000), pd.DataFrame)
 
 
+@pytest.mark.heavy
 def test_admin_weight_and_reload(service, champion):
     uri, _ = champion
     client = TestClient(create_app(service, loader=lambda: load_variants("flight_delays", uri)))
@@ -174,6 +180,7 @@ def test_admin_weight_and_reload(service, champion):
     assert info["variants"] == {"champion": service.variants["champion"].version} and info["challenger_weight"] == 0.0
 
 
+@pytest.mark.heavy
 def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     """SIGKILL the real server process under load, restart it: every 200 answer is in the log."""
     import os
@@ -234,6 +241,7 @@ def test_a_killed_server_loses_no_acknowledged_prediction(champion, tmp_path):
     assert len(list((tmp_path / "predictions" / "flight_delays").glob("ds=*/*.jsonl"))) == 2  # one file per process
 
 
+@pytest.mark.heavy
 def test_a_new_challenger_starts_with_no_traffic(service):
     champ, chall = service.variants["champion"], service.variants["challenger"]
     service.set_weight(0.5)
@@ -245,6 +253,7 @@ def test_a_new_challenger_starts_with_no_traffic(service):
     assert service.weight == 0.0
 
 
+@pytest.mark.heavy
 def test_the_event_time_partitions_the_log_and_a_bad_one_is_a_400(service, champion, tmp_path):
     _, rows = champion
     body = json.dumps({"dataframe_records": _records(rows.head(2))}).encode()

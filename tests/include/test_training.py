@@ -43,6 +43,7 @@ def test_holdout_is_the_latest_days():
         split_partitions(("ds=2013-01-01",), 0.2)
 
 
+@pytest.mark.heavy
 def test_training_is_deterministic(two_runs, feature_root):
     import mlflow
     import numpy as np
@@ -57,6 +58,7 @@ def test_training_is_deterministic(two_runs, feature_root):
     np.testing.assert_array_equal(ma.predict(example)["prediction"], mb.predict(example)["prediction"])
 
 
+@pytest.mark.heavy
 def test_logged_run_has_lineage_signature_and_reference(two_runs, tracking, feature_root):
     from mlflow import MlflowClient
 
@@ -82,6 +84,7 @@ def test_logged_run_has_lineage_signature_and_reference(two_runs, tracking, feat
     assert 0.6 < a["metrics"]["roc_auc"] < 0.9 and not math.isnan(a["metrics"]["log_loss"])
 
 
+@pytest.mark.heavy
 def test_retry_registers_no_second_version(two_runs, feature_root, tracking):
     from mlflow import MlflowClient
 
@@ -94,6 +97,7 @@ def test_retry_registers_no_second_version(two_runs, feature_root, tracking):
     assert str(find_registered(client, "flight_delays", "test/run-a").version) == a["version"]
 
 
+@pytest.mark.heavy
 def test_entrypoint_runs_as_a_command(feature_root, tracking, tmp_path):
     """The exact command the pod runs (`python -m airloop.training.train ...`), as a local process."""
     import json
@@ -128,6 +132,7 @@ def test_entrypoint_runs_as_a_command(feature_root, tracking, tmp_path):
     assert json.loads(Path(result).read_text())["version"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("piecewise", [False, True], ids=["standard", "piecewise"])
 def test_linear_start_is_the_regularised_logistic_regression(feature_root, cfg, piecewise):
     """With no epoch of joint training, the model is the L2 logistic regression (scikit-learn's objective,
@@ -213,6 +218,7 @@ def test_piecewise_encoding_of_the_time_of_day():
         Preprocessor(["x"], ["c"], piecewise=["t"]).fit(train)
 
 
+@pytest.mark.heavy
 def test_a_regression_target_in_the_hundreds_is_learnt_standardised():
     """Counts around 300 with a non-linear shape: the net learns the standardised target and answers in
     the target's units; it beats the linear model it starts from (ridge on the same matrix)."""

@@ -20,6 +20,7 @@ def _batch(cfg, day, corrupt=None):
     return read_batch(data, cfg)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("day", REAL_DAYS, ids=str)
 def test_real_days_pass(cfg, day):
     outcome = validate_frame(cfg, _batch(cfg, day))

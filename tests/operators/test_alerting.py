@@ -165,6 +165,7 @@ def receiver():
         yield url, got
 
 
+@pytest.mark.heavy
 def test_every_configured_channel_gets_the_alert(receiver, cfg, tmp_path, monkeypatch):
     url, got = receiver
     monkeypatch.setenv(
@@ -456,6 +457,7 @@ def test_a_deploy_that_never_reached_the_model_server_is_a_failed_deploy():
     assert classify("watch_canary", info.value)[0] == "deploy_failed"
 
 
+@pytest.mark.heavy
 def test_a_model_server_answering_503_is_a_failed_deploy():
     from airloop.http import HttpError
     from airloop.serving.client import ModelServerClient

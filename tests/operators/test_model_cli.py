@@ -241,6 +241,7 @@ def test_the_partner_of_a_correlated_part_of_the_target_is_flagged_too(tmp_path,
     }
 
 
+@pytest.mark.heavy
 def test_traffic_sends_each_row_with_its_key_and_event_time(tmp_path, capsys):
     import datetime as dt
 

@@ -476,6 +476,7 @@ def _fake_airflow():
     return app, calls
 
 
+@pytest.mark.heavy
 def test_airflow_api_retries_what_a_retry_can_fix_and_nothing_else():
     from airloop_local.airflow_api import AirflowApi, ApiError
 
@@ -495,6 +496,7 @@ def test_airflow_api_retries_what_a_retry_can_fix_and_nothing_else():
         assert e.value.status == 500 and "database is locked" in str(e.value)
 
 
+@pytest.mark.heavy
 def test_webhook_delivery_is_resent_with_the_same_id_while_the_server_is_busy(tmp_path):
     from airloop_local.webhook_client import WebhookSender, deliver
 
