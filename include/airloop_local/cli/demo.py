@@ -67,7 +67,7 @@ def run_demo(s: stack.StackSettings, days: int, timeout_s: float) -> int:
 
     t0 = time.monotonic()
     common.use_stack_env(s)
-    cfg = get_pipeline(common.DEMO_MODEL)
+    cfg = get_pipeline(common.replay_model())
     winter = [common.DEMO_START + dt.timedelta(days=i) for i in range(days + 1)]
     outcome = DemoOutcome(bad_day=winter[-1])
     prepare(s, cfg, winter, outcome.bad_day)
@@ -85,7 +85,7 @@ def run_demo(s: stack.StackSettings, days: int, timeout_s: float) -> int:
 
 def prepare(s: stack.StackSettings, cfg: PipelineConfig, days: list[dt.date], bad_day: dt.date) -> None:
     """[1/7] the Airflow home; [2/7] land the real days, ``bad_day`` with a unit mix-up."""
-    from airloop.sources import nycflights13
+    from airloop.sources import replay_adapter
     from airloop.storage import DataRoot
 
     print(f"[1/7] Airflow home at {s.airflow_home} ({stack._safe_url(s.db_url)})", flush=True)
@@ -95,7 +95,7 @@ def prepare(s: stack.StackSettings, cfg: PipelineConfig, days: list[dt.date], ba
         "(distance in metres, an impossible month) that the gate must stop",
         flush=True,
     )
-    nycflights13.replay_days(
+    replay_adapter().replay_days(
         DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name, corruptions={bad_day: "out_of_range"}
     )
 
@@ -129,7 +129,7 @@ def land_summer(
     s: stack.StackSettings, api: AirflowApi, cfg: PipelineConfig, summer: list[dt.date], timeout_s: float
 ) -> dict[str, str]:
     """[6/7] the summer weeks land and are ingested (features and training follow); returns the runs' states."""
-    from airloop.sources import nycflights13
+    from airloop.sources import replay_adapter
     from airloop.storage import DataRoot
 
     week = summer[len(summer) // 2 :]
@@ -139,7 +139,7 @@ def land_summer(
         "that week",
         flush=True,
     )
-    nycflights13.replay_days(DataRoot(s.data_root), cfg.name, summer, file_name=cfg.source.file_name)
+    replay_adapter().replay_days(DataRoot(s.data_root), cfg.name, summer, file_name=cfg.source.file_name)
     dag_id = cfg.dag_id("ingest")
     runs = common.wait_runs(api, dag_id, {api.trigger_interval(dag_id, d) for d in summer}, timeout_s=timeout_s)
     common.wait_idle(api, [cfg.dag_id("features"), cfg.dag_id("train")], timeout_s=timeout_s)
@@ -182,7 +182,7 @@ def canary_week(
 ) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """[7/7] ``days`` land, announced by signed webhooks, and are replayed as live traffic while the deploy
     DAG canaries the retrained challenger. Returns the ingest runs' states and the rollouts."""
-    from airloop.sources import nycflights13
+    from airloop.sources import replay_adapter
     from airloop.storage import DataRoot
 
     print(
@@ -191,7 +191,7 @@ def canary_week(
         f"(steps {list(cfg.canary.steps)}%)",
         flush=True,
     )
-    nycflights13.replay_days(DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name)
+    replay_adapter().replay_days(DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name)
     hook_runs = announce(s, cfg.webhooks[0].name, days)
     runs = common.wait_runs(api, cfg.dag_id("ingest"), hook_runs, timeout_s=timeout_s)
     return runs, canary_on_real_traffic(s, api, cfg, days, timeout_s=timeout_s)
@@ -215,9 +215,9 @@ def request_bodies(cfg: PipelineConfig, days: list[dt.date]) -> list[tuple[str |
     import pandas as pd
 
     from airloop.serving import replay
-    from airloop.sources import nycflights13
+    from airloop.sources import replay_adapter
 
-    rows = pd.concat([nycflights13.day_frame(d) for d in days], ignore_index=True)
+    rows = pd.concat([replay_adapter().day_frame(d) for d in days], ignore_index=True)
     return replay.bodies_for(cfg, rows)
 
 

@@ -18,21 +18,21 @@ if TYPE_CHECKING:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Land ``--days`` real days from ``--start`` in the landing area of a replay-sourced model."""
-    from airloop.sources import nycflights13
+    from airloop.sources import replay_adapter
     from airloop.storage import DataRoot
 
     s = common.settings(args)
     common.use_stack_env(s)
-    cfg = common.known_model(args.model)
+    cfg = common.known_model(args.model or common.replay_model())
     if cfg.source.kind != "replay":
         raise common.UsageError(
             f"{cfg.name} has source.kind {cfg.source.kind}: its batches are dropped by the upstream system at "
-            f"{landing_pattern(s, cfg)}; replay only fills models whose source is the nycflights13 replay"
+            f"{landing_pattern(s, cfg)}; replay only fills models whose source.kind is replay"
         )
     corruptions = parse_corruptions(args.corrupt or [])
     days = [args.start + dt.timedelta(days=i) for i in range(args.days)]
     try:
-        uris = nycflights13.replay_days(
+        uris = replay_adapter().replay_days(
             DataRoot(s.data_root), cfg.name, days, file_name=cfg.source.file_name, corruptions=corruptions
         )
     except ValueError as e:  # a day outside the data set
@@ -43,13 +43,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def parse_corruptions(items: list[str]) -> dict[dt.date, str]:
     """``DATE:KIND`` values of ``--corrupt`` as day -> kind."""
-    from airloop.sources.nycflights13 import CORRUPTIONS
+    from airloop.sources import replay_adapter
+
+    corruptions = replay_adapter().CORRUPTIONS
 
     out = {}
     for item in items:
         day, _, kind = item.partition(":")
-        if kind not in CORRUPTIONS:
-            raise common.UsageError(f"--corrupt {item!r}: the kind after ':' must be one of {list(CORRUPTIONS)}")
+        if kind not in corruptions:
+            raise common.UsageError(f"--corrupt {item!r}: the kind after ':' must be one of {list(corruptions)}")
         out[common.iso_date(day)] = kind
     return out
 
@@ -124,11 +126,11 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``replay``, ``webhook``, ``run`` and ``traffic``."""
-    sp = common.add_command(sub, "replay", help="land real nycflights13 days as daily batches")
+    sp = common.add_command(sub, "replay", help="land real days of the replay source as daily batches")
     sp.add_argument(
         "--model",
-        default=common.DEMO_MODEL,
-        help=f"a model whose source.kind is replay (default {common.DEMO_MODEL})",
+        default=None,
+        help="a model whose source.kind is replay (default: the first such config by name)",
     )
     sp.add_argument(
         "--start",
