@@ -413,3 +413,19 @@ def drift_context(result: dict[str, Any]) -> dict[str, Any]:
         "current": {"start": result["interval_start"], "end": result["interval_end"], "rows": result["current_rows"]},
         "performance": result.get("performance"),
     }
+
+
+def drift_verdict(history: list[dict[str, Any]], interval_start: str) -> tuple[str, dict[str, Any] | None]:
+    """What the drift history says to a run whose interval starts at ``interval_start`` (UTC ISO text).
+
+    ``("drift", latest)`` when the latest result drifts; ``("no_drift", latest)`` when the latest result is
+    this interval's (or a later one's) and does not; ``("waiting", None)`` until one of these holds.
+    """
+    if not history:
+        return "waiting", None
+    latest = max(history, key=lambda r: (r["interval_start"], r["computed_at"]))
+    if latest["dataset_drift"] or latest["prediction_drifted"]:
+        return "drift", latest
+    if latest["interval_start"] >= interval_start:
+        return "no_drift", latest
+    return "waiting", None

@@ -20,6 +20,9 @@ from typing import Any
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 DEFAULT_RETRY_STATUSES = frozenset({502, 503, 504})
+#: seconds for one attempt, and attempts after the first, unless a client or hook says otherwise
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRIES = 2
 
 
 class HttpError(RuntimeError):
@@ -56,8 +59,8 @@ class HttpClient:
     """
 
     base_url: str
-    timeout: float = 30.0
-    retries: int = 2
+    timeout: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
     backoff: float = 0.5
     headers: dict[str, str] = field(default_factory=dict)
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES

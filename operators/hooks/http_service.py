@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airloop.http import HttpClient
+from airloop.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpClient
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -34,7 +34,7 @@ class HttpServiceHook(BaseHook):
     a bearer token.
 
     :param conn_id: the Airflow connection (default :attr:`default_conn_name`)
-    :param timeout: seconds for one attempt
+    :param timeout: seconds for one attempt (default :attr:`default_timeout`)
     :param retries: attempts after the first, for a refused connection, a timeout or a 502/503/504
     """
 
@@ -44,11 +44,14 @@ class HttpServiceHook(BaseHook):
     hook_name = "HTTP service"
     default_scheme = "http"
     default_port: int | None = None
+    default_timeout = DEFAULT_TIMEOUT_S
 
-    def __init__(self, conn_id: str | None = None, *, timeout: float = 30.0, retries: int = 2) -> None:
+    def __init__(
+        self, conn_id: str | None = None, *, timeout: float | None = None, retries: int = DEFAULT_RETRIES
+    ) -> None:
         super().__init__()
         self.conn_id = conn_id or self.default_conn_name
-        self.timeout = timeout
+        self.timeout = self.default_timeout if timeout is None else timeout
         self.retries = retries
         self._client: HttpClient | None = None
 

@@ -10,18 +10,13 @@ from airloop_airflow.hooks.http_service import HttpServiceHook
 class PrometheusHook(HttpServiceHook):
     """Prometheus behind ``prometheus_conn_id`` (``schema``, ``host``, ``port``; default ``http`` and 9090).
 
-    :param prometheus_conn_id: the Airflow connection
-    :param timeout: seconds for one attempt
-    :param retries: attempts after the first, for a refused connection, a timeout or a 502/503/504
+    :param conn_id: the Airflow connection
     """
 
     conn_name_attr = "prometheus_conn_id"
     default_conn_name = "prometheus_default"
     hook_name = "Prometheus"
     default_port = 9090
-
-    def __init__(self, prometheus_conn_id: str | None = None, *, timeout: float = 30.0, retries: int = 2) -> None:
-        super().__init__(prometheus_conn_id, timeout=timeout, retries=retries)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Run an instant query; its ``data.result`` (one ``{"metric": ..., "value": [t, v]}`` per series).

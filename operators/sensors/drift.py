@@ -10,7 +10,7 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airloop_airflow.sensors.deferrable import DeferrableModelSensor
-from airloop_airflow.triggers.drift import DriftResultTrigger, drift_verdict
+from airloop_airflow.triggers.drift import DriftResultTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,10 +24,10 @@ class DriftSensor(DeferrableModelSensor):
     ui_color = "#fde8ef"
 
     def poke(self, context: Context) -> PokeReturnValue:
-        from airloop.drift import drift_context
+        from airloop.drift import drift_context, drift_verdict, read_history
 
         root = self.root()
-        verdict, latest = drift_verdict(root.read_jsonl(root.drift_history(self.model)), interval_start(context))
+        verdict, latest = drift_verdict(read_history(root, self.model), interval_start(context))
         if verdict == "drift" and latest is not None:
             self.log.info("Drift: %s", json.dumps(drift_context(latest)))
             return PokeReturnValue(is_done=True, xcom_value=drift_context(latest))

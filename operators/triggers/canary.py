@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airloop_airflow.triggers.base import PollingTrigger
 
 if TYPE_CHECKING:
     from airloop.canary import Rollout, StepDecision, VariantStats
@@ -24,7 +22,7 @@ def judge_now(state: Rollout, cfg: PipelineConfig, readings: dict[str, VariantSt
     return advance(copy.deepcopy(state), cfg.canary, readings, now, lower_is_better=lower_is_better)
 
 
-class CanaryStepTrigger(BaseTrigger):
+class CanaryStepTrigger(PollingTrigger):
     """Look at a canary every ``poke_interval`` seconds; fire once the running step is decided.
 
     It never writes: the event wakes the sensor, which judges the step itself (with the online metric where
@@ -38,11 +36,10 @@ class CanaryStepTrigger(BaseTrigger):
     """
 
     def __init__(self, model: str, version: str, data_root: str, poke_interval: float = 60.0) -> None:
-        super().__init__()
+        super().__init__(poke_interval)
         self.model = model
         self.version = version
         self.data_root = data_root
-        self.poke_interval = poke_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -54,20 +51,6 @@ class CanaryStepTrigger(BaseTrigger):
                 "poke_interval": self.poke_interval,
             },
         )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Yield one event: the step is decided, the rollout ended or has no state, or a look failed."""
-        while True:
-            try:
-                event = await asyncio.to_thread(self.look)  # file and HTTP reads block
-            except Exception as e:
-                message = f"looking at the canary of {self.model} v{self.version} failed: {type(e).__name__}: {e}"
-                yield TriggerEvent(self.event("error", message))
-                return
-            if event is not None:
-                yield TriggerEvent(event)
-                return
-            await asyncio.sleep(self.poke_interval)
 
     def look(self) -> dict[str, Any] | None:
         """One look (blocking, so run in a thread): the event to fire, or None while the step holds."""
@@ -89,6 +72,9 @@ class CanaryStepTrigger(BaseTrigger):
             self.log.info("Step %d (%d%%): %s", state.step + 1, percent, decision.reason)
             return None
         return {**self.event("decided", decision.reason), "action": decision.action, "step": state.step}
+
+    def what(self) -> str:
+        return f"looking at the canary of {self.model} v{self.version}"
 
     def event(self, status: str, message: str) -> dict[str, Any]:
         return {"status": status, "message": message, "model": self.model, "version": self.version}

@@ -14,12 +14,13 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSkipException, TaskDeferred
 
 from airloop.canary import VariantStats, load_rollout, save_rollout, start_rollout
+from airloop.drift import drift_verdict
 from airloop.storage import DataRoot
 from airloop_airflow.sensors.canary import CanaryStepSensor
 from airloop_airflow.sensors.deferrable import TriggerFailed
 from airloop_airflow.sensors.drift import DriftSensor
 from airloop_airflow.triggers.canary import CanaryStepTrigger
-from airloop_airflow.triggers.drift import DriftResultTrigger, drift_verdict
+from airloop_airflow.triggers.drift import DriftResultTrigger
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airloop.http import HttpClient, HttpError
+from airloop.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, HttpClient, HttpError
 
 
 class ModelServerClient:
@@ -21,7 +21,7 @@ class ModelServerClient:
     :param retries: attempts after the first, for a refused connection, a timeout or a 502/503/504
     """
 
-    def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 2) -> None:
+    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES) -> None:
         self.http = HttpClient(base_url.rstrip("/"), timeout=timeout, retries=retries)
 
     @property
