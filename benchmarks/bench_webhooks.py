@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,15 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="airloop-bench-webhooks-"))
+    # a delivery's day must be one of the model's schedule (a day has one run): the model's config with
+    # its schedule opened from 2000 on, so that every request can name a day of its own
+    pipelines = tmp / "pipelines"
+    pipelines.mkdir()
+    text = (REPO / "include" / "airloop" / "pipelines" / "flight_delays.yaml").read_text()
+    opened = re.sub(r"(?m)^  end_date: .*\n", "", text.replace("start_date: 2013-01-01", "start_date: 2000-01-01", 1))
+    assert opened != text and "end_date" not in opened.split("schema:")[0]
+    (pipelines / "flight_delays.yaml").write_text(opened)
+    os.environ["AIRLOOP_PIPELINES_DIR"] = str(pipelines)
     os.environ["AIRLOOP_HOME"] = str(tmp / "state")
     os.environ["AIRLOOP_DATA_ROOT"] = str(tmp / "state" / "data")
     sys.path.insert(0, str(REPO))
@@ -49,7 +59,9 @@ def main() -> int:
     )
     stack.init(s)
     stack.run_airflow(s, "dags", "reserialize", capture=True)
-    os.environ.update({k: v for k, v in s.env().items() if k.startswith(("AIRFLOW", "AIRLOOP"))})
+    # the API server's environment: the one component that holds the webhook connections (their secrets)
+    api_env = stack.component_env(s, "api-server")
+    os.environ.update({k: v for k, v in api_env.items() if k.startswith(("AIRFLOW", "AIRLOOP"))})
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # one log line per created run would drown the figures
 
     import importlib.util

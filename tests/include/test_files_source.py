@@ -165,7 +165,7 @@ def test_wrong_format_is_quarantined_with_its_bytes(cfg, data_root, landing, dec
         ingest_batch(feed, data_root, partition=PART, interval=IV, run_id="r1")
     q = data_root.partition_uri("quarantine", cfg.name, PART)
     assert q in str(err.value)
-    assert data_root.read_bytes(f"{q}/source.bin") == payload
+    assert data_root.read_bytes(f"{q}/received.{declared}") == payload  # as received, named by the declared format
     assert data_root.read_json(f"{q}/{MANIFEST}")["source_uri"] == f"{landing}/{cfg.name}/{PART}/batch.dat"
     assert data_root.list_partitions("raw", cfg.name) == []
 
@@ -175,6 +175,13 @@ def test_webhook_source_uri_wins_over_the_configured_landing(cfg, data_root, lan
     elsewhere = tmp_path / "delivery.jsonl"
     elsewhere.write_bytes(payload)
     feed = _feed_cfg(cfg, fmt, landing)  # nothing at the landing: only the delivery exists
+    # a source_uri outside the landing folder is read only where the model's webhook sources may point
+    # (airloop.confine), with the protocols its source is configured for
+    hook = feed.webhooks[0].model_copy(update={"allowed_prefixes": (str(tmp_path),)})
+    protocols = tuple(dict.fromkeys(["file", fsspec.core.split_protocol(landing)[0] or "file"]))
+    feed = feed.model_copy(
+        update={"webhooks": (hook,), "source": feed.source.model_copy(update={"protocols": protocols})}
+    )
     m = ingest_batch(
         feed,
         data_root,

@@ -24,7 +24,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print_quarantine(root, common.known_models(args.model), include_decided=args.all)
         return common.EXIT_OK
     model = common.known_model(args.model).name
-    partition = args.partition if "=" in args.partition else f"ds={args.partition}"
+    partition = checked_partition(args.partition)
     batch = named_batch(root, model, partition)
     if args.action == "show":
         print(json.dumps({**batch.__dict__, "report": root.file_uri(batch.report_uri)}, indent=2, default=str))
@@ -36,6 +36,18 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print(f"rejected {model}/{partition}: {json.dumps(record)}")
         return common.EXIT_OK
     return release(s, model, partition, wait=args.wait)
+
+
+def checked_partition(text: str) -> str:
+    """The partition named on the command line (a bare ``YYYY-MM-DD`` means ``ds=YYYY-MM-DD``); a
+    UsageError naming the forms a partition takes when it is not one (a path such as ``../../raw/...``)."""
+    from airloop.confine import UriRejected, check_partition
+
+    partition = text if "=" in text else f"ds={text}"
+    try:
+        return check_partition(partition)
+    except UriRejected as e:
+        raise common.UsageError(str(e)) from None
 
 
 def named_batch(root: DataRoot, model: str, partition: str) -> QuarantinedBatch:
