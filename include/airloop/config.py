@@ -107,6 +107,31 @@ class SourceConfig(_Frozen):
         default=None, description="fsspec folder holding <model>/<partition>/; default: <data root>/landing"
     )
     max_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    manifest_file: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$",
+        description="a JSON file the producer writes next to each batch file, after it, announcing its "
+        '"rows" and "sha256": the batch has not landed until it exists, and what it announces is checked',
+    )
+    protocols: tuple[str, ...] = Field(
+        default=(),
+        description="fsspec protocols a batch may be read with (file, s3, gcs, memory, ...); "
+        "empty: the protocol of the landing folder (file locally). A source_uri with another is refused",
+    )
+
+    @field_validator("protocols")
+    @classmethod
+    def _plain_protocols(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in v if not re.fullmatch(r"[a-z][a-z0-9+.-]*", p)]
+        if bad:
+            raise ValueError(f"protocols are lower-case fsspec protocol names such as file or s3, not {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _manifest_beside_the_batch(self) -> SourceConfig:
+        if self.manifest_file is not None and self.manifest_file == self.file_name:
+            raise ValueError(f"manifest_file must be another file than file_name ({self.file_name!r})")
+        return self
 
 
 class ScheduleConfig(_Frozen):
@@ -130,10 +155,16 @@ class SchemaConfig(_Frozen):
     timestamp_columns: tuple[str, ...] = ()
     #: when a row's event happens: orders rows in time (the validation split) and dates replayed requests
     event_time: str | None = None
-    #: what identifies one row (an entity at a time): the sticky request key of replayed traffic
+    #: what identifies one row (an entity at a time): a batch holding two rows with the same key fails the
+    #: gate (a re-sent or concatenated file), and it is the sticky request key of replayed traffic
     key_columns: tuple[str, ...] = ()
     leakage_columns: tuple[str, ...] = Field(
         default=(), description="known only after the outcome: label source only, never a feature"
+    )
+    allow_extra_columns: bool = Field(
+        default=False,
+        description="accept batches with columns not in schema.columns (kept, never read); "
+        "false: an undeclared column fails the gate, since an upstream change should be seen, not ignored",
     )
 
     @model_validator(mode="after")
@@ -150,8 +181,42 @@ class SchemaConfig(_Frozen):
 
 
 class ValidationConfig(_Frozen):
+    """The gate: the expectation suite, and the checks the config drives (row counts, event times)."""
+
     suite: str = Field(description="expectation suite file: next to the YAML, or in the expectations folder beside it")
     min_rows: int = Field(default=1, ge=0)
+    min_rows_relative: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="a batch with fewer rows than this share of the median of the last min_rows_window "
+        "published batches fails (0.5: below half the usual); unset, or no published batch yet: min_rows only",
+    )
+    min_rows_window: int = Field(
+        default=14, ge=1, description="published batches the median of min_rows_relative spans"
+    )
+    event_time_timezone: str | None = Field(
+        default=None,
+        description="the time zone whose wall-clock days the data intervals name: a batch of day D holds "
+        "events from D 00:00 to D+1 00:00 there (e.g. a feed of local days). Default: schedule.timezone",
+    )
+    event_time_tolerance_minutes: int = Field(
+        default=0,
+        ge=0,
+        description="events this long before the data interval or after it still belong to the batch",
+    )
+
+    @field_validator("event_time_timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        import zoneinfo
+
+        if v is not None:
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}; use an IANA name such as UTC or America/New_York") from None
+        return v
 
 
 class RetryConfig(_Frozen):
@@ -261,6 +326,26 @@ class DeploymentConfig(_Frozen):
     outcome_partition: str = Field(
         default="", description="format string over outcome_key, e.g. ds={year:04d}-{month:02d}-{day:02d}"
     )
+    #: local: what the model server accepts. Scoring is open (no token), so it is bounded: a token bucket
+    #: per server, a body and row limit per request, and every value checked before it is scored or logged.
+    check_inputs: Literal["schema", "suite"] = Field(
+        default="suite",
+        description="schema: each value has its column's declared type and is a finite number within "
+        "max_abs_input; suite: also the ranges, value sets and not-null rules of the model's expectation "
+        "suite (those without 'mostly'), so a request the gate would refuse is refused with a 400",
+    )
+    max_rows_per_request: int = Field(default=1000, ge=1, description="more rows in one request: 413")
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger bodies: 413")
+    max_abs_input: float = Field(
+        default=float(2**53),
+        gt=0,
+        description="numbers of larger magnitude are refused (400): 2^53, the limit of exact integers in "
+        "JSON (RFC 8259, section 6); near the float limit (1e308) a model's arithmetic overflows to NaN",
+    )
+    max_requests_per_second: float | None = Field(
+        default=1000.0, gt=0, description="scoring requests per second, sustained (429 above); null: unbounded"
+    )
+    burst_requests: int = Field(default=2000, ge=1, description="scoring requests allowed at once above that rate")
     #: kserve: the InferenceService, the cluster connection and where Prometheus answers
     namespace: str = "ml-serving"
     service_name: str | None = Field(
@@ -310,8 +395,21 @@ class WebhookSourceConfig(_Frozen):
     dag: Literal["ingest"] = Field(default="ingest", description="the verb of the DAG a delivery starts")
     max_body_bytes: int = Field(default=65536, ge=64, description="larger bodies are refused with 413")
     tolerance_seconds: int = Field(default=300, ge=1, description="standard scheme: the most a timestamp may be off")
-    #: where a delivery's ``source_uri`` may point; empty: the model's landing zone under the data root
+    #: where a delivery's ``source_uri`` may point; empty: the model's landing zone under the data root.
+    #: Checked resolved (symlinks followed), with the protocols of the model's ``source.protocols``
     allowed_prefixes: tuple[str, ...] = ()
+
+    @field_validator("allowed_prefixes")
+    @classmethod
+    def _usable_prefixes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from airloop.confine import UriRejected, check_prefix
+
+        for prefix in v:
+            try:
+                check_prefix(prefix)
+            except UriRejected as e:
+                raise ValueError(f"{prefix!r}: {e}") from None
+        return v
 
 
 class AlertsConfig(_Frozen):

@@ -17,8 +17,24 @@ writes one file there per interval, in ``source.format``:
 
 A webhook delivery names its file with ``source_uri`` instead; it is read the same way.
 
+**A file cut short is unreadable.** A ``csv`` or ``jsonl`` file must end with a newline, and every CSV row must
+have as many fields as the header. A transfer cut off, or a file read while it is being written, ends
+mid-row; when the cut falls on a field boundary (or just after the last one) the rows still parse, and the
+missing final newline is the only sign. So a text file without a final newline is refused as cut, whatever
+its last row looks like: producers write whole lines (and should write to a temporary name, then rename).
+A cut exactly after a newline leaves a well-formed, shorter file: only an announced row count or SHA-256
+(below) or ``validation.min_rows_relative`` can tell. Parquet carries its own footer; a cut one does not parse.
+
+**Announcements.** A webhook delivery may announce the batch's ``rows`` and ``sha256`` (kept in the run conf
+under ``webhook``), and a producer may write a manifest file next to each batch, after it
+(``source.manifest_file``, a JSON object with ``rows`` and/or ``sha256``): with one configured, a batch without
+it has not landed yet (retried). What was announced is recorded in the raw manifest; the gate
+(:mod:`airloop.gate`) compares it with what was read.
+
 A batch is stored as ``raw/<model>/<partition>/data.parquet`` with ``_manifest.json`` (rows, columns,
-content hash, source URI and hash, data interval, run id). Whatever the format, the same rows give the same
+content hash, source URI and hash, announcements, data interval, run id), and the bytes as received,
+``received.<format>`` (whose SHA-256 is the manifest's ``source_sha256``), so that whatever stage refuses the
+batch later, quarantine keeps exactly what came in. Whatever the format, the same rows give the same
 stored frame and content hash: timestamps become naive UTC microseconds.
 Re-ingesting an interval replaces its partition: rows are never duplicated. A file that cannot be read
 in its declared format goes straight to quarantine with a report.
@@ -27,8 +43,9 @@ in its declared format goes straight to quarantine with a report.
 from __future__ import annotations
 
 import io
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +54,16 @@ import fsspec
 from airloop import quarantine
 from airloop.config import PipelineConfig, SchemaConfig
 from airloop.errors import BatchFormatError, BatchNotFoundError
-from airloop.storage import DATA_FILE, QUARANTINE_REPORT, DataRoot, content_hash, frame_to_parquet_bytes, sha256_bytes
+from airloop.gate import Announcement
+from airloop.storage import (
+    DATA_FILE,
+    QUARANTINE_REPORT,
+    RECEIVED_FILE,
+    DataRoot,
+    content_hash,
+    frame_to_parquet_bytes,
+    sha256_bytes,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,14 +108,53 @@ def landing_file(landing: DataRoot | str, model: str, partition: str, file_name:
     return f"{landing_folder(landing, model)}/{partition}/{file_name}"
 
 
-def fetch_source(uri: str, max_bytes: int) -> bytes:
-    """Read a batch from any fsspec URI, refusing files over ``max_bytes``."""
-    fs, path = fsspec.core.url_to_fs(uri)
+def fetch_source(uri: str, cfg: PipelineConfig, root: DataRoot) -> bytes:
+    """Read a batch from a URI the model's source may read (:mod:`airloop.confine`), refusing files over
+    ``source.max_bytes``.
+
+    The URI may come from a run conf, which anyone who can trigger the DAG sets, so it is checked here,
+    not only where a webhook handed it in: its protocol must be one of the source's, and it must lie, with
+    symlinks resolved, under the landing folder or a webhook source's ``allowed_prefixes``. A local file
+    is then read by its resolved path without following any link, so a symlink swapped in after the
+    check is not followed.
+
+    :raises UriRejected: the URI breaks a confinement rule (named in the message); not retried
+    :raises BatchNotFoundError: nothing there yet
+    """
+    from airloop.confine import (
+        LOCAL,
+        UriRejected,
+        confine_uri,
+        protocol_of,
+        read_confined,
+        source_prefixes,
+        source_protocols,
+    )
+
+    max_bytes = cfg.source.max_bytes
+    try:
+        target = confine_uri(uri, source_prefixes(cfg, root), source_protocols(cfg, root))
+    except UriRejected as e:
+        raise UriRejected(f"source_uri {uri[:300]!r} of {cfg.name} is refused: {e}", e.rule) from None
+    missing = BatchNotFoundError(
+        f"no batch at {uri}: the upstream feed has not delivered it yet (the task retries), "
+        "or the source_uri in the run conf is wrong"
+    )
+    if protocol_of(target) == LOCAL:
+        try:
+            data = read_confined(target, max_bytes)
+        except UriRejected as e:
+            if e.rule == "size":
+                raise BatchFormatError(
+                    f"batch {uri} is over the configured source.max_bytes of {max_bytes}: {e}"
+                ) from None
+            raise UriRejected(f"source_uri {uri[:300]!r} of {cfg.name} is refused: {e}", e.rule) from None
+        if data is None:
+            raise missing
+        return data
+    fs, path = fsspec.core.url_to_fs(target)
     if not fs.exists(path):
-        raise BatchNotFoundError(
-            f"no batch at {uri}: the upstream feed has not delivered it yet (the task retries), "
-            "or the source_uri in the run conf is wrong"
-        )
+        raise missing
     size = fs.size(path)
     if size is not None and size > max_bytes:
         raise BatchFormatError(f"batch {uri} is {size} bytes, over the configured source.max_bytes of {max_bytes}")
@@ -120,10 +185,44 @@ def read_batch(data: bytes, cfg: PipelineConfig) -> pd.DataFrame:
             f"the batch is not a readable csv file: one column {str(df.columns[0])[:40]!r} found, "
             f"{len(cfg.data_schema.columns)} declared"
         )
+    _check_not_cut(data, fmt)
     for col in cfg.data_schema.timestamp_columns:
         if col in df.columns:
             df[col] = _as_timestamps(df[col], fmt)
     return df
+
+
+def _check_not_cut(data: bytes, fmt: str) -> None:
+    """Refuse a text file whose last row may be cut (see "A file cut short" in the module doc).
+
+    :raises BatchFormatError: no final newline, or a CSV row with another number of fields than the header
+    """
+    if fmt not in ("csv", "jsonl"):
+        return
+    if not data.endswith(b"\n"):
+        raise BatchFormatError(
+            f"the batch is not a readable {fmt} file: it does not end with a newline, so its last row is cut "
+            f"(a transfer cut off, or a file read while being written; it ends with {data[-40:]!r}). A whole "
+            f"{fmt} file ends every row, the last one too, with a newline: ask the producer to re-deliver the "
+            "whole file (written to a temporary name and renamed when complete)"
+        )
+    if fmt == "csv":
+        _check_csv_fields(data)
+
+
+def _check_csv_fields(data: bytes) -> None:
+    """Every CSV row has the header's number of fields (pandas fills a short row with missing values)."""
+    import csv
+
+    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
+    width = len(next(reader, []))
+    for row in reader:
+        if row and len(row) != width:
+            raise BatchFormatError(
+                f"the batch is not a readable csv file: line {reader.line_num} has {len(row)} fields, the header "
+                f"{width}: the row is cut or malformed ({','.join(row)[:80]!r}). Ask the producer to re-deliver "
+                "the whole file"
+            )
 
 
 def _read_csv(data: bytes, schema: SchemaConfig) -> pd.DataFrame:
@@ -200,8 +299,9 @@ def ingest_batch(
     interval: Interval,
     run_id: str,
     source_uri: str | None = None,
+    announced: Sequence[Announcement] = (),
 ) -> dict[str, Any]:
-    """Read one batch and write its raw partition; return the manifest.
+    """Read one batch and write its raw partition (the frame, and the bytes as received); return the manifest.
 
     :param cfg: the model's pipeline config
     :param root: the data root
@@ -209,11 +309,14 @@ def ingest_batch(
     :param interval: the run's data interval
     :param run_id: the Airflow run id (recorded in the manifest)
     :param source_uri: read from here instead of the landing file of the partition
-    :raises BatchNotFoundError: nothing has landed yet (retryable)
+    :param announced: what the sender announced (a webhook delivery's ``rows``/``sha256``), checked by the gate
+    :raises BatchNotFoundError: nothing has landed yet, or not its ``source.manifest_file`` (retryable)
     :raises BatchFormatError: unreadable batch; it is quarantined with a report first
     """
     src = source_uri or landing_uri(cfg, root, partition)
-    data = fetch_source(src, cfg.source.max_bytes)
+    data = fetch_source(src, cfg, root)
+    sidecar = _fetch_manifest_file(cfg, root, src)
+    received = RECEIVED_FILE.format(format=cfg.source.format)
     base_manifest: dict[str, Any] = {
         "model": cfg.name,
         "partition": partition,
@@ -222,16 +325,22 @@ def ingest_batch(
         "source_sha256": sha256_bytes(data),
         "source_bytes": len(data),
         "source_format": cfg.source.format,
+        "received_file": received,
+        "announced": [a.to_json() for a in announced],
         "run_id": run_id,
     }
     try:
+        if sidecar is not None:
+            found = _parse_manifest_file(*sidecar)
+            base_manifest["announced"] += [found.to_json()] if found else []
         df = read_batch(data, cfg)
     except BatchFormatError as e:
         q_uri = quarantine.quarantine_unreadable(cfg, root, partition, data, base_manifest, str(e))
         raise BatchFormatError(
             f"Batch {cfg.name}/{partition} from {src} could not be read: {e}. It is in quarantine at {q_uri} "
-            f"(source file, {QUARANTINE_REPORT}). Next: ask the producer for a valid {cfg.source.format} file "
-            f"and re-run the interval, or `airloop quarantine reject {cfg.name} {partition} --reason ...`."
+            f"(the file as received: {received}, {QUARANTINE_REPORT}). Next: ask the producer for a valid "
+            f"{cfg.source.format} file and re-run the interval, or "
+            f"`airloop quarantine reject {cfg.name} {partition} --reason ...`."
         ) from e
 
     payload, df = _parquet_bytes(df)
@@ -243,6 +352,38 @@ def ingest_batch(
         "data_file": DATA_FILE,
     }
     raw_uri = root.raw(cfg.name, partition)
-    root.write_partition(raw_uri, {DATA_FILE: payload}, manifest)
+    root.write_partition(raw_uri, {DATA_FILE: payload, received: data}, manifest)
     log.info("ingested %s rows of %s/%s from %s into %s", len(df), cfg.name, partition, src, raw_uri)
     return {**manifest, "uri": raw_uri}
+
+
+def _fetch_manifest_file(cfg: PipelineConfig, root: DataRoot, src: str) -> tuple[str, bytes] | None:
+    """The producer's manifest file next to the batch file (``source.manifest_file``), as ``(uri, bytes)``.
+
+    :raises BatchNotFoundError: it is not there (yet): the producer writes it after the batch (retryable)
+    """
+    name = cfg.source.manifest_file
+    if not name:
+        return None
+    uri = f"{src.rsplit('/', 1)[0]}/{name}"
+    try:
+        return uri, fetch_source(uri, cfg, root)
+    except BatchNotFoundError:
+        raise BatchNotFoundError(
+            f"no manifest file {uri} beside the batch {src}: the producer writes it after the batch, so the batch "
+            "has not fully landed yet (the task retries); if the producer writes none, unset source.manifest_file"
+        ) from None
+
+
+def _parse_manifest_file(uri: str, data: bytes) -> Announcement | None:
+    """What a producer's manifest file announces.
+
+    :raises BatchFormatError: it is not a JSON object, or its ``rows``/``sha256`` are of the wrong form
+    """
+    try:
+        values = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BatchFormatError(f"its manifest file {uri} is not JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise BatchFormatError(f"its manifest file {uri} must be a JSON object with rows and/or sha256")
+    return Announcement.parse(f"manifest {uri}", values, f"manifest {uri}")

@@ -1,8 +1,9 @@
 """The quarantine zone: batches that failed the gate, kept whole with their validation result and report.
 
-``quarantine/<model>/<partition>/`` holds the batch (``data.parquet``, or ``source.bin`` when the file
-could not be read at all), ``_manifest.json`` (the ingest manifest plus why it was quarantined),
-``validation.json`` and ``report.html``. A decision by on-call (``released``, ``rejected``) or a later
+``quarantine/<model>/<partition>/`` holds the bytes as received (``received.<format>``, their SHA-256 is
+``source_sha256`` in the manifest) whatever stage refused the batch, the parsed batch (``data.parquet``) when
+it could be read, ``_manifest.json`` (the ingest manifest plus why it was quarantined), ``validation.json``
+and ``report.html``. A decision by on-call (``released``, ``rejected``) or a later
 good run of the same interval (``superseded``) is written as ``_decision.json`` beside them: nothing in
 quarantine is ever deleted by the pipeline.
 """
@@ -18,11 +19,12 @@ from typing import Any
 
 from airloop.config import PipelineConfig
 from airloop.errors import BatchValidationError, QuarantineError
+from airloop.gate import BatchContext, recent_row_counts
 from airloop.storage import (
     DATA_FILE,
     QUARANTINE_DECISION,
     QUARANTINE_REPORT,
-    UNREADABLE_FILE,
+    RECEIVED_FILE,
     VALIDATION_RESULT,
     DataRoot,
     read_parquet_bytes,
@@ -57,7 +59,7 @@ class QuarantinedBatch:
 
 
 def _report_context(manifest: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    keys = ("model", "partition", "source_uri", "source_sha256", "rows", "content_hash", "run_id")
+    keys = ("model", "partition", "source_uri", "source_sha256", "received_file", "rows", "content_hash", "run_id")
     ctx = {k: manifest[k] for k in keys if manifest.get(k) is not None}
     di = manifest.get("data_interval") or {}
     if di.get("start"):
@@ -104,7 +106,9 @@ def quarantine_unreadable(
 ) -> str:
     """Keep a batch that could not be parsed (its bytes as received) with a report; return its URI."""
     outcome = failure_outcome(cfg.validation.suite, f"readable_as_{cfg.source.format}", error, bytes=len(data))
-    return _write_quarantine(cfg, root, partition, {UNREADABLE_FILE: data}, manifest, outcome, stage="ingest")
+    received = manifest.get("received_file") or RECEIVED_FILE.format(format=cfg.source.format)
+    manifest = {**manifest, "received_file": received}
+    return _write_quarantine(cfg, root, partition, {received: data}, manifest, outcome, stage="ingest")
 
 
 def write_validation_report(
@@ -119,23 +123,42 @@ def write_validation_report(
     return report_uri
 
 
+def _context(cfg: PipelineConfig, root: DataRoot, partition: str, manifest: dict[str, Any]) -> BatchContext:
+    """What the gate checks besides the rows: the manifest's interval and announcements, recent row counts."""
+    recent = recent_row_counts(cfg, root, partition) if cfg.validation.min_rows_relative is not None else None
+    return BatchContext.from_manifest(manifest, recent)
+
+
+def _batch_files(root: DataRoot, uri: str, manifest: dict[str, Any], data_file: str, data: bytes) -> dict[str, bytes]:
+    """The files of a batch to move between zones: its frame, and the bytes as received when they were kept
+    (partitions ingested before they were, have none)."""
+    files = {data_file: data}
+    received = manifest.get("received_file")
+    if received and root.exists(f"{uri}/{received}"):
+        files[received] = root.read_bytes(f"{uri}/{received}")
+    return files
+
+
 def validate_partition(cfg: PipelineConfig, root: DataRoot, partition: str) -> dict[str, Any]:
     """The gate: validate the raw partition; publish it, or move it to quarantine and raise.
 
     :returns: the manifest plus ``validation`` (summary) and ``report_uri`` when the batch passes
-    :raises BatchValidationError: when it fails; the batch is then in quarantine with its report
+    :raises BatchValidationError: when it fails; the batch is then in quarantine with its report and the
+        bytes as received
     """
     raw_uri = root.raw(cfg.name, partition)
     manifest = root.read_json(root.manifest(raw_uri))
     data_file = manifest.get("data_file", DATA_FILE)
     data = root.read_bytes(f"{raw_uri}/{data_file}")  # read once: validated, and kept whole if quarantined
-    outcome = validate_frame(cfg, read_parquet_bytes(data))
+    outcome = validate_frame(cfg, read_parquet_bytes(data), _context(cfg, root, partition, manifest))
     report_uri = write_validation_report(cfg, root, partition, outcome, manifest)
     if not outcome.success:
-        q_uri = _write_quarantine(cfg, root, partition, {data_file: data}, manifest, outcome, stage="validation")
+        files = _batch_files(root, raw_uri, manifest, data_file, data)
+        q_uri = _write_quarantine(cfg, root, partition, files, manifest, outcome, stage="validation")
         root.remove(raw_uri)  # the batch now lives in quarantine only: never trained on
+        received = manifest.get("received_file") if manifest.get("received_file") in files else None
         raise BatchValidationError(
-            failure_message(cfg, partition, outcome, q_uri), summary=outcome.summary(), quarantine_uri=q_uri
+            failure_message(cfg, partition, outcome, q_uri, received), summary=outcome.summary(), quarantine_uri=q_uri
         )
     _supersede(cfg, root, partition, manifest.get("run_id"))
     return {**manifest, "uri": raw_uri, "validation": outcome.summary(), "report_uri": report_uri}
@@ -195,6 +218,20 @@ def list_quarantined(root: DataRoot, models: list[str], *, include_decided: bool
 
 
 def get_quarantined(root: DataRoot, model: str, partition: str) -> QuarantinedBatch:
+    """The quarantined batch of ``model`` at ``partition``; what ``show``, ``release`` and ``reject`` act on.
+
+    The partition comes from a command line or a run conf, so it is checked first: only the partition
+    keys the pipeline writes (:func:`airloop.confine.check_partition`), one folder inside the quarantine
+    zone, never a path such as ``../../raw/...`` that reaches a published partition.
+
+    :raises QuarantineError: not a partition name, or no quarantined batch there
+    """
+    from airloop.confine import UriRejected, check_partition
+
+    try:
+        check_partition(partition)
+    except UriRejected as e:
+        raise QuarantineError(f"{model}: {e}") from None
     q_uri = root.quarantine(model, partition)
     if not root.exists(root.manifest(q_uri)):
         known = [e.partition for e in list_quarantined(root, [model])]
@@ -231,7 +268,7 @@ def release(cfg: PipelineConfig, root: DataRoot, partition: str, *, by: str) -> 
             f"with source_uri), then reject this one."
         )
     data = root.read_bytes(f"{e.uri}/{data_file}")
-    outcome = validate_frame(cfg, read_parquet_bytes(data))
+    outcome = validate_frame(cfg, read_parquet_bytes(data), _context(cfg, root, partition, manifest))
     if not outcome.success:
         # Refresh the report in place so on-call sees the current verdict.
         root.write_json_atomic(f"{e.uri}/{VALIDATION_RESULT}", outcome.to_json())
@@ -240,12 +277,14 @@ def release(cfg: PipelineConfig, root: DataRoot, partition: str, *, by: str) -> 
             render_html_report(cfg, partition, outcome, _report_context(manifest, quarantine=e.uri)).encode(),
         )
         raise BatchValidationError(
-            failure_message(cfg, partition, outcome, e.uri), summary=outcome.summary(), quarantine_uri=e.uri
+            failure_message(cfg, partition, outcome, e.uri, manifest.get("received_file")),
+            summary=outcome.summary(),
+            quarantine_uri=e.uri,
         )
     published = {k: v for k, v in manifest.items() if k != "quarantine"}
     published["released_from_quarantine"] = {"by": by, "uri": e.uri}
     raw_uri = root.raw(cfg.name, partition)
-    root.write_partition(raw_uri, {data_file: data}, published)
+    root.write_partition(raw_uri, _batch_files(root, e.uri, manifest, data_file, data), published)
     report_uri = write_validation_report(cfg, root, partition, outcome, published)
     _decide(root, e.uri, "released", by=by, raw_uri=raw_uri)
     return {**published, "uri": raw_uri, "validation": outcome.summary(), "report_uri": report_uri}

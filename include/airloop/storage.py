@@ -47,8 +47,9 @@ VALIDATION_REPORT = "validation.html"
 QUARANTINE_REPORT = "report.html"
 #: on-call's decision on a quarantined batch (released, rejected) or ``superseded`` by a later good run
 QUARANTINE_DECISION = "_decision.json"
-#: the bytes of a batch that could not be read at all, kept in quarantine as received
-UNREADABLE_FILE = "source.bin"
+#: the bytes of a batch as received, named by the source's declared format (``received.csv``): kept beside the
+#: batch in the raw zone and in quarantine, whatever stage refused it; the manifest's ``source_sha256`` is their hash
+RECEIVED_FILE = "received.{format}"
 _TMP_PREFIX = ".tmp-"
 _SAFE_KEY = re.compile(r"[^A-Za-z0-9_.=+-]")
 

@@ -5,7 +5,10 @@ The suite a batch faces has two parts:
 * **schema checks** generated from the pipeline config (every declared column exists, has its declared
   type, and the batch has at least ``validation.min_rows`` rows), so a model's schema is written once;
 * **data checks** from the model's suite file in ``include/airloop/expectations/`` (GX 1.x JSON:
-  ``{"name": ..., "expectations": [{"type": ..., "kwargs": {...}, "meta": {...}}]}``).
+  ``{"name": ..., "expectations": [{"type": ..., "kwargs": {...}, "meta": {...}}]}``);
+* **the gate's own checks** of the batch as a delivery (:mod:`airloop.gate`: row key, undeclared columns,
+  event time against the data interval, announced rows and SHA-256, row count against recent batches),
+  listed and counted beside the suite's expectations.
 
 GX is called directly (an ephemeral context, a pandas dataframe asset): the Airflow GX provider cannot be
 installed beside Airflow 3.3. The outcome is a plain JSON document plus a self-contained HTML report.
@@ -24,6 +27,8 @@ from airloop.storage import QUARANTINE_REPORT, VALIDATION_RESULT
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from airloop.gate import BatchContext
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +194,46 @@ def _flatten(result: dict[str, Any]) -> ExpectationOutcome:
     )
 
 
-def validate_frame(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
-    """Run the model's full suite (schema checks + suite file) on one batch.
+def validate_frame(cfg: PipelineConfig, df: pd.DataFrame, context: BatchContext | None = None) -> ValidationOutcome:
+    """Run the whole gate on one batch: its own checks (:mod:`airloop.gate`) and the model's suite (schema
+    checks + suite file).
 
     :param cfg: the model's pipeline config
     :param df: the batch
+    :param context: what is known of the batch besides its rows (data interval, announcements, recent row
+        counts); without it only the checks that need nothing else run (a sample in ``airloop model check``)
     """
+    from airloop.gate import BatchContext, check_batch
+
+    gate_checks = check_batch(cfg, df, context or BatchContext())
+    gx_outcome = _run_suite(cfg, df)
+    return _with_checks(gx_outcome, gate_checks)
+
+
+def _with_checks(outcome: ValidationOutcome, checks: list[ExpectationOutcome]) -> ValidationOutcome:
+    """The suite's outcome with the gate's checks first, counted in its statistics."""
+    stats = dict(outcome.statistics)
+    passed = sum(c.success for c in checks)
+    evaluated = int(stats.get("evaluated_expectations") or 0) + len(checks)
+    successful = int(stats.get("successful_expectations") or 0) + passed
+    stats.update(
+        evaluated_expectations=evaluated,
+        successful_expectations=successful,
+        unsuccessful_expectations=evaluated - successful,
+        success_percent=100.0 * successful / evaluated if evaluated else 100.0,
+    )
+    return ValidationOutcome(
+        success=outcome.success and passed == len(checks),
+        suite=outcome.suite,
+        rows=outcome.rows,
+        expectations=[*checks, *outcome.expectations],
+        statistics=stats,
+        raw=outcome.raw,
+    )
+
+
+def _run_suite(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
+    """The model's Great Expectations suite (schema checks + suite file) on one batch."""
     import os
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -229,8 +268,13 @@ def validate_frame(cfg: PipelineConfig, df: pd.DataFrame) -> ValidationOutcome:
     )
 
 
-def failure_message(cfg: PipelineConfig, partition: str, outcome: ValidationOutcome, quarantine_uri: str) -> str:
-    """The task's error message: every failed expectation with what was observed, and what to do."""
+def failure_message(
+    cfg: PipelineConfig, partition: str, outcome: ValidationOutcome, quarantine_uri: str, received: str | None = None
+) -> str:
+    """The task's error message: every failed expectation with what was observed, and what to do.
+
+    :param received: the name of the file of bytes as received in the quarantine folder, if kept
+    """
     lines = [
         f"Batch {cfg.name}/{partition} failed validation: {len(outcome.failures)} of "
         f"{outcome.statistics.get('evaluated_expectations', len(outcome.expectations))} expectations "
@@ -238,7 +282,9 @@ def failure_message(cfg: PipelineConfig, partition: str, outcome: ValidationOutc
     ]
     lines += [f"  FAILED {f.describe()}" for f in outcome.failures]
     lines += [
-        f"The batch is in quarantine: {quarantine_uri} ({QUARANTINE_REPORT}, {VALIDATION_RESULT}).",
+        f"The batch is in quarantine: {quarantine_uri} ({QUARANTINE_REPORT}, {VALIDATION_RESULT}"
+        + (f", the file as received: {received}" if received else "")
+        + ").",
         f"Next: fix the source and re-run the interval, or `airloop quarantine release {cfg.name} {partition}` "
         f"after fixing the suite, or `airloop quarantine reject {cfg.name} {partition} --reason ...`.",
     ]

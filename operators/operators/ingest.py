@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 class BatchIngestOperator(ModelOperator):
     """Read the batch of the run's data interval (or ``source_uri``) into the raw zone, atomically.
 
+    A run started by a webhook delivery carries what the sender announced (``rows``, ``sha256``) under
+    ``webhook`` in its conf; it is recorded with the batch, and the gate compares it with what was read.
+
     :param model: the model name (templated)
     :param source_uri: read this URI instead of the interval's landing file, e.g. one handed in by a
         webhook through the run conf (templated)
@@ -38,16 +41,27 @@ class BatchIngestOperator(ModelOperator):
         self.source_uri = source_uri
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airloop.gate import announcements_from_conf
         from airloop.ingest import Interval, ingest_batch
 
         cfg, root, partition = self.pipeline(), self.root(), partition_of(context)
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         interval = Interval(start.isoformat() if start else None, end.isoformat() if end else None)
         src = self.source_uri or None
+        run = context.get("dag_run")
         self.log.info("Ingesting %s/%s from %s into %s", cfg.name, partition, src or "the landing area", root.uri)
         with data_problems_fail_fast():
+            announced = announcements_from_conf((run.conf if run else None) or {})
+            for a in announced:
+                self.log.info("%s announced rows=%s sha256=%s: the gate checks them", a.by, a.rows, a.sha256)
             manifest = ingest_batch(
-                cfg, root, partition=partition, interval=interval, run_id=context["run_id"], source_uri=src
+                cfg,
+                root,
+                partition=partition,
+                interval=interval,
+                run_id=context["run_id"],
+                source_uri=src,
+                announced=announced,
             )
         self.log.info(
             "Raw partition %s: %s rows, content %s", manifest["uri"], manifest["rows"], manifest["content_hash"]

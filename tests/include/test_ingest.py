@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -59,8 +60,10 @@ def test_rerun_replaces_partition_without_duplicates(data_root, cfg):
     assert data_root.list_partitions("raw", cfg.name) == [raw]
 
 
-def test_source_uri_overrides_landing(data_root, cfg, tmp_path):
-    other = tmp_path / "elsewhere.csv"
+def test_source_uri_overrides_landing(data_root, cfg):
+    # elsewhere in the model's landing folder: a source_uri must lie inside it (airloop.confine)
+    other = Path(data_root.landing_folder(cfg.name)) / "deliveries" / "elsewhere.csv"
+    other.parent.mkdir(parents=True)
     other.write_bytes(nycflights13.to_csv_bytes(nycflights13.day_frame(dt.date(2013, 2, 1))))
     m = ingest_batch(
         cfg,
@@ -86,7 +89,7 @@ def test_unreadable_batch_goes_to_quarantine(data_root, cfg, kind):
         ingest_batch(cfg, data_root, partition=PART, interval=IV, run_id="r1")
     q = data_root.partition_uri("quarantine", cfg.name, PART)
     assert q in str(err.value)
-    assert data_root.read_bytes(f"{q}/source.bin") == data_root.read_bytes(src)  # kept as received
+    assert data_root.read_bytes(f"{q}/received.csv") == data_root.read_bytes(src)  # kept as received
     assert "FAILED" in data_root.read_bytes(f"{q}/report.html").decode()
     assert data_root.read_json(f"{q}/validation.json")["success"] is False
     assert data_root.list_partitions("raw", cfg.name) == []
