@@ -31,7 +31,8 @@ class LocalServerTarget:
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> LocalServerTarget:
-        """The server at the model's Airflow connection (``cfg.model_server_conn_id``)."""
+        """The server at the model's Airflow connection (``cfg.model_server_conn_id``), whose password is
+        the server's admin token: every call that moves traffic or aliases (reload, weight) sends it."""
         from airloop_airflow.hooks.model_server import ModelServerHook
 
         return cls(ModelServerHook(cfg.model_server_conn_id).get_conn())

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from airloop.config import get_pipeline
 from airloop.http import HttpClient, HttpError
 from airloop.serving.client import ModelServerClient
 from airloop.serving.prediction_log import PredictionLog, read_log
@@ -48,7 +47,6 @@ def service(champion, tmp_path):
         PredictionLog(tmp_path, "flight_delays"),
         max_body=64_000,
         seed=1,
-        request_columns=get_pipeline("flight_delays").request_columns,
     )
 
 
@@ -173,7 +171,8 @@ def test_protocol_rejects_empty_tables():
 @pytest.mark.heavy
 def test_admin_weight_and_reload(service, champion):
     uri, _ = champion
-    client = TestClient(create_app(service, loader=lambda: load_variants("flight_delays", uri)))
+    app = create_app(service, loader=lambda: load_variants("flight_delays", uri), admin_token="tok")
+    client = TestClient(app, headers={"Authorization": "Bearer tok"})
     assert client.put("/admin/weight", json={"weight": 0.25}).json()["challenger_weight"] == 0.25
     assert client.put("/admin/weight", json={"weight": 3}).status_code == 400
     info = client.post("/admin/reload").json()  # the registry has no challenger: weight drops to 0

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.integration
 # The deadline is not what these tests check (tests/include/test_canary.py does); it only bounds a stuck
 # rollout. A healthy rollout needs about 5,100 requests (300 challenger requests at each step): on a slow
 # 2-core machine that took more than 2 minutes (216 of 300 at the 25 % step when 2 minutes were up).
+#: the model server's admin token (the deploy DAG sends its connection's password)
+TOKEN = "canary-test-token"
 CANARY = CanaryConfig(steps=(10, 25, 50, 100), min_requests=300, interval_seconds=1, deadline_minutes=10)
 
 
@@ -69,13 +71,13 @@ def rollout(champion_uri, make_challenger, traffic):
     champ, _ = load_variants("flight_delays", champion_uri)
     chall = Variant("challenger", "99", make_challenger(champ.model))
     service = ModelService("flight_delays", champ, None, 0.0, None, seed=7)
-    with serve_in_thread(create_app(service, lambda: (champ, chall))) as url:
+    with serve_in_thread(create_app(service, lambda: (champ, chall), admin_token=TOKEN)) as url:
         state, counts = drive(url, champ.version, traffic)
     return state, counts, service
 
 
 def drive(url, champion_version, traffic):
-    target = LocalServerTarget(ModelServerClient(url))
+    target = LocalServerTarget(ModelServerClient(url, token=TOKEN))
     done = threading.Event()
     counts = {}
     sender = threading.Thread(

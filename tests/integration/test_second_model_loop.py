@@ -172,8 +172,11 @@ def deploy_and_serve(root: DataRoot, cfg, monkeypatch, v1: str, v2: str) -> dict
     )
     client = MlflowClient()
     service = ModelService(MODEL, None, None, 0.0, PredictionLog(root.uri, MODEL), seed=3)
-    with serve_in_thread(create_app(service, lambda: load_variants(MODEL))) as url:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{cfg.model_server_conn_id.upper()}", url)
+    token = "second-model-token"  # the connection's password is the server's admin token
+    with serve_in_thread(create_app(service, lambda: load_variants(MODEL), admin_token=token)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        conn = {"conn_type": "http", "host": host, "port": int(port), "password": token}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{cfg.model_server_conn_id.upper()}", json.dumps(conn))
         out = run_canary(root, cfg, url)
         assert out["outcome"] == "promoted" and [d["percent"] for d in out["steps"]] == [25, 50, 100], out
         assert current_alias(client, MODEL, "champion") == v2 and current_alias(client, MODEL, "previous") == v1

@@ -4,6 +4,7 @@ target's exact calls to the Kubernetes API."""
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
@@ -56,8 +57,11 @@ def server(registry, monkeypatch, tmp_path):
     from airloop.serving.server import ModelService, create_app, load_variants
 
     service = ModelService("flight_delays", None, None, 0.0, None, seed=3)
-    with serve_in_thread(create_app(service, lambda: load_variants("flight_delays"))) as url:
-        monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_FLIGHT_DELAYS", url)
+    token = "deploy-test-token"  # the connection's password is the server's admin token
+    with serve_in_thread(create_app(service, lambda: load_variants("flight_delays"), admin_token=token)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        conn = {"conn_type": "http", "host": host, "port": int(port), "password": token}
+        monkeypatch.setenv("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_FLIGHT_DELAYS", json.dumps(conn))
         yield url, service
 
 

@@ -127,6 +127,31 @@ def test_the_model_server_hook_drives_the_servers_routes(stub, monkeypatch):
     assert headers["content-type"] == "application/json"
 
 
+def test_the_connections_password_is_the_admin_token_of_the_admin_routes_only(stub, monkeypatch):
+    """The deploy DAG's calls that move traffic or aliases carry the token; scoring and reading do not."""
+    from airloop_airflow.targets.local import LocalServerTarget
+
+    connection(monkeypatch, "airloop_model_server_m", host="127.0.0.1", port=stub.port, password="s3cr3t-token")
+    served = {"model": "m", "challenger_weight": 0.1, "variants": {"champion": "1", "challenger": "2"}}
+    stub.answer("POST", "/admin/reload", (200, served))
+    stub.answer("PUT", "/admin/weight", (200, served))
+    stub.answer("GET", "/metrics", (200, ""))
+    stub.answer("POST", "/invocations", (200, {"predictions": [0.5]}))
+    target = LocalServerTarget(ModelServerHook("airloop_model_server_m").get_conn())
+    target.prepare("2")
+    target.set_percent(10)
+    target.readings()
+    target.client.invocations({"instances": [{"a": 1}]})
+    auth = {f"{m} {p}": h.get("authorization") for m, p, h, _ in stub.requests}
+    assert auth == {
+        "POST /admin/reload": "Bearer s3cr3t-token",
+        "PUT /admin/weight": "Bearer s3cr3t-token",
+        "GET /metrics": None,
+        "POST /invocations": None,
+    }
+    assert "s3cr3t" not in repr(target.client)
+
+
 def test_a_dataframe_is_sent_in_dataframe_split_form(stub):
     import pandas as pd
 

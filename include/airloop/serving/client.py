@@ -19,10 +19,23 @@ class ModelServerClient:
     :param base_url: scheme, host and port, e.g. ``http://127.0.0.1:8090``
     :param timeout: seconds for one attempt
     :param retries: attempts after the first, for a refused connection, a timeout or a 502/503/504
+    :param token: the server's admin token, sent as ``Authorization: Bearer`` on the admin routes only
+        (scoring and the read-only routes are open); without it they answer 401
     """
 
-    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        *,
+        token: str | None = None,
+    ) -> None:
         self.http = HttpClient(base_url.rstrip("/"), timeout=timeout, retries=retries)
+        self._admin_headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def __repr__(self) -> str:  # never the token
+        return f"ModelServerClient({self.base_url!r}, token={'***' if self._admin_headers else None})"
 
     @property
     def base_url(self) -> str:
@@ -47,12 +60,14 @@ class ModelServerClient:
 
     def reload(self) -> dict[str, Any]:
         """Load the registry's current ``@champion`` / ``@challenger``; returns what the server now serves."""
-        info: dict[str, Any] = self.http.post("/admin/reload").json()
+        info: dict[str, Any] = self.http.post("/admin/reload", headers=self._admin_headers).json()
         return info
 
     def set_weight(self, weight: float) -> dict[str, Any]:
         """Send ``weight`` (0..1) of the traffic to the challenger; returns what the server now serves."""
-        info: dict[str, Any] = self.http.put("/admin/weight", json_body={"weight": weight}).json()
+        info: dict[str, Any] = self.http.put(
+            "/admin/weight", json_body={"weight": weight}, headers=self._admin_headers
+        ).json()
         return info
 
     def version(self) -> dict[str, Any]:
@@ -78,6 +93,6 @@ def _body(frame_or_payload: Any) -> bytes:
     if isinstance(frame_or_payload, bytes | bytearray):
         return bytes(frame_or_payload)
     if hasattr(frame_or_payload, "to_json"):
-        split = json.loads(frame_or_payload.to_json(orient="split", index=False))
+        split = json.loads(frame_or_payload.to_json(orient="split", index=False, date_format="iso"))
         return json.dumps({"dataframe_split": split}).encode()
     return json.dumps(frame_or_payload).encode()
