@@ -1,8 +1,9 @@
 """airloop's Airflow plugin: what must be a plugin, and nothing else.
 
 * A FastAPI app mounted on the API server at ``/airloop``: the quarantine page and read-only access to
-  validation reports under the data root (the "Validation report" extra link points here). Every route
-  needs a logged-in Airflow user (the UI's session cookie or a bearer token).
+  validation reports under the data root (the "Validation report" extra link points here). Every route,
+  the API docs included (``/airloop/docs``, ``/airloop/redoc``, ``/airloop/openapi.json``), needs a
+  logged-in Airflow user (the UI's session cookie or a bearer token).
 * ``POST /airloop/webhooks/<source>``: signed webhook deliveries that start DAG runs
   (``airloop_webhook_routes``; the signature is their authentication, no login).
 * ``/airloop/runbooks/<kind>``: the on-call runbooks, rendered, linked from alerts and failed tasks.
@@ -19,7 +20,8 @@ from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
 from airloop_webhook_routes import router as webhook_router
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 
 from airloop_airflow.links.ui import RunbookLink
 
@@ -27,8 +29,36 @@ from airloop_airflow.links.ui import RunbookLink
 SERVED_ZONES = ("reports", "quarantine")
 SERVED_SUFFIXES = {".html": "text/html", ".json": "application/json"}
 
-app = FastAPI(title="airloop", description="Quarantine, reports, runbooks and webhooks of airloop pipelines")
+#: where the plugin's app is mounted on the API server
+PREFIX = "/airloop"
+
+# FastAPI's own docs routes cannot take a dependency: they are off, and served below behind the login
+app = FastAPI(
+    title="airloop",
+    description="Quarantine, reports, runbooks and webhooks of airloop pipelines",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 app.include_router(webhook_router)
+
+
+@app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(get_user)])
+def openapi_spec() -> JSONResponse:
+    """The OpenAPI description of these routes, for a logged-in user only."""
+    return JSONResponse(app.openapi())
+
+
+@app.get("/docs", include_in_schema=False, dependencies=[Depends(get_user)])
+def swagger_ui() -> HTMLResponse:
+    """Swagger UI over :func:`openapi_spec` (the browser sends the UI's session cookie along)."""
+    return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="airloop API")
+
+
+@app.get("/redoc", include_in_schema=False, dependencies=[Depends(get_user)])
+def redoc() -> HTMLResponse:
+    """ReDoc over :func:`openapi_spec`."""
+    return get_redoc_html(openapi_url=f"{PREFIX}/openapi.json", title="airloop API")
 
 
 def _data_root() -> Path:
@@ -42,11 +72,24 @@ def _data_root() -> Path:
 
 @app.get("/files/{path:path}", dependencies=[Depends(get_user)])
 def read_file(path: str) -> FileResponse:
-    """A report or result file from ``reports/`` or ``quarantine/`` of the data root."""
+    """A report or result file from ``reports/`` or ``quarantine/`` of the data root.
+
+    The path is confined like every outside input (``airloop.confine``): a NUL byte or a percent-escape
+    left after the URL's own decoding is a 400, ``..`` or a place outside the served zones once symlinks
+    are resolved a 403; the file served is the resolved one.
+    """
+    from airloop.confine import UriRejected, confine_uri
+
     root = _data_root()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or target.relative_to(root).parts[:1] not in [(z,) for z in SERVED_ZONES]:
-        raise HTTPException(403, f"only files under {', '.join(SERVED_ZONES)}/ of the data root are served")
+    zones = [str(root / z) for z in SERVED_ZONES]
+    try:
+        target = Path(confine_uri(str(root / path.lstrip("/")), zones, ["file"]))
+    except UriRejected as e:
+        if e.rule in ("nul", "control", "percent", "length"):
+            raise HTTPException(400, f"path: {e}") from None
+        raise HTTPException(
+            403, f"only files under {', '.join(SERVED_ZONES)}/ of the data root are served ({e.rule})"
+        ) from None
     media = SERVED_SUFFIXES.get(target.suffix)
     if media is None:
         raise HTTPException(
@@ -146,7 +189,7 @@ def runbook_page(kind: str) -> str:
 class AirloopPlugin(AirflowPlugin):
     name = "airloop"
     global_operator_extra_links = [RunbookLink()]
-    fastapi_apps = [{"app": app, "url_prefix": "/airloop", "name": "airloop"}]
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "airloop"}]
     external_views = [
         {
             "name": "Quarantine",

@@ -187,7 +187,9 @@ def rollback(client: Any, root: DataRoot, model: str, version: str, *, by: str, 
         raise ValueError("a rollback needs a reason, for the alias history")
     try:
         client.get_model_version(model, str(version))
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # a refused login is no unknown version
+            raise
         raise ValueError(f"{model} has no version {version}") from None
     current = current_alias(client, model, "champion")
     if current == str(version):

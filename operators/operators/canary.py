@@ -28,6 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airloop.canary import load_rollout, save_rollout
 from airloop_airflow.base import ModelOperator
+from airloop_airflow.hooks.mlflow import uses_mlflow
 from airloop_airflow.notifiers.alerts import OnCallFailure
 from airloop_airflow.targets import build_target
 
@@ -48,6 +49,7 @@ class StartCanaryOperator(ModelOperator):
         super().__init__(**kwargs)
         self.version = version
 
+    @uses_mlflow
     def execute(self, context: Context) -> dict[str, Any]:
         from mlflow import MlflowClient
 
@@ -104,6 +106,7 @@ class ConcludeCanaryOperator(ModelOperator):
         super().__init__(**kwargs)
         self.start_task_id = start_task_id
 
+    @uses_mlflow
     def execute(self, context: Context) -> dict[str, Any]:
         from mlflow import MlflowClient
 

@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airloop_airflow.assets import model_asset
 from airloop_airflow.base import ModelOperator, report_link
+from airloop_airflow.hooks.mlflow import uses_mlflow
 from airloop_airflow.links.ui import DRIFT_REPORT_KEY, DriftReportLink
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class DriftCheckOperator(ModelOperator):
     operator_extra_links = (DriftReportLink(),)
     ui_color = "#fde8ef"
 
+    @uses_mlflow
     def execute(self, context: Context) -> dict[str, Any]:
         from airloop import drift
 

@@ -29,6 +29,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airloop_airflow.assets import model_asset
 from airloop_airflow.base import ModelOperator
+from airloop_airflow.hooks.mlflow import uses_mlflow
 from airloop_airflow.links.ui import MLFLOW_URL_KEY, MlflowLink, mlflow_ui_url
 from airloop_airflow.notifiers.alerts import POD_PENDING_EXCEPTIONS, OnCallFailure
 
@@ -210,6 +211,7 @@ class TrainModelOperator(ModelOperator):
         if self._process and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
 
+    @uses_mlflow
     def execute(self, context: Context) -> dict[str, Any]:
         cfg = self.pipeline()
         if str(self.reason or "schedule") == "schedule" and cfg.training.on_new_features == "until_champion":
@@ -294,6 +296,7 @@ class ChampionChallengerGateOperator(ModelOperator):
         super().__init__(**kwargs)
         self.train_task_id = train_task_id
 
+    @uses_mlflow
     def execute(self, context: Context) -> dict[str, Any]:
         from mlflow import MlflowClient
 
@@ -346,6 +349,7 @@ class ModelRollbackOperator(ModelOperator):
         self.version = version
         self.reason = reason
 
+    @uses_mlflow
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from mlflow import MlflowClient
 

@@ -86,9 +86,16 @@ def test_env_points_every_process_at_this_stack(tmp_path, monkeypatch, models):
     assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
     assert env["AIRLOOP_DATA_ROOT"] == str(tmp_path / "data")
     assert "AIRFLOW__CORE__EXECUTOR" not in env
-    # one connection per model, named by its config: the default id, or the one it declares
-    assert env["AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_ALPHA"] == "http://127.0.0.1:19004"
-    assert env["AIRFLOW_CONN_ZETA_ENDPOINT"] == "http://127.0.0.1:19005"
+    # one connection per model, named by its config: the default id, or the one it declares; its password is
+    # that server's admin token
+    s = stack.StackSettings(state_dir=str(tmp_path), port=19000)
+    for key, port, model in (
+        ("AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_ALPHA", 19004, "alpha"),
+        ("AIRFLOW_CONN_ZETA_ENDPOINT", 19005, "zeta"),
+    ):
+        conn = json.loads(env[key])
+        assert (conn["schema"], conn["host"], conn["port"]) == ("http", "127.0.0.1", port)
+        assert conn["password"] == s.model_server_token(model)
     assert "AIRFLOW_CONN_AIRLOOP_MODEL_SERVER" not in env and "AIRFLOW_CONN_AIRLOOP_MODEL_SERVER_BROKEN" not in env
 
 
@@ -393,13 +400,14 @@ def test_an_unknown_model_is_a_usage_error_with_a_message(tmp_path, capsys, monk
 def test_an_unknown_version_or_batch_is_a_usage_error(tmp_path, capsys, monkeypatch):
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
     class NoVersions:  # a registry without that version (the real call: MlflowClient.get_model_version)
         def __init__(self, *a, **kw):
             pass
 
         def get_model_version(self, name, version):
-            raise MlflowException(f"no version {version} of {name}")
+            raise MlflowException(f"no version {version} of {name}", error_code=RESOURCE_DOES_NOT_EXIST)
 
     monkeypatch.setattr(mlflow, "MlflowClient", NoVersions)
     monkeypatch.setenv("AIRLOOP_DATA_ROOT", str(tmp_path / "data"))

@@ -131,11 +131,12 @@ def add_stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def print_login(s: stack.StackSettings) -> None:
-    """Where the stack's UIs, model servers, data and logs are, and how to stop this stack."""
-    password = stack.admin_password(s) or "<created on first start>"
-    print(f"\nAirflow UI:  {s.base_url}   (user: admin, password: {password})")
-    print(f"             the password is kept in {s.airflow_home / 'simple_auth_manager_passwords.json.generated'}")
-    print(f"MLflow UI:   {s.mlflow_url}   (models, runs, lineage tags)")
+    """Where the stack's UIs, model servers, data and logs are (and the files holding the passwords), and how
+    to stop this stack."""
+    creds = Path(s.state_dir) / "mlflow_credentials.json"
+    # passwords are never printed (a terminal may be logged or shared): only the mode-600 files holding them
+    print(f"\nAirflow UI:  {s.base_url}   (user: {stack.AIRFLOW_ADMIN}, password in {s.airflow_passwords_file})")
+    print(f"MLflow UI:   {s.mlflow_url}   (models, runs, lineage tags; user airloop-admin, password in {creds})")
     for model in s.served_models():
         print(
             f"Model:       {s.model_server_url_for(model)}/invocations   ({model}: MLflow scoring protocol; "

@@ -4,8 +4,10 @@ model (its aliases, its drift checks, its on-call alerts), and a manual rollback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from airloop_local.cli import common
@@ -15,8 +17,32 @@ if TYPE_CHECKING:
     from airloop_local.stack import StackSettings
 
 
+@contextlib.contextmanager
+def stack_mlflow(s: StackSettings, user: str) -> Iterator[str]:
+    """Talk to the stack's MLflow as ``user`` for the block (its password from the state folder, set in the
+    environment MLflow's client reads); yield the tracking URI.
+
+    With ``MLFLOW_TRACKING_URI`` set in the shell, that server is used with the shell's own credentials: the
+    stack's passwords are never sent to another server."""
+    own = os.environ.get("MLFLOW_TRACKING_URI")
+    if own:
+        yield own
+        return
+    env = s.mlflow_env(user)
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env["MLFLOW_TRACKING_URI"]
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    """Alias history and manual rollback, against the stack's MLflow (or MLFLOW_TRACKING_URI)."""
+    """Alias history and manual rollback, against the stack's MLflow as its writer (or MLFLOW_TRACKING_URI)."""
     from airloop.storage import DataRoot
 
     s = common.settings(args)
@@ -46,31 +72,36 @@ def rollback(s: StackSettings, root: DataRoot, model: str, version: str, reason:
     from mlflow import MlflowClient
 
     from airloop import registry
+    from airloop_local import mlflow_auth
 
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_url)
     by = f"cli/{os.environ.get('USER', 'unknown')}"
-    try:
-        records = registry.rollback(client, root, model, version, by=by, why=reason)
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    with stack_mlflow(s, mlflow_auth.WRITER) as uri:
+        try:
+            records = registry.rollback(MlflowClient(uri), root, model, version, by=by, why=reason)
+        except ValueError as e:
+            raise common.UsageError(str(e)) from None
     for r in records:
         print(f"{r['alias']}: v{r['replaced']} -> v{r['version']}")
     return common.EXIT_OK
 
 
 def print_registered_model(s: StackSettings, model: str) -> dict[str, str]:
-    """Print the registered versions and aliases of a model in the stack's MLflow; return alias -> version."""
+    """Print the registered versions and aliases of a model in the stack's MLflow (read as its read-only
+    user); return alias -> version."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(s.mlflow_url)
-    try:
-        rm = client.get_registered_model(model)
-    except MlflowException:
-        print(f"\nMLflow: no registered model {model!r} yet")
-        return {}
+    from airloop_local import mlflow_auth
+
+    with stack_mlflow(s, mlflow_auth.READER) as uri:
+        client = MlflowClient(uri)
+        try:
+            rm = client.get_registered_model(model)
+        except MlflowException:
+            print(f"\nMLflow: no registered model {model!r} yet")
+            return {}
+        versions = client.search_model_versions(f"name = '{model}'")
     aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
-    versions = client.search_model_versions(f"name = '{model}'")
     print(
         f"\nMLflow model {model}: {len(versions)} version(s); aliases {aliases or 'none'}  "
         f"({s.mlflow_url}/#/models/{model})"

@@ -43,13 +43,14 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def start_stack(s: stack.StackSettings) -> int:
-    """Prepare the Airflow home on first use (else rewrite its config), start every component, say where
-    everything is."""
+    """Prepare the Airflow home on first use (else rewrite its config and make sure its secrets exist), start
+    every component, say where everything is (the password files, never a password)."""
     if not (s.airflow_home / "airflow.cfg").is_file():
         stack.init(s)
     else:
         s.save()
         stack.write_airflow_cfg(s)
+        stack.prepare_secrets(s, check_mlflow_users=False)
     t = time.monotonic()
     exited = stack.start(s)
     print(f"Local stack healthy in {time.monotonic() - t:.1f} s")
@@ -63,14 +64,15 @@ def print_stack_status(s: stack.StackSettings) -> int:
     from airloop.config import load_all_pipelines, load_pipelines
 
     running = stack.running_components(s)
+    states = stack.component_states(s)  # running (pid), crashed (N orphaned processes) or stopped
     h = stack.health(s)
     known = stack.components(s)
     width = max(len(c) for c in [*known, *running])
     for c in stack.COMPONENTS:
-        print(f"{c:{width}s}  {f'running (pid {running[c]})' if c in running else 'stopped'}")
+        print(f"{c:{width}s}  {states.get(c, stack.STOPPED)}")
     for cfg in sorted(load_all_pipelines(), key=lambda c: c.name):
         c = stack.model_server_component(cfg.name)
-        state = f"running (pid {running[c]})" if c in running else "stopped"
+        state = states.get(c, stack.STOPPED)
         print(f"{c:{width}s}  {state}  {s.model_server_url_for(cfg.name)}  (connection {cfg.model_server_conn_id})")
     for c in sorted(set(running) - set(known)):
         print(f"{c:{width}s}  running (pid {running[c]}), but its model has no valid config now; restart the stack")
