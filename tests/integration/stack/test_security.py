@@ -3,6 +3,9 @@
 Each test is one class of attack; each asserts the answer the stack gives now (a 401, or a 4xx that says
 why) and that nothing changed state: no run created, no file read outside its zone, no prediction logged,
 no alias moved. Traffic goes to loopback only.
+
+The days this module delivers or ingests (2013-07-20 to 2013-07-24) are its own: Airflow keeps one run per
+day of the ingest DAG, so a run left for a day another module delivers would answer that delivery instead.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def test_webhook_source_uris_outside_the_landing_zone_are_refused(running_stack,
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
     landing = Path(s.data_root) / "landing" / cfg.name
-    link_dir = landing / "ds=2013-09-02"
+    link_dir = landing / "ds=2013-07-20"
     link_dir.mkdir(parents=True, exist_ok=True)
     link = link_dir / "passwd.csv"
     link.unlink(missing_ok=True)
@@ -112,17 +115,17 @@ def test_webhook_source_uris_outside_the_landing_zone_are_refused(running_stack,
     attacks = {
         "symlink": str(link),
         "encoded traversal": f"{landing}/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
-        "chained fsspec": f"simplecache::file://{landing}/ds=2013-09-02/flights.csv",
-        "chained to http": f"file://{landing}/ds=2013-09-02/x.csv::http://127.0.0.1:1/",
-        "NUL byte": f"{landing}/ds=2013-09-02/flights.csv\u0000.txt",
+        "chained fsspec": f"simplecache::file://{landing}/ds=2013-07-20/flights.csv",
+        "chained to http": f"file://{landing}/ds=2013-07-20/x.csv::http://127.0.0.1:1/",
+        "NUL byte": f"{landing}/ds=2013-07-20/flights.csv\u0000.txt",
         "another protocol": f"http://127.0.0.1:{s.port}/etc/passwd",
     }
     for name, uri in attacks.items():
-        status, answer = _deliver(s, SOURCE, json.dumps({"source_uri": uri, "day": "2013-09-02"}).encode())
+        status, answer = _deliver(s, SOURCE, json.dumps({"source_uri": uri, "day": "2013-07-20"}).encode())
         assert status == 400, (name, status, answer)
         assert answer.get("field") == "source_uri", (name, answer)
     assert _runs(api, dag_id) == before
-    quarantined = Path(s.data_root) / "quarantine" / cfg.name / "ds=2013-09-02"
+    quarantined = Path(s.data_root) / "quarantine" / cfg.name / "ds=2013-07-20"
     assert not quarantined.exists()
 
 
@@ -154,9 +157,9 @@ def test_cli_refuses_partitions_outside_the_quarantine(running_stack, cfg, capsy
 
     s, _ = running_stack
     root = DataRoot(s.data_root)
-    day = dt.date(2013, 9, 5)
+    day = dt.date(2013, 7, 23)
     nycflights13.replay_days(root, cfg.name, [day], file_name=cfg.source.file_name)
-    start = dt.datetime(2013, 9, 5, tzinfo=dt.UTC)
+    start = dt.datetime(2013, 7, 23, tzinfo=dt.UTC)
     interval = Interval(start.isoformat(), (start + dt.timedelta(days=1)).isoformat())
     ingest_batch(cfg, root, partition=f"ds={day}", interval=interval, run_id="security-probe")
     published = f"../../raw/{cfg.name}/ds={day}"
@@ -177,7 +180,7 @@ def test_a_symlinked_landing_file_is_not_read(running_stack, cfg):
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
     api.unpause(dag_id)
-    day = dt.date(2013, 9, 6)
+    day = dt.date(2013, 7, 24)
     target = Path(s.data_root, "landing", cfg.name, f"ds={day}", cfg.source.file_name)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
@@ -199,7 +202,7 @@ def test_webhook_days_outside_the_schedule_are_400_and_create_no_run(running_sta
     s, api = running_stack
     dag_id = cfg.dag_id("ingest")
     api.wait_for_dag(dag_id)
-    landing = f"{s.data_root}/landing/{cfg.name}/ds=2013-09-03/{cfg.source.file_name}"
+    landing = f"{s.data_root}/landing/{cfg.name}/ds=2013-07-21/{cfg.source.file_name}"
     before = _runs(api, dag_id)
     for day in ("2012-06-01", "2014-01-01", "9999-12-31", "0001-01-01", "2013-02-30", "yesterday"):
         status, answer = _deliver(s, SOURCE, json.dumps({"source_uri": landing, "day": day}).encode())
@@ -222,8 +225,8 @@ def test_github_style_replay_under_a_new_delivery_id_creates_nothing(running_sta
     was_paused = api.get(f"/api/v2/dags/{dag_id}")["is_paused"]
     api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": True})  # the run is created, not executed
     try:
-        landing = f"{s.data_root}/landing/{cfg.name}/ds=2013-09-04/{cfg.source.file_name}"
-        body = json.dumps({"source_uri": landing, "day": "2013-09-04"}).encode()
+        landing = f"{s.data_root}/landing/{cfg.name}/ds=2013-07-22/{cfg.source.file_name}"
+        body = json.dumps({"source_uri": landing, "day": "2013-07-22"}).encode()
         first_status, first = _deliver(s, GITHUB_SOURCE, body, delivery_id=f"gh_{uuid.uuid4().hex[:10]}")
         assert first_status == 202, first
         before = _runs(api, dag_id)
@@ -234,6 +237,13 @@ def test_github_style_replay_under_a_new_delivery_id_creates_nothing(running_sta
         if replay_status == 200:
             assert replay["dag_run_id"] == first["dag_run_id"]
     finally:
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+
+        with create_session() as session:  # the day's run would answer another module's delivery of that day
+            session.query(DagRun).filter(
+                DagRun.dag_id == dag_id, DagRun.run_id.like(f"webhook__{GITHUB_SOURCE}__gh_%")
+            ).delete(synchronize_session=False)
         api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": was_paused})
 
 
