@@ -20,3 +20,16 @@ def running_stack(airflow_db):
         yield s, api(s)
     finally:
         stack.stop(s)
+
+
+def delete_runs(dag_id: str, run_id_prefix: str) -> None:
+    """Delete the runs of ``dag_id`` whose run id starts with ``run_id_prefix`` from the metadata database:
+    Airflow keeps one run per day of an ingest DAG, so a run a test leaves would answer another test's
+    delivery of that day."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id.like(f"{run_id_prefix}%")).delete(
+            synchronize_session=False
+        )

@@ -26,6 +26,7 @@ import pytest
 from airloop import webhooks as wh
 from airloop.http import HttpClient
 from tests.conftest import REPO, free_port
+from tests.integration.stack.conftest import delete_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -237,13 +238,7 @@ def test_github_style_replay_under_a_new_delivery_id_creates_nothing(running_sta
         if replay_status == 200:
             assert replay["dag_run_id"] == first["dag_run_id"]
     finally:
-        from airflow.models.dagrun import DagRun
-        from airflow.utils.session import create_session
-
-        with create_session() as session:  # the day's run would answer another module's delivery of that day
-            session.query(DagRun).filter(
-                DagRun.dag_id == dag_id, DagRun.run_id.like(f"webhook__{GITHUB_SOURCE}__gh_%")
-            ).delete(synchronize_session=False)
+        delete_runs(dag_id, f"webhook__{GITHUB_SOURCE}__gh_")  # it would answer another module's delivery
         api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": was_paused})
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from airloop import webhooks as wh
 from airloop.http import HttpClient, HttpError
+from tests.integration.stack.conftest import delete_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,11 +94,5 @@ def test_deliveries_with_repeats_and_bad_signatures_make_exactly_the_expected_ru
         counts = collections.Counter(r[2] for r in results)
         print(f"\n200 deliveries: {dict(counts)}")
     finally:
-        from airflow.models.dagrun import DagRun
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            session.query(DagRun).filter(
-                DagRun.dag_id == DAG_ID, DagRun.run_id.like(f"webhook__{SOURCE}__load_{tag}%")
-            ).delete(synchronize_session=False)
+        delete_runs(DAG_ID, f"webhook__{SOURCE}__load_{tag}")
         api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": was_paused})
